@@ -1,0 +1,44 @@
+//! An event as a broker stores it and hands it to connections.
+
+use ssegate_core::sse::EncodedEvent;
+use ssegate_core::{ChannelName, Data, EntryId, Epoch, EventType, Position};
+
+/// A stored event, encoded for the wire once (per node) and shared by every connection
+/// through an `Arc`: the hub ring, the history and every subscriber point at one copy.
+#[derive(Debug)]
+pub struct StoredEvent {
+    /// The epoch of the store that numbered it: a stream that sees a new epoch on a live
+    /// event knows the store started over.
+    pub epoch: Epoch,
+    pub channel: ChannelName,
+    pub id: EntryId,
+    pub event_type: Option<EventType>,
+    pub data: Data,
+    /// When the broker accepted the event (ms since the Unix epoch); carried so that
+    /// history can report it and delivery latency can be measured.
+    pub published_at_ms: u64,
+    /// The frame as a single-channel stream sends it; its body serves multi-channel ones.
+    pub encoded: EncodedEvent,
+}
+
+impl StoredEvent {
+    pub fn new(
+        epoch: Epoch,
+        channel: ChannelName,
+        id: EntryId,
+        event_type: Option<EventType>,
+        data: Data,
+        published_at_ms: u64,
+    ) -> Self {
+        let encoded = EncodedEvent::new(Position { epoch, id }, event_type.as_ref(), data.as_str());
+        Self {
+            epoch,
+            channel,
+            id,
+            event_type,
+            data,
+            published_at_ms,
+            encoded,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! ssegate's broker layer: where events are stored, numbered and fanned out.
+//!
+//! One trait, [`Broker`], stands between the HTTP layer and the history store. The HTTP
+//! layer never knows which broker it talks to: the same streams, ids and gap signals come
+//! out of the embedded in-memory broker and (in cluster mode) the Redis broker.
+//!
+//! Live delivery is split from history on purpose. History (replay, catch-up, gap
+//! detection) is read through [`Broker::read`]; live events reach a node's connections
+//! through the node-local [`hub::Hub`], which every broker feeds. A connection joins
+//! without loss by subscribing to the hub first, reading history second, and skipping live
+//! events that are not after what it replayed.
+//!
+//! # Layout
+//!
+//! - [`error`]: [`BrokerError`], tagged client / broker / internal.
+//! - [`event`]: [`StoredEvent`], an event as stored and pre-encoded for the wire.
+//! - [`hub`]: node-local fan-out, one bounded ring per channel (the backpressure rule).
+//! - [`memory`]: the embedded in-memory broker (the default with no Redis).
+//! - [`clock`]: the wall clock, injectable so id and expiry rules can be tested.
+
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod error;
+pub mod event;
+pub mod hub;
+pub mod memory;
+
+use std::sync::Arc;
+
+use ssegate_core::{ChannelName, EntryId, Epoch, NewEvent};
+
+pub use error::{BrokerError, ErrorClass};
+pub use event::StoredEvent;
+pub use hub::{LiveRecv, LiveSubscription};
+pub use memory::{HistoryConfig, MemoryBroker};
+
+/// Where a history read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// From the oldest retained event.
+    Oldest,
+    /// After this entry (a client's cursor).
+    After(EntryId),
+}
+
+/// One page of a channel's history.
+#[derive(Debug, Clone)]
+pub struct ReadPage {
+    /// The epoch of the store when the page was read.
+    pub epoch: Epoch,
+    /// Events after [`ReadPage::start`], oldest first, at most the requested limit.
+    pub events: Vec<Arc<StoredEvent>>,
+    /// True when events after the requested cursor are gone (trimmed or expired), or the
+    /// cursor is ahead of everything the store has: the reader must be told.
+    pub gap: bool,
+    /// The position the page continues from: the requested cursor, or after a gap the
+    /// newest deleted entry (so resuming from it yields the oldest retained event).
+    pub start: EntryId,
+    /// The channel's newest entry id (`0-0` when it has none).
+    pub last: EntryId,
+}
+
+impl ReadPage {
+    /// Whether more events follow this page.
+    pub fn has_more(&self) -> bool {
+        let end = self.events.last().map_or(self.start, |e| e.id);
+        end < self.last
+    }
+}
+
+/// The result of a publish: the epoch and one id per event, in request order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub epoch: Epoch,
+    pub ids: Vec<EntryId>,
+}
+
+/// A history store with live fan-out.
+#[async_trait::async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// A short name for logs and `/readyz` (`memory`, `redis`).
+    fn kind(&self) -> &'static str;
+
+    /// The current epoch of the history store.
+    async fn epoch(&self) -> Result<Epoch, BrokerError>;
+
+    /// Publishes a batch atomically: every event is stored (and fanned out) or none is.
+    /// With an idempotency key, a retry within the key's lifetime returns the original
+    /// ids and publishes nothing.
+    async fn publish(
+        &self,
+        events: Vec<NewEvent>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Published, BrokerError>;
+
+    /// Registers a live subscription on this node. Subscribe before reading history.
+    fn subscribe(&self, channel: &ChannelName) -> LiveSubscription;
+
+    /// Reads up to `limit` events of a channel's history.
+    async fn read(
+        &self,
+        channel: &ChannelName,
+        from: ReadFrom,
+        limit: usize,
+    ) -> Result<ReadPage, BrokerError>;
+
+    /// Whether the broker can serve requests now (for `/readyz`).
+    async fn ready(&self) -> Result<(), BrokerError>;
+}
+
+impl std::fmt::Debug for dyn Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Broker({})", self.kind())
+    }
+}

@@ -1,0 +1,202 @@
+//! Building a node and running it until shutdown.
+//!
+//! [`App::run`] takes its shutdown signal as a future (mini-redis style), so the binary
+//! passes SIGTERM/SIGINT and tests pass a oneshot. On shutdown: `/readyz` turns 503, new
+//! subscribers get a retry-only stream, every open stream is closed at a random moment of
+//! the drain window (after a jittered `retry:`), and once they are gone (or the window has
+//! passed) the listeners close and remaining connections get a short grace period.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use ssegate_broker::{Broker, MemoryBroker};
+use tokio::net::TcpListener;
+
+use crate::router::{self, Listener};
+use crate::settings::Settings;
+use crate::state::AppState;
+
+/// How long connections get to finish after the drain, before they are cut.
+const FINAL_GRACE: Duration = Duration::from_secs(3);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A node, bound and ready to run.
+#[derive(Debug)]
+pub struct App {
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    state: Arc<AppState>,
+    sweeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, BuildError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BuildError::Bind { addr, source })
+}
+
+impl App {
+    /// Builds a node with the embedded in-memory broker.
+    pub async fn build(settings: Settings) -> Result<Self, BuildError> {
+        let broker = MemoryBroker::new(settings.history.clone());
+        let sweep_every = (settings.history.max_age / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(10));
+        let sweeper = broker.spawn_sweeper(sweep_every);
+        let mut app = Self::with_broker(settings, Arc::new(broker)).await?;
+        app.sweeper = Some(sweeper);
+        Ok(app)
+    }
+
+    /// Builds a node on a given broker.
+    pub async fn with_broker(
+        settings: Settings,
+        broker: Arc<dyn Broker>,
+    ) -> Result<Self, BuildError> {
+        let listener = bind(settings.listen).await?;
+        let admin = match settings.admin_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok(Self {
+            listener,
+            admin,
+            state: AppState::new(settings, broker),
+            sweeper: None,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            listener,
+            admin,
+            state,
+            sweeper,
+        } = self;
+        let graceful = GracefulShutdown::new();
+        let builder = builder(&state.settings);
+        let admin_task = admin.map(|l| {
+            let state = state.clone();
+            let builder = builder.clone();
+            tokio::spawn(
+                async move { accept_forever(&l, state, builder, Listener::Admin, None).await },
+            )
+        });
+
+        tokio::select! {
+            () = accept_forever(listener_ref(&listener), state.clone(), builder.clone(), Listener::Public, Some(&graceful)) => {}
+            () = shutdown => {}
+        }
+
+        tracing::info!(
+            streams = state.streams.open(),
+            window = ?state.settings.drain_window,
+            "shutting down: draining streams"
+        );
+        state.draining.send_replace(true);
+        let deadline =
+            tokio::time::Instant::now() + state.settings.drain_window + Duration::from_secs(1);
+        // Keep answering (politely) while the streams drain: new subscribers are told to
+        // retry elsewhere, publishes and history still work.
+        tokio::select! {
+            () = accept_forever(listener_ref(&listener), state.clone(), builder, Listener::Public, Some(&graceful)) => {}
+            () = state.streams.wait_idle() => {}
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(streams = state.streams.open(), "drain window over with streams open");
+            }
+        }
+        drop(listener);
+        if let Some(task) = admin_task {
+            task.abort();
+        }
+        if tokio::time::timeout(FINAL_GRACE, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the grace period: closing them");
+        }
+        if let Some(s) = sweeper {
+            s.abort();
+        }
+        tracing::info!("shutdown complete");
+    }
+}
+
+fn listener_ref(l: &TcpListener) -> &TcpListener {
+    l
+}
+
+fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .keep_alive(true);
+    b.http2().timer(TokioTimer::new());
+    b
+}
+
+async fn accept_forever(
+    listener: &TcpListener,
+    state: Arc<AppState>,
+    builder: auto::Builder<TokioExecutor>,
+    which: Listener,
+    graceful: Option<&GracefulShutdown>,
+) {
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, std::convert::Infallible>(router::route(state, req, which).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let fut: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match graceful {
+            Some(g) => Box::pin(g.watch(conn)),
+            None => Box::pin(conn),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}

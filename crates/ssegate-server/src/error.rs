@@ -1,0 +1,143 @@
+//! API errors: one JSON shape, one stable `code` per cause, the right status, and never
+//! an internal detail in the reply (those go to the log).
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use ssegate_broker::{BrokerError, ErrorClass};
+use ssegate_core::{CursorError, DataError, NameError};
+
+use crate::body::Body;
+
+/// An error answered to a client as `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable snake_case code, listed in `docs/api.md`.
+    pub code: &'static str,
+    pub message: String,
+    /// For batch publishes: which event was refused.
+    pub index: Option<usize>,
+    /// For 405: the methods the resource allows.
+    pub allow: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            index: None,
+            allow: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("method not allowed; allowed: {allow}"),
+            )
+        }
+    }
+
+    pub fn at_index(mut self, index: usize) -> Self {
+        self.message = format!("events[{index}]: {}", self.message);
+        self.index = Some(index);
+        self
+    }
+
+    /// Who caused it (for logs and metrics).
+    pub fn class(&self) -> ErrorClass {
+        match self.status.as_u16() {
+            503 => ErrorClass::Broker,
+            500..=599 => ErrorClass::Internal,
+            _ => ErrorClass::Client,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
+        if let Some(i) = self.index {
+            error["index"] = i.into();
+        }
+        let body = serde_json::json!({ "error": error }).to_string();
+        let mut res = Response::new(Body::full(Bytes::from(body)));
+        *res.status_mut() = self.status;
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(allow) = self.allow {
+            res.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        res
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        match e.class() {
+            ErrorClass::Client => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                e.to_string(),
+            ),
+            ErrorClass::Broker => {
+                tracing::warn!(error = %e, "broker unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "broker_unavailable",
+                    "the history store is unavailable; retry later",
+                )
+            }
+            ErrorClass::Internal => {
+                tracing::error!(error = %e, "internal broker error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+/// A channel name from a request was refused.
+pub fn channel_error(e: NameError) -> ApiError {
+    ApiError::bad_request("invalid_channel", e.to_string())
+}
+
+/// An event type from a request was refused.
+pub fn event_type_error(e: NameError) -> ApiError {
+    ApiError::bad_request("invalid_event_type", e.to_string())
+}
+
+pub fn cursor_error(e: CursorError) -> ApiError {
+    let code = match e {
+        CursorError::Malformed => "invalid_cursor",
+        _ => "cursor_mismatch",
+    };
+    ApiError::bad_request(code, e.to_string())
+}
+
+pub fn data_error(e: DataError) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "event_too_large",
+        e.to_string(),
+    )
+}

@@ -1,0 +1,38 @@
+//! `/healthz` (the process is alive) and `/readyz` (it should get traffic).
+
+use http::{Response, StatusCode};
+use serde_json::json;
+
+use crate::body::Body;
+use crate::handlers::json;
+use crate::state::AppState;
+
+pub(crate) fn healthz(state: &AppState) -> Response<Body> {
+    json(
+        StatusCode::OK,
+        &json!({ "status": "ok", "node_id": state.settings.node_id }),
+    )
+}
+
+/// Ready when the broker answers and the node is not draining.
+pub(crate) async fn readyz(state: &AppState) -> Response<Body> {
+    let draining = state.is_draining();
+    let broker = state.broker.ready().await;
+    let ready = !draining && broker.is_ok();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(
+        status,
+        &json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "node_id": state.settings.node_id,
+            "broker": state.broker.kind(),
+            "broker_ok": broker.is_ok(),
+            "draining": draining,
+            "streams": state.streams.open(),
+        }),
+    )
+}

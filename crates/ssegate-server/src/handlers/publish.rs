@@ -1,0 +1,256 @@
+//! Publishing: `POST /v1/channels/{channel}/events` and `POST /v1/publish` (batch).
+//!
+//! A request is fully read and validated before anything is published: a batch with one
+//! bad event publishes nothing and names the event's index. Bodies:
+//! `application/json` (or no content type) `{"data": <any JSON>, "event": "type"?}`;
+//! `application/x-www-form-urlencoded` with `data` and `event` (what `curl -d` sends);
+//! `text/plain` as the data string (`?event=` gives the type). Anything else is 415.
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::{Value, json};
+use ssegate_core::{ChannelName, Data, EventType, NewEvent, Position};
+
+use crate::body::Body;
+use crate::error::{ApiError, channel_error, data_error, event_type_error};
+use crate::handlers::json;
+use crate::query::Query;
+use crate::state::AppState;
+
+/// Longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    Form,
+    Text,
+}
+
+fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(BodyKind::Json);
+    };
+    let ct = ct.to_str().unwrap_or_default();
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    match essence.to_ascii_lowercase().as_str() {
+        "application/json" => Ok(BodyKind::Json),
+        "application/x-www-form-urlencoded" => Ok(BodyKind::Form),
+        "text/plain" => Ok(BodyKind::Text),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send application/json, application/x-www-form-urlencoded or text/plain",
+        )),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        )
+    };
+    let s = v.to_str().map_err(|_| bad())?;
+    if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(s.to_owned()))
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("request body is larger than {limit} bytes"),
+    )
+}
+
+async fn read_body(req: Request<hyper::body::Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
+        Err(_) => Err(ApiError::bad_request(
+            "invalid_body",
+            "the request body could not be read",
+        )),
+    }
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("request body is not valid JSON: {e}"),
+        )
+    })
+}
+
+fn invalid_body(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_body", message)
+}
+
+fn event_type(raw: Option<&str>) -> Result<Option<EventType>, ApiError> {
+    raw.map(|t| EventType::new(t).map_err(event_type_error))
+        .transpose()
+}
+
+/// One event object: `{"data": ..., "event": ...}` plus `"channel"` in batches.
+fn event_from_object(
+    value: Value,
+    channel: Option<&ChannelName>,
+    max_size: usize,
+) -> Result<NewEvent, ApiError> {
+    let Value::Object(mut map) = value else {
+        return Err(invalid_body("an event must be a JSON object"));
+    };
+    let allowed: &[&str] = if channel.is_some() {
+        &["data", "event"]
+    } else {
+        &["channel", "data", "event"]
+    };
+    if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        let shown: String = unknown.chars().take(64).collect();
+        return Err(invalid_body(format!(
+            "unknown field {shown:?}; allowed: {}",
+            allowed.join(", ")
+        )));
+    }
+    let channel = match channel {
+        Some(c) => c.clone(),
+        None => match map.remove("channel") {
+            Some(Value::String(s)) => ChannelName::new(&s).map_err(channel_error)?,
+            _ => return Err(invalid_body("\"channel\" must be a string")),
+        },
+    };
+    let data = map
+        .remove("data")
+        .ok_or_else(|| invalid_body("missing field \"data\""))?;
+    let event_type = match map.remove("event") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => event_type(Some(&s))?,
+        Some(_) => return Err(invalid_body("\"event\" must be a string")),
+    };
+    let data = Data::from_json(data);
+    data.check_size(max_size).map_err(data_error)?;
+    Ok(NewEvent {
+        channel,
+        event_type,
+        data,
+    })
+}
+
+fn text(bytes: Bytes) -> Result<String, ApiError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| invalid_body("request body is not valid UTF-8"))
+}
+
+/// `POST /v1/channels/{channel}/events`.
+pub(crate) async fn publish_one(
+    state: &AppState,
+    req: Request<hyper::body::Incoming>,
+    channel: &str,
+) -> Result<Response<Body>, ApiError> {
+    let channel = ChannelName::new(channel).map_err(channel_error)?;
+    let kind = body_kind(req.headers())?;
+    let key = idempotency_key(req.headers())?;
+    let query = Query::parse(req.uri().query());
+    let max_event = state.settings.max_event_size;
+    let bytes = read_body(req, state.settings.max_body_size).await?;
+    let event = match kind {
+        BodyKind::Json => event_from_object(parse_json(&bytes)?, Some(&channel), max_event)?,
+        BodyKind::Form => {
+            let form = Query::parse(Some(&text(bytes)?));
+            let data = form
+                .get("data")
+                .ok_or_else(|| invalid_body("missing form field \"data\""))?;
+            let data = Data::text(data.to_owned());
+            data.check_size(max_event).map_err(data_error)?;
+            NewEvent {
+                channel: channel.clone(),
+                event_type: event_type(form.get("event").filter(|s| !s.is_empty()))?,
+                data,
+            }
+        }
+        BodyKind::Text => {
+            let data = Data::text(text(bytes)?);
+            data.check_size(max_event).map_err(data_error)?;
+            NewEvent {
+                channel: channel.clone(),
+                event_type: event_type(query.get("event").filter(|s| !s.is_empty()))?,
+                data,
+            }
+        }
+    };
+    let published = state.broker.publish(vec![event], key.as_deref()).await?;
+    let id = published.ids.first().copied().unwrap_or_default();
+    Ok(json(
+        StatusCode::CREATED,
+        &json!({
+            "id": Position { epoch: published.epoch, id }.to_string(),
+            "channel": channel,
+        }),
+    ))
+}
+
+/// `POST /v1/publish`: `{"events": [{"channel", "data", "event"?}, ...]}`.
+pub(crate) async fn publish_batch(
+    state: &AppState,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    if body_kind(req.headers())? != BodyKind::Json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "a batch is application/json",
+        ));
+    }
+    let key = idempotency_key(req.headers())?;
+    let bytes = read_body(req, state.settings.max_body_size).await?;
+    let Value::Object(mut root) = parse_json(&bytes)? else {
+        return Err(invalid_body("expected {\"events\": [...]}"));
+    };
+    if let Some(unknown) = root.keys().find(|k| k.as_str() != "events") {
+        let shown: String = unknown.chars().take(64).collect();
+        return Err(invalid_body(format!(
+            "unknown field {shown:?}; allowed: events"
+        )));
+    }
+    let Some(Value::Array(items)) = root.remove("events") else {
+        return Err(invalid_body("\"events\" must be an array"));
+    };
+    if items.is_empty() {
+        return Err(ApiError::bad_request("empty_batch", "\"events\" is empty"));
+    }
+    let max_event = state.settings.max_event_size;
+    let events = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| event_from_object(v, None, max_event).map_err(|e| e.at_index(i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let published = state.broker.publish(events, key.as_deref()).await?;
+    let ids: Vec<String> = published
+        .ids
+        .iter()
+        .map(|&id| {
+            Position {
+                epoch: published.epoch,
+                id,
+            }
+            .to_string()
+        })
+        .collect();
+    Ok(json(StatusCode::CREATED, &json!({ "ids": ids })))
+}

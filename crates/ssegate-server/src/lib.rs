@@ -1,0 +1,28 @@
+//! ssegate's HTTP layer: the v1 API on hyper 1.x and hyper-util, HTTP/1.1 and h2c on one
+//! port, SSE streams with replay, gap signals, heartbeats and drain.
+//!
+//! # Layout
+//!
+//! - [`app`]: [`App::build`] binds the listeners; [`App::run`] serves until a shutdown
+//!   future resolves, then drains.
+//! - [`settings`]: [`Settings`], the validated runtime settings with their defaults.
+//! - `router`: path and method dispatch, 404/405.
+//! - `stream`: subscribing; `stream::session` is the per-stream state machine.
+//! - `handlers`: publish (single and batch), history, health, the demo page.
+//! - [`error`]: [`error::ApiError`], the one JSON error shape.
+//! - [`body`]: the response body (a buffer or a stream of shared frames).
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod body;
+pub mod error;
+mod handlers;
+mod query;
+mod router;
+pub mod settings;
+pub mod state;
+mod stream;
+
+pub use app::{App, BuildError};
+pub use settings::Settings;

@@ -1,0 +1,88 @@
+//! A small router: the v1 API has a handful of routes, so a match on path segments is
+//! clearer than a framework. Known paths with the wrong method answer 405 with `Allow`.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use percent_encoding::percent_decode_str;
+
+use crate::body::Body;
+use crate::error::ApiError;
+use crate::handlers::{self, health, history, publish};
+use crate::state::AppState;
+use crate::stream;
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listener {
+    Public,
+    Admin,
+}
+
+fn decode_segment(seg: &str) -> Result<String, ApiError> {
+    percent_decode_str(seg)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::bad_request("invalid_channel", "channel name is not valid UTF-8"))
+}
+
+pub(crate) async fn route(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    listener: Listener,
+) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let result = dispatch(&state, req, listener).await;
+    match result {
+        Ok(res) => res,
+        Err(e) => {
+            tracing::debug!(%method, %path, status = e.status.as_u16(), code = e.code, "request refused");
+            e.into_response()
+        }
+    }
+}
+
+async fn dispatch(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    listener: Listener,
+) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let method = req.method().clone();
+    let get = method == Method::GET || method == Method::HEAD;
+    match (listener, segments.as_slice()) {
+        (_, ["healthz"]) if get => Ok(health::healthz(state)),
+        (_, ["readyz"]) if get => Ok(health::readyz(state).await),
+        (_, ["healthz" | "readyz"]) => Err(ApiError::method_not_allowed("GET, HEAD")),
+        (Listener::Admin, _) => Err(ApiError::not_found()),
+        (_, [""]) if get => Ok(handlers::demo_page()),
+        (_, [""]) => Err(ApiError::method_not_allowed("GET, HEAD")),
+        (_, ["v1", "channels", ch, "events"]) => {
+            let ch = decode_segment(ch)?;
+            match method {
+                Method::GET => stream::subscribe_one(state, &req, &ch),
+                Method::POST => publish::publish_one(state, req, &ch).await,
+                _ => Err(ApiError::method_not_allowed("GET, POST")),
+            }
+        }
+        (_, ["v1", "channels", ch, "history"]) => {
+            let ch = decode_segment(ch)?;
+            match method {
+                Method::GET => history::history(state, &ch, req.uri().query()).await,
+                _ => Err(ApiError::method_not_allowed("GET")),
+            }
+        }
+        (_, ["v1", "events"]) => match method {
+            Method::GET => stream::subscribe_many(state, &req),
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        (_, ["v1", "publish"]) => match method {
+            Method::POST => publish::publish_batch(state, req).await,
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        _ => Err(ApiError::not_found()),
+    }
+}

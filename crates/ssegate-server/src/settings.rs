@@ -1,0 +1,73 @@
+//! Runtime settings of a node, already parsed and validated (the binary builds them from
+//! flags, environment and file). Every field has the documented default.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ssegate_broker::HistoryConfig;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Public listener: the v1 API, the demo page, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+    /// Admin listener (`/healthz`, `/readyz`, later `/metrics`); `None` turns it off.
+    pub admin_listen: Option<SocketAddr>,
+    /// Shown in logs and `/readyz`, so an operator can tell nodes apart.
+    pub node_id: String,
+    /// Idle streams get a comment this often, so proxies and NATs keep them open.
+    pub heartbeat_interval: Duration,
+    /// The base of the `retry:` sent to clients.
+    pub retry: Duration,
+    /// Random extra on top of `retry`, so that a mass reconnect spreads out.
+    pub retry_jitter: Duration,
+    /// On shutdown, streams are closed spread over this window.
+    pub drain_window: Duration,
+    /// Concurrent streams on this node; past it, new subscribers are told to retry.
+    pub max_connections: usize,
+    /// Channels one multi-channel stream may name.
+    pub max_channels_per_connection: usize,
+    /// Largest event data, in bytes (413 past it).
+    pub max_event_size: usize,
+    /// Largest request body, in bytes (413 past it); separate from the event limit
+    /// because a batch carries many events.
+    pub max_body_size: usize,
+    /// Events per history read when replaying or catching up.
+    pub replay_page_size: usize,
+    /// A client must send its request headers within this time (slowloris).
+    pub header_read_timeout: Duration,
+    pub history: HistoryConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9090))),
+            node_id: String::new(),
+            heartbeat_interval: Duration::from_secs(15),
+            retry: Duration::from_secs(3),
+            retry_jitter: Duration::from_secs(2),
+            drain_window: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_channels_per_connection: 64,
+            max_event_size: 64 * 1024,
+            max_body_size: 1024 * 1024,
+            replay_page_size: 256,
+            header_read_timeout: Duration::from_secs(10),
+            history: HistoryConfig::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// A jittered `retry:` value in milliseconds.
+    pub fn jittered_retry_ms(&self) -> u64 {
+        let base = u64::try_from(self.retry.as_millis()).unwrap_or(u64::MAX);
+        let jitter = u64::try_from(self.retry_jitter.as_millis()).unwrap_or(0);
+        base.saturating_add(if jitter == 0 {
+            0
+        } else {
+            fastrand::u64(0..jitter)
+        })
+    }
+}

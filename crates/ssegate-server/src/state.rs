@@ -1,0 +1,95 @@
+//! What every request handler shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ssegate_broker::Broker;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::settings::Settings;
+
+#[derive(Debug)]
+pub struct AppState {
+    pub settings: Settings,
+    pub broker: Arc<dyn Broker>,
+    /// Flips to true once on shutdown; every stream watches it to start its drain.
+    pub draining: watch::Sender<bool>,
+    /// One permit per open stream: the node's connection cap.
+    pub stream_permits: Arc<Semaphore>,
+    pub streams: StreamTracker,
+}
+
+impl AppState {
+    pub fn new(settings: Settings, broker: Arc<dyn Broker>) -> Arc<Self> {
+        let permits = Arc::new(Semaphore::new(settings.max_connections));
+        Arc::new(Self {
+            settings,
+            broker,
+            draining: watch::Sender::new(false),
+            stream_permits: permits,
+            streams: StreamTracker::default(),
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// A slot for a new stream, or `None` at the connection cap.
+    pub fn admit_stream(&self) -> Option<StreamGuard> {
+        let permit = self.stream_permits.clone().try_acquire_owned().ok()?;
+        Some(self.streams.enter(permit))
+    }
+}
+
+/// Counts open streams so that shutdown can end as soon as the last one is drained.
+#[derive(Debug, Clone, Default)]
+pub struct StreamTracker {
+    inner: Arc<TrackerInner>,
+}
+
+#[derive(Debug, Default)]
+struct TrackerInner {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+impl StreamTracker {
+    fn enter(&self, permit: OwnedSemaphorePermit) -> StreamGuard {
+        self.inner.open.fetch_add(1, Ordering::SeqCst);
+        StreamGuard {
+            tracker: self.clone(),
+            _permit: permit,
+        }
+    }
+
+    pub fn open(&self) -> usize {
+        self.inner.open.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no stream is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Held by a stream for its lifetime: its connection permit and its place in the count.
+#[derive(Debug)]
+pub struct StreamGuard {
+    tracker: StreamTracker,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.tracker.inner.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.tracker.inner.idle.notify_waiters();
+        }
+    }
+}

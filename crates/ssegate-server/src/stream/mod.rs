@@ -1,0 +1,148 @@
+//! Subscribing: `GET /v1/channels/{channel}/events` and `GET /v1/events`.
+//!
+//! Everything a request can get wrong (names, cursors, too many channels) is answered
+//! with a JSON error *before* the stream starts, so a stream is never half-written.
+//! Admission control answers with a `200` stream that carries only a jittered `retry:`
+//! and ends: browsers' `EventSource` gives up for good on a 503, but reconnects after a
+//! stream ends.
+
+mod session;
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, Request, Response, header};
+use ssegate_core::{ChannelName, ChannelSet, CompositeCursor, Cursor, StartFrom};
+
+use crate::body::Body;
+use crate::error::{ApiError, channel_error, cursor_error};
+use crate::query::Query;
+use crate::state::AppState;
+
+pub(crate) use session::{IdForm, Session};
+
+/// The client's cursor: a non-empty `Last-Event-ID` header, else `?lastEventId=`.
+fn cursor_text(headers: &HeaderMap, query: &Query) -> Result<Option<String>, ApiError> {
+    if let Some(v) = headers.get("last-event-id") {
+        let v = v
+            .to_str()
+            .map_err(|_| ApiError::bad_request("invalid_cursor", "malformed event id"))?;
+        if !v.is_empty() {
+            return Ok(Some(v.to_owned()));
+        }
+    }
+    Ok(query
+        .get("lastEventId")
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned))
+}
+
+fn sse_response(body: Body) -> Response<Body> {
+    let mut res = Response::new(body);
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    res
+}
+
+/// The admission-control answer: a stream with only a jittered `retry:`.
+pub(crate) fn retry_only(state: &AppState) -> Response<Body> {
+    let frame = ssegate_core::sse::retry_frame(state.settings.jittered_retry_ms());
+    sse_response(Body::full(frame))
+}
+
+/// `GET /v1/channels/{channel}/events`.
+pub(crate) fn subscribe_one(
+    state: &Arc<AppState>,
+    req: &Request<hyper::body::Incoming>,
+    channel: &str,
+) -> Result<Response<Body>, ApiError> {
+    let channel = ChannelName::new(channel).map_err(channel_error)?;
+    let query = Query::parse(req.uri().query());
+    let (start, echo) = match cursor_text(req.headers(), &query)? {
+        Some(text) => (
+            Cursor::parse(&text).map_err(cursor_error)?.start(),
+            Some(text),
+        ),
+        None => (StartFrom::Now, None),
+    };
+    Ok(start_stream(
+        state,
+        IdForm::Single,
+        vec![channel],
+        vec![start],
+        echo,
+    ))
+}
+
+/// `GET /v1/events?channel=a&channel=b` (or `channels=a,b`).
+pub(crate) fn subscribe_many(
+    state: &Arc<AppState>,
+    req: &Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let query = Query::parse(req.uri().query());
+    let mut names = Vec::new();
+    for raw in query.all("channel") {
+        names.push(ChannelName::new(raw).map_err(channel_error)?);
+    }
+    for list in query.all("channels") {
+        for raw in list.split(',') {
+            names.push(ChannelName::new(raw).map_err(channel_error)?);
+        }
+    }
+    let set = ChannelSet::new(names);
+    if set.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_channel",
+            "name at least one channel with ?channel=NAME or ?channels=A,B",
+        ));
+    }
+    let max = state.settings.max_channels_per_connection;
+    if set.len() > max {
+        return Err(ApiError::bad_request(
+            "too_many_channels",
+            format!("at most {max} channels per stream"),
+        ));
+    }
+    let (starts, echo) = match cursor_text(req.headers(), &query)? {
+        Some(text) => {
+            let cursor = CompositeCursor::parse(&text, &set).map_err(cursor_error)?;
+            (
+                (0..set.len()).map(|i| cursor.start(i)).collect(),
+                Some(text),
+            )
+        }
+        None => (vec![StartFrom::Now; set.len()], None),
+    };
+    let ids = IdForm::Composite {
+        checksum: set.checksum(),
+    };
+    Ok(start_stream(state, ids, set.names().to_vec(), starts, echo))
+}
+
+fn start_stream(
+    state: &Arc<AppState>,
+    ids: IdForm,
+    channels: Vec<ChannelName>,
+    starts: Vec<StartFrom>,
+    echo: Option<String>,
+) -> Response<Body> {
+    if state.is_draining() {
+        return retry_only(state);
+    }
+    let Some(guard) = state.admit_stream() else {
+        tracing::debug!("connection limit reached: told to retry");
+        return retry_only(state);
+    };
+    let session = Session::new(state.clone(), guard, ids, channels, starts, echo);
+    let stream = futures_util::stream::unfold(session, |mut s| async move {
+        s.next_frame().await.map(|frame| (frame, s))
+    });
+    sse_response(Body::stream(stream))
+}

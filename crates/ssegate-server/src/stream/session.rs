@@ -1,0 +1,373 @@
+//! One SSE stream: the state machine behind a subscriber's response body.
+//!
+//! The body pulls frames with [`Session::next_frame`]; nothing is produced while the
+//! client is not reading, so a stalled client costs its cursor and nothing more (see the
+//! hub's backpressure rule: its live ring laps it, and it is caught up from history).
+//!
+//! Per channel a session keeps the id of the last event it wrote (its cursor) and whether
+//! it is *catching up* (reading history) or *live*. Joining without loss: the live
+//! subscriptions are taken when the session is built, before any history is read; a
+//! channel goes live only once a history read reports nothing more, and from then on a
+//! live event is written only if its id is after the cursor.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ssegate_broker::{LiveRecv, LiveSubscription, ReadFrom, StoredEvent};
+use ssegate_core::cursor::write_composite;
+use ssegate_core::sse::{self, SyncReason};
+use ssegate_core::{ChannelName, EntryId, Epoch, Position, StartFrom};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use crate::state::{AppState, StreamGuard};
+
+/// How event ids are written on this stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum IdForm {
+    /// `/v1/channels/{c}/events`: the event's own position.
+    Single,
+    /// `/v1/events`: the composite cursor of every channel, with the set's checksum.
+    Composite { checksum: u32 },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Resync {
+    /// Start from the oldest retained event without a signal (`lastEventId=0`).
+    Oldest,
+    /// Start from the oldest retained event and tell the client why.
+    Signal(SyncReason),
+}
+
+#[derive(Debug)]
+struct Chan {
+    name: ChannelName,
+    live: LiveSubscription,
+    /// Last entry id written (or announced) on this stream for this channel.
+    cursor: EntryId,
+    catching_up: bool,
+    resync: Option<Resync>,
+}
+
+#[derive(Debug)]
+struct Opening {
+    starts: Vec<StartFrom>,
+    /// The client's cursor, echoed in the first frame when resuming.
+    echo: Option<String>,
+}
+
+pub(crate) struct Session {
+    state: Arc<AppState>,
+    ids: IdForm,
+    epoch: Option<Epoch>,
+    chans: Vec<Chan>,
+    opening: Option<Opening>,
+    pending: VecDeque<Bytes>,
+    heartbeat: Pin<Box<Sleep>>,
+    draining: watch::Receiver<bool>,
+    close_at: Option<Pin<Box<Sleep>>>,
+    finished: bool,
+    next_poll: usize,
+    buf: BytesMut,
+    _guard: StreamGuard,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("channels", &self.chans.len())
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+static HEARTBEAT: Bytes = Bytes::from_static(sse::HEARTBEAT);
+
+impl Session {
+    /// Builds a session and takes its live subscriptions (before any history is read).
+    pub(crate) fn new(
+        state: Arc<AppState>,
+        guard: StreamGuard,
+        ids: IdForm,
+        channels: Vec<ChannelName>,
+        starts: Vec<StartFrom>,
+        echo: Option<String>,
+    ) -> Self {
+        let chans = channels
+            .into_iter()
+            .map(|name| Chan {
+                live: state.broker.subscribe(&name),
+                name,
+                cursor: EntryId::ZERO,
+                catching_up: false,
+                resync: None,
+            })
+            .collect();
+        let heartbeat = Box::pin(tokio::time::sleep(state.settings.heartbeat_interval));
+        let draining = state.draining.subscribe();
+        Self {
+            ids,
+            epoch: None,
+            chans,
+            opening: Some(Opening { starts, echo }),
+            pending: VecDeque::new(),
+            heartbeat,
+            draining,
+            close_at: None,
+            finished: false,
+            next_poll: 0,
+            buf: BytesMut::new(),
+            _guard: guard,
+            state,
+        }
+    }
+
+    /// The next chunk of the stream, or `None` when it ends.
+    pub(crate) async fn next_frame(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(frame) = self.pending.pop_front() {
+                let interval = self.state.settings.heartbeat_interval;
+                self.heartbeat.as_mut().reset(Instant::now() + interval);
+                return Some(frame);
+            }
+            if self.finished {
+                return None;
+            }
+            if let Some(opening) = self.opening.take() {
+                self.open(opening).await;
+                continue;
+            }
+            if let Some(i) = self.chans.iter().position(|c| c.catching_up) {
+                self.catch_up(i).await;
+                continue;
+            }
+            self.wait_live().await;
+        }
+    }
+
+    /// Ends the stream with a jittered `retry:` so that the client comes back later.
+    fn finish_with_retry(&mut self) {
+        let retry = self.state.settings.jittered_retry_ms();
+        self.pending.push_back(sse::retry_frame(retry));
+        self.finished = true;
+    }
+
+    async fn open(&mut self, opening: Opening) {
+        let broker = self.state.broker.clone();
+        let epoch = match broker.epoch().await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open stream: broker unavailable");
+                return self.finish_with_retry();
+            }
+        };
+        self.epoch = Some(epoch);
+        for (chan, start) in self.chans.iter_mut().zip(opening.starts) {
+            match start {
+                StartFrom::Now => match broker.read(&chan.name, ReadFrom::Oldest, 0).await {
+                    Ok(page) => chan.cursor = page.last,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot open stream: broker unavailable");
+                        return self.finish_with_retry();
+                    }
+                },
+                StartFrom::Oldest => {
+                    chan.catching_up = true;
+                    chan.resync = Some(Resync::Oldest);
+                }
+                StartFrom::After(Position { epoch: e, id }) if e == epoch => {
+                    chan.cursor = id;
+                    chan.catching_up = true;
+                }
+                StartFrom::After(_) => {
+                    chan.catching_up = true;
+                    chan.resync = Some(Resync::Signal(SyncReason::EpochChanged));
+                }
+            }
+        }
+        let id = match opening.echo {
+            Some(echo) => echo,
+            None => self.current_id(epoch),
+        };
+        let retry = self.state.settings.jittered_retry_ms();
+        self.pending.push_back(sse::open_frame(retry, &id));
+        if *self.draining.borrow_and_update() {
+            self.start_drain();
+        }
+    }
+
+    /// The stream's current cursor as text.
+    fn current_id(&self, epoch: Epoch) -> String {
+        match self.ids {
+            IdForm::Single => Position {
+                epoch,
+                id: self.chans.first().map_or(EntryId::ZERO, |c| c.cursor),
+            }
+            .to_string(),
+            IdForm::Composite { checksum } => {
+                let mut s = String::with_capacity(20 + 24 * self.chans.len());
+                let _ =
+                    write_composite(&mut s, epoch, checksum, self.chans.iter().map(|c| c.cursor));
+                s
+            }
+        }
+    }
+
+    async fn catch_up(&mut self, i: usize) {
+        let broker = self.state.broker.clone();
+        let Some(epoch) = self.epoch else { return };
+        let from = match self.chans[i].resync {
+            Some(_) => ReadFrom::Oldest,
+            None => ReadFrom::After(self.chans[i].cursor),
+        };
+        let limit = self.state.settings.replay_page_size;
+        let page = match broker.read(&self.chans[i].name, from, limit).await {
+            Ok(page) => page,
+            Err(e) => {
+                // The client resumes from its last id elsewhere or later: nothing lost.
+                tracing::warn!(error = %e, "catch-up failed: ending stream");
+                return self.finish_with_retry();
+            }
+        };
+        if page.epoch != epoch {
+            self.epoch_changed(page.epoch);
+            return;
+        }
+        let reason = match self.chans[i].resync.take() {
+            Some(Resync::Signal(reason)) => Some(reason),
+            Some(Resync::Oldest) => {
+                self.chans[i].cursor = page.start;
+                None
+            }
+            None if page.gap => Some(SyncReason::HistoryTrimmed),
+            None => None,
+        };
+        if let Some(reason) = reason {
+            self.chans[i].cursor = page.start;
+            let id = self.current_id(epoch);
+            let name = self.chans[i].name.clone();
+            self.pending
+                .push_back(sse::sync_required_frame(&id, name.as_str(), reason));
+        }
+        // One coalesced chunk per page: replay is about throughput, not sharing.
+        for ev in &page.events {
+            if ev.id > self.chans[i].cursor {
+                self.chans[i].cursor = ev.id;
+                self.write_event(i, ev, true);
+            }
+        }
+        if !self.buf.is_empty() {
+            let chunk = self.buf.split().freeze();
+            self.pending.push_back(chunk);
+        }
+        if !page.has_more() {
+            self.chans[i].catching_up = false;
+        }
+    }
+
+    /// The store started over: every channel restarts from its oldest retained event,
+    /// each with its own `sync-required`.
+    fn epoch_changed(&mut self, epoch: Epoch) {
+        tracing::info!(%epoch, "history epoch changed under a live stream");
+        self.epoch = Some(epoch);
+        for chan in &mut self.chans {
+            chan.catching_up = true;
+            chan.resync = Some(Resync::Signal(SyncReason::EpochChanged));
+        }
+    }
+
+    /// Writes one event for channel `i` (whose cursor is already the event's id). With
+    /// `coalesce`, into the session buffer; else as its own chunk, shared when possible.
+    fn write_event(&mut self, i: usize, ev: &StoredEvent, coalesce: bool) {
+        match self.ids {
+            IdForm::Single if !coalesce => {
+                self.pending.push_back(ev.encoded.frame().clone());
+            }
+            IdForm::Single => self.buf.put_slice(ev.encoded.frame()),
+            IdForm::Composite { checksum } => {
+                let Some(epoch) = self.epoch else { return };
+                self.buf.put_slice(b"id: ");
+                let mut w = BufWriter(&mut self.buf);
+                let _ =
+                    write_composite(&mut w, epoch, checksum, self.chans.iter().map(|c| c.cursor));
+                self.buf.put_u8(b'\n');
+                self.buf.put_slice(ev.encoded.body_slice());
+                if !coalesce {
+                    let chunk = self.buf.split().freeze();
+                    self.pending.push_back(chunk);
+                }
+            }
+        }
+        let _ = i;
+    }
+
+    fn start_drain(&mut self) {
+        let window = self.state.settings.drain_window;
+        let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let delay = Duration::from_millis(if ms == 0 { 0 } else { fastrand::u64(0..ms) });
+        self.close_at = Some(Box::pin(tokio::time::sleep(delay)));
+    }
+
+    async fn wait_live(&mut self) {
+        enum Woke {
+            Live(usize, LiveRecv),
+            Heartbeat,
+            Draining,
+            Close,
+        }
+        let n = self.chans.len();
+        let start = self.next_poll;
+        let chans = &mut self.chans;
+        let close_at = &mut self.close_at;
+        let draining = &mut self.draining;
+        let heartbeat = &mut self.heartbeat;
+        let woke = tokio::select! {
+            (i, recv) = poll_fn(|cx| {
+                for k in 0..n {
+                    let i = (start + k) % n;
+                    if let Poll::Ready(r) = chans[i].live.poll_recv(cx) {
+                        return Poll::Ready((i, r));
+                    }
+                }
+                Poll::Pending
+            }) => Woke::Live(i, recv),
+            () = heartbeat.as_mut() => Woke::Heartbeat,
+            _ = draining.changed(), if close_at.is_none() => Woke::Draining,
+            () = async {
+                match close_at.as_mut() {
+                    Some(s) => s.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => Woke::Close,
+        };
+        match woke {
+            Woke::Live(i, LiveRecv::Event(ev)) => {
+                self.next_poll = (i + 1) % n.max(1);
+                if ev.epoch != self.epoch.unwrap_or(ev.epoch) {
+                    self.epoch_changed(ev.epoch);
+                } else if ev.id > self.chans[i].cursor {
+                    self.chans[i].cursor = ev.id;
+                    self.write_event(i, &ev, false);
+                }
+            }
+            Woke::Live(i, LiveRecv::Lagged) => self.chans[i].catching_up = true,
+            Woke::Live(_, LiveRecv::Closed) | Woke::Close => self.finish_with_retry(),
+            Woke::Heartbeat => self.pending.push_back(HEARTBEAT.clone()),
+            Woke::Draining => self.start_drain(),
+        }
+    }
+}
+
+struct BufWriter<'a>(&'a mut BytesMut);
+
+impl std::fmt::Write for BufWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.put_slice(s.as_bytes());
+        Ok(())
+    }
+}

@@ -1,0 +1,489 @@
+//! Settings from flags, `SSEGATE_*` environment variables and an optional TOML file.
+//!
+//! Strength: flags > environment > file > defaults. (DESIGN.md lists the sources as
+//! "environment, file, flags"; we let the environment override the file, the usual rule
+//! for twelve-factor services, so that a deployment can override one value of a config
+//! file baked into an image or a ConfigMap. See docs/configuration.md.)
+//!
+//! Every setting is described once, in [`SETTINGS`]: its flag, its variable, its file key,
+//! its default and its help. `ssegate --help` and the docs are written from that table.
+//! An invalid value, an unknown flag or an unknown file key exits with status 64
+//! (`EX_USAGE`) and a message that names the setting.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Arg, ArgAction, Command};
+use ssegate_broker::HistoryConfig;
+use ssegate_server::Settings;
+
+use crate::telemetry::{LogFormat, LogSettings};
+
+/// `EX_USAGE` from sysexits.h.
+pub const EXIT_USAGE: u8 = 64;
+
+/// One setting: `--name`, `SSEGATE_NAME`, file key `name` (with `_`).
+#[derive(Debug)]
+pub struct Spec {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// Every setting, with its default as text.
+pub const SETTINGS: &[Spec] = &[
+    Spec {
+        name: "listen",
+        default: "0.0.0.0:8080",
+        help: "Public listener: API, streams, demo page, /healthz, /readyz",
+    },
+    Spec {
+        name: "admin-listen",
+        default: "0.0.0.0:9090",
+        help: "Admin listener (/healthz, /readyz); 'off' to disable",
+    },
+    Spec {
+        name: "redis-url",
+        default: "",
+        help: "Redis URL for cluster mode; unset: the embedded in-memory broker",
+    },
+    Spec {
+        name: "node-id",
+        default: "",
+        help: "This node's id in logs and /readyz; unset: a random UUID",
+    },
+    Spec {
+        name: "heartbeat-interval",
+        default: "15s",
+        help: "Comment heartbeat on idle streams",
+    },
+    Spec {
+        name: "retry",
+        default: "3s",
+        help: "Base of the retry: sent to clients",
+    },
+    Spec {
+        name: "retry-jitter",
+        default: "2s",
+        help: "Random extra on top of --retry, so reconnects spread out",
+    },
+    Spec {
+        name: "history-max-len",
+        default: "10000",
+        help: "Events kept per channel",
+    },
+    Spec {
+        name: "history-max-age",
+        default: "1h",
+        help: "Events older than this expire",
+    },
+    Spec {
+        name: "live-backlog",
+        default: "512",
+        help: "Events a subscriber may fall behind live before it is caught up from history",
+    },
+    Spec {
+        name: "drain-window",
+        default: "10s",
+        help: "On SIGTERM, streams are closed spread over this window",
+    },
+    Spec {
+        name: "max-connections",
+        default: "",
+        help: "Concurrent streams per node; unset: the open-files limit minus a reserve",
+    },
+    Spec {
+        name: "max-channels-per-connection",
+        default: "64",
+        help: "Channels one multi-channel stream may name",
+    },
+    Spec {
+        name: "max-event-size",
+        default: "64KiB",
+        help: "Largest event data (413 past it)",
+    },
+    Spec {
+        name: "max-body-size",
+        default: "1MiB",
+        help: "Largest request body, e.g. a batch (413 past it)",
+    },
+    Spec {
+        name: "idempotency-ttl",
+        default: "24h",
+        help: "How long an Idempotency-Key is remembered",
+    },
+    Spec {
+        name: "header-read-timeout",
+        default: "10s",
+        help: "Time a client has to send its request headers",
+    },
+    Spec {
+        name: "log-format",
+        default: "human",
+        help: "Log format: human or json",
+    },
+    Spec {
+        name: "log",
+        default: "info",
+        help: "Log filter (tracing EnvFilter syntax)",
+    },
+    Spec {
+        name: "auth-jwt-secret",
+        default: "",
+        help: "HS256 secret for subscriber/publisher JWTs; unset: auth off (not available in this version)",
+    },
+    Spec {
+        name: "publish-keys",
+        default: "",
+        help: "Static publisher keys (not available in this version)",
+    },
+    Spec {
+        name: "cors-origins",
+        default: "",
+        help: "Allowed CORS origins; unset: same-origin only (not available in this version)",
+    },
+];
+
+/// The loaded configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub settings: Settings,
+    pub log: LogSettings,
+}
+
+/// Loading stopped: print `message` and exit with `code` (0 for `--help`).
+#[derive(Debug)]
+pub enum ConfigError {
+    Exit { code: u8, message: String },
+}
+
+fn usage(message: impl Into<String>) -> ConfigError {
+    ConfigError::Exit {
+        code: EXIT_USAGE,
+        message: format!("ssegate: {}\n", message.into()),
+    }
+}
+
+fn env_name(name: &str) -> String {
+    format!("SSEGATE_{}", name.replace('-', "_").to_ascii_uppercase())
+}
+
+fn file_key(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+fn command() -> Command {
+    let mut cmd = Command::new("ssegate")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("A horizontally scaled Server-Sent Events gateway")
+        .after_help(
+            "Every setting is a flag, an environment variable and a key of the --config TOML \
+             file (flags > environment > file > default). Durations: 500ms, 15s, 1h. \
+             Sizes: 65536, 64KiB, 1MiB.",
+        )
+        .arg(
+            Arg::new("config")
+                .long("config")
+                .env("SSEGATE_CONFIG")
+                .value_name("FILE")
+                .help("TOML file with settings (keys like heartbeat_interval) [default: none]"),
+        );
+    for spec in SETTINGS {
+        let default = if spec.default.is_empty() {
+            "unset"
+        } else {
+            spec.default
+        };
+        cmd = cmd.arg(
+            Arg::new(spec.name)
+                .long(spec.name)
+                .env(env_name(spec.name))
+                .value_name("VALUE")
+                .action(ArgAction::Set)
+                .hide_env_values(spec.name.contains("secret") || spec.name.contains("keys"))
+                .help(format!("{} [default: {default}]", spec.help)),
+        );
+    }
+    cmd
+}
+
+/// Reads the settings from `args`, the environment and the file.
+pub fn load(
+    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+) -> Result<Config, ConfigError> {
+    let matches = command().try_get_matches_from(args).map_err(|e| {
+        let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+        ConfigError::Exit {
+            code,
+            message: e.render().to_string(),
+        }
+    })?;
+    let file = match matches.get_one::<String>("config") {
+        Some(path) => read_file(path)?,
+        None => HashMap::new(),
+    };
+    let mut raw = HashMap::new();
+    for spec in SETTINGS {
+        let value = matches
+            .get_one::<String>(spec.name)
+            .cloned()
+            .or_else(|| file.get(&file_key(spec.name)).cloned())
+            .unwrap_or_else(|| spec.default.to_owned());
+        raw.insert(spec.name, value);
+    }
+    from_raw(&raw)
+}
+
+fn read_file(path: &str) -> Result<HashMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("cannot read config file {path}: {e}")))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| usage(format!("config file {path} is not valid TOML: {e}")))?;
+    let mut out = HashMap::new();
+    for (key, value) in table {
+        if !SETTINGS.iter().any(|s| file_key(s.name) == key) {
+            return Err(usage(format!(
+                "config file {path}: unknown setting {key:?}"
+            )));
+        }
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(usage(format!(
+                    "config file {path}: {key} must be a string or a number, not {}",
+                    other.type_str()
+                )));
+            }
+        };
+        out.insert(key, text);
+    }
+    Ok(out)
+}
+
+struct Raw<'a>(&'a HashMap<&'static str, String>);
+
+impl Raw<'_> {
+    fn text(&self, name: &str) -> &str {
+        self.0.get(name).map_or("", String::as_str)
+    }
+
+    fn fail(&self, name: &str, why: impl std::fmt::Display) -> ConfigError {
+        usage(format!(
+            "invalid {} (--{name}) {:?}: {why}",
+            env_name(name),
+            self.text(name)
+        ))
+    }
+
+    fn addr(&self, name: &str) -> Result<SocketAddr, ConfigError> {
+        self.text(name).parse().map_err(|e| self.fail(name, e))
+    }
+
+    fn duration(&self, name: &str) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(self.text(name)).map_err(|e| self.fail(name, e))
+    }
+
+    fn positive_duration(&self, name: &str) -> Result<Duration, ConfigError> {
+        let d = self.duration(name)?;
+        if d.is_zero() {
+            return Err(self.fail(name, "must be more than zero"));
+        }
+        Ok(d)
+    }
+
+    fn count(&self, name: &str) -> Result<usize, ConfigError> {
+        match self.text(name).parse::<usize>() {
+            Ok(0) => Err(self.fail(name, "must be at least 1")),
+            Ok(n) => Ok(n),
+            Err(e) => Err(self.fail(name, e)),
+        }
+    }
+
+    fn size(&self, name: &str) -> Result<usize, ConfigError> {
+        parse_size(self.text(name))
+            .ok_or_else(|| self.fail(name, "expected a size like 65536, 64KiB or 1MiB"))
+    }
+}
+
+/// `65536`, `64KiB`, `64kb`, `1MiB`, `1M`: powers of 1024 (a size limit is about memory).
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult).filter(|&v| v > 0)
+}
+
+/// The open-files limit, raised to the hard limit, minus a reserve for listeners, the
+/// broker and logs.
+fn default_max_connections() -> usize {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    usize::try_from(limit.saturating_sub(256).max(64)).unwrap_or(usize::MAX)
+}
+
+fn from_raw(raw: &HashMap<&'static str, String>) -> Result<Config, ConfigError> {
+    let r = Raw(raw);
+    for unavailable in [
+        "redis-url",
+        "auth-jwt-secret",
+        "publish-keys",
+        "cors-origins",
+    ] {
+        if !r.text(unavailable).is_empty() {
+            return Err(usage(format!(
+                "{} (--{unavailable}) is not available in this version of ssegate; \
+                 refusing to start rather than run without it",
+                env_name(unavailable)
+            )));
+        }
+    }
+    let admin_listen = match r.text("admin-listen") {
+        "off" | "" => None,
+        _ => Some(r.addr("admin-listen")?),
+    };
+    let node_id = match r.text("node-id") {
+        "" => uuid::Uuid::new_v4().to_string(),
+        id if id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) => id.to_owned(),
+        _ => return Err(r.fail("node-id", "must be 1 to 128 visible ASCII characters")),
+    };
+    let max_connections = match r.text("max-connections") {
+        "" => default_max_connections(),
+        _ => r.count("max-connections")?,
+    };
+    let log_format = match r.text("log-format") {
+        "human" => LogFormat::Human,
+        "json" => LogFormat::Json,
+        _ => return Err(r.fail("log-format", "expected human or json")),
+    };
+    let settings = Settings {
+        listen: r.addr("listen")?,
+        admin_listen,
+        node_id,
+        heartbeat_interval: r.positive_duration("heartbeat-interval")?,
+        retry: r.duration("retry")?,
+        retry_jitter: r.duration("retry-jitter")?,
+        drain_window: r.duration("drain-window")?,
+        max_connections,
+        max_channels_per_connection: r.count("max-channels-per-connection")?,
+        max_event_size: r.size("max-event-size")?,
+        max_body_size: r.size("max-body-size")?,
+        header_read_timeout: r.positive_duration("header-read-timeout")?,
+        history: HistoryConfig {
+            max_len: r.count("history-max-len")?,
+            max_age: r.positive_duration("history-max-age")?,
+            live_backlog: r.count("live-backlog")?,
+            idempotency_ttl: r.positive_duration("idempotency-ttl")?,
+            ..HistoryConfig::default()
+        },
+        ..Settings::default()
+    };
+    Ok(Config {
+        settings,
+        log: LogSettings {
+            format: log_format,
+            filter: r.text("log").to_owned(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_args(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["ssegate"];
+        all.extend_from_slice(args);
+        load(all)
+    }
+
+    fn code(r: Result<Config, ConfigError>) -> (u8, String) {
+        match r {
+            Err(ConfigError::Exit { code, message }) => (code, message),
+            Ok(_) => panic!("expected an error"),
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Some(65536));
+        assert_eq!(parse_size("64KiB"), Some(65536));
+        assert_eq!(parse_size("1MiB"), Some(1 << 20));
+        assert_eq!(parse_size("1m"), Some(1 << 20));
+        assert_eq!(parse_size("0"), None);
+        assert_eq!(parse_size("1GB"), None);
+        assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn flags_parse_and_defaults_apply() {
+        let c = load_args(&["--listen", "127.0.0.1:0", "--heartbeat-interval", "250ms"]).unwrap();
+        assert_eq!(c.settings.listen.to_string(), "127.0.0.1:0");
+        assert_eq!(c.settings.heartbeat_interval, Duration::from_millis(250));
+        assert_eq!(c.settings.retry, Duration::from_secs(3));
+        assert_eq!(c.settings.history.max_len, 10_000);
+        assert_eq!(c.settings.max_event_size, 64 * 1024);
+        assert!(!c.settings.node_id.is_empty());
+    }
+
+    #[test]
+    fn invalid_values_exit_64_naming_the_setting() {
+        let (code, msg) = code(load_args(&["--heartbeat-interval", "soon"]));
+        assert_eq!(code, EXIT_USAGE);
+        assert!(msg.contains("SSEGATE_HEARTBEAT_INTERVAL"), "{msg}");
+        assert_eq!(code_of(&["--history-max-len", "0"]), EXIT_USAGE);
+        assert_eq!(code_of(&["--listen", "nowhere"]), EXIT_USAGE);
+        assert_eq!(code_of(&["--no-such-flag"]), EXIT_USAGE);
+        assert_eq!(code_of(&["--log-format", "xml"]), EXIT_USAGE);
+        assert_eq!(code_of(&["--auth-jwt-secret", "s3cret"]), EXIT_USAGE);
+    }
+
+    fn code_of(args: &[&str]) -> u8 {
+        code(load_args(args)).0
+    }
+
+    #[test]
+    fn help_exits_zero_and_lists_every_setting_with_its_default() {
+        let (code, msg) = code(load_args(&["--help"]));
+        assert_eq!(code, 0);
+        for spec in SETTINGS {
+            assert!(msg.contains(&format!("--{}", spec.name)), "{}", spec.name);
+            assert!(msg.contains(&env_name(spec.name)), "{}", spec.name);
+        }
+        assert!(msg.contains("[default: 15s]"));
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ssegate.toml");
+        std::fs::write(
+            &path,
+            "heartbeat_interval = \"2s\"\nhistory_max_len = 50\nretry = \"1s\"\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = load_args(&["--config", p, "--retry", "5s"]).unwrap();
+        assert_eq!(c.settings.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(c.settings.history.max_len, 50);
+        assert_eq!(c.settings.retry, Duration::from_secs(5));
+        std::fs::write(&path, "no_such_key = 1\n").unwrap();
+        assert_eq!(code_of(&["--config", p]), EXIT_USAGE);
+        std::fs::write(&path, "heartbeat_interval = [1]\n").unwrap();
+        assert_eq!(code_of(&["--config", p]), EXIT_USAGE);
+        assert_eq!(
+            code_of(&["--config", "/nonexistent/ssegate.toml"]),
+            EXIT_USAGE
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! The pieces of the `ssegate` binary that are worth testing on their own.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings from flags, `SSEGATE_*` environment and a TOML file.
+//! - [`telemetry`]: `tracing` set-up (human or JSON logs).
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod telemetry;
+
+use std::io::Write;
+
+use ssegate_server::App;
+
+/// Prints the one line scripts wait for: where the node listens.
+pub fn announce(app: &App) {
+    let http = app
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    let admin = app
+        .admin_addr()
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
+    tracing::info!(%http, %admin, node_id = %app.state().settings.node_id,
+        broker = app.state().broker.kind(), "listening");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ssegate listening http={http} admin={admin}");
+    let _ = out.flush();
+}
+
+/// Prints help or a configuration error (before logging is set up).
+pub fn report(message: &str, to_stdout: bool) {
+    if to_stdout {
+        let _ = write!(std::io::stdout().lock(), "{message}");
+    } else {
+        let _ = write!(std::io::stderr().lock(), "{message}");
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,39 @@
+//! The `ssegate` binary: config → telemetry → `App::build` → run until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+
+use ssegate::config::{self, ConfigError};
+use ssegate_server::App;
+
+fn main() -> ExitCode {
+    let config = match config::load(std::env::args_os()) {
+        Ok(c) => c,
+        Err(ConfigError::Exit { code, message }) => {
+            ssegate::report(&message, code == 0);
+            return ExitCode::from(code);
+        }
+    };
+    ssegate::telemetry::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let app = match App::build(config.settings).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        ssegate::announce(&app);
+        app.run(ssegate::shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
