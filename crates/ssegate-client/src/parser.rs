@@ -7,9 +7,9 @@
 //!
 //! Deviations from the letter of the spec, all deliberate:
 //!
-//! * [`Item::LastEventId`] is an extension: a dispatch that changes the last
-//!   event ID string without producing an event (an `id:`-only block) is
-//!   reported, so tests can observe it.
+//! * [`Item::LastEventId`] is an extension: a dispatch that produces no event
+//!   but had an `id:` field (an id-only block) or changed the last event ID
+//!   string is reported, so tests can observe it.
 //! * [`Item::Retry`] and [`Item::Comment`] surface fields the spec handles
 //!   internally or ignores.
 //! * The last event ID buffer of a new stream starts as the last event ID
@@ -49,7 +49,8 @@ pub enum Item {
     Comment(String),
     /// A valid `retry:` field, in milliseconds (saturating on overflow).
     Retry(u64),
-    /// A dispatch changed the last event ID string without producing an event.
+    /// A dispatch without an event carried an `id:` field or changed the last
+    /// event ID string (an id-only block).
     LastEventId(String),
 }
 
@@ -66,6 +67,8 @@ pub struct Parser {
     skipping_line: bool,
     /// The current event lost data to an overflow and must not be dispatched.
     discard_event: bool,
+    /// The current block had an `id:` field (for [`Item::LastEventId`]).
+    block_had_id: bool,
     overflowed: bool,
     max_line: usize,
     data: String,
@@ -94,6 +97,7 @@ impl Parser {
             pending_cr: false,
             skipping_line: false,
             discard_event: false,
+            block_had_id: false,
             overflowed: false,
             max_line,
             data: String::new(),
@@ -158,6 +162,7 @@ impl Parser {
         self.pending_cr = false;
         self.skipping_line = false;
         self.discard_event = false;
+        self.block_had_id = false;
         self.data.clear();
         self.event_type.clear();
         self.id_buffer.clone_from(&self.last_event_id);
@@ -244,6 +249,7 @@ impl Parser {
             "id" if !value.contains('\0') => {
                 self.id_buffer.clear();
                 self.id_buffer.push_str(value);
+                self.block_had_id = true;
             }
             // Only all-ASCII-digit values count; saturate rather than overflow.
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
@@ -254,7 +260,8 @@ impl Parser {
     }
 
     fn dispatch(&mut self, out: &mut Vec<Item>) {
-        let changed = self.last_event_id != self.id_buffer;
+        let changed = self.last_event_id != self.id_buffer || self.block_had_id;
+        self.block_had_id = false;
         if changed {
             self.last_event_id.clone_from(&self.id_buffer);
         }

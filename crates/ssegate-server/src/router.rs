@@ -57,6 +57,8 @@ async fn dispatch(
         (_, ["healthz"]) if get => Ok(health::healthz(state)),
         (_, ["readyz"]) if get => Ok(health::readyz(state).await),
         (_, ["healthz" | "readyz"]) => Err(ApiError::method_not_allowed("GET, HEAD")),
+        (Listener::Admin, ["v1", "stats"]) if get => Ok(health::stats(state)),
+        (Listener::Admin, ["v1", "stats"]) => Err(ApiError::method_not_allowed("GET, HEAD")),
         (Listener::Admin, _) => Err(ApiError::not_found()),
         (_, [""]) if get => Ok(handlers::demo_page()),
         (_, [""]) => Err(ApiError::method_not_allowed("GET, HEAD")),

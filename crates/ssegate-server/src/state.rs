@@ -1,7 +1,7 @@
 //! What every request handler shares.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use ssegate_broker::Broker;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -17,6 +17,26 @@ pub struct AppState {
     /// One permit per open stream: the node's connection cap.
     pub stream_permits: Arc<Semaphore>,
     pub streams: StreamTracker,
+    pub stats: Stats,
+}
+
+/// Node counters shown by `/v1/stats` on the admin listener.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Times a stream fell behind its live ring and was caught up from history.
+    pub slow_consumer_catchups: AtomicU64,
+    /// `sync-required` frames sent.
+    pub sync_required: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
 }
 
 impl AppState {
@@ -28,6 +48,7 @@ impl AppState {
             draining: watch::Sender::new(false),
             stream_permits: permits,
             streams: StreamTracker::default(),
+            stats: Stats::default(),
         })
     }
 

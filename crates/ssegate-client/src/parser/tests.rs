@@ -129,8 +129,13 @@ fn id_persists_and_empty_id_resets() {
 fn id_only_block_yields_last_event_id() {
     let mut parser = Parser::new();
     let mut out = Vec::new();
-    parser.feed(b"id: x\n\nid: x\n\n", &mut out);
-    assert_eq!(out, vec![Item::LastEventId("x".to_owned())]);
+    parser.feed(b"id: x\n\nid: x\n\n\n", &mut out);
+    // Every id-only block is reported, even one that repeats the id; a blank line
+    // alone is not.
+    assert_eq!(
+        out,
+        vec![Item::LastEventId("x".to_owned()), Item::LastEventId("x".to_owned())]
+    );
     assert_eq!(parser.last_event_id(), "x");
 }
 

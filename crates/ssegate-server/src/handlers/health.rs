@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::body::Body;
 use crate::handlers::json;
-use crate::state::AppState;
+use crate::state::{AppState, Stats};
 
 pub(crate) fn healthz(state: &AppState) -> Response<Body> {
     json(
@@ -33,6 +33,22 @@ pub(crate) async fn readyz(state: &AppState) -> Response<Body> {
             "broker_ok": broker.is_ok(),
             "draining": draining,
             "streams": state.streams.open(),
+        }),
+    )
+}
+
+/// `GET /v1/stats` (admin listener): this node's figures.
+pub(crate) fn stats(state: &AppState) -> Response<Body> {
+    let s = &state.stats;
+    json(
+        StatusCode::OK,
+        &json!({
+            "node_id": state.settings.node_id,
+            "broker": state.broker.kind(),
+            "draining": state.is_draining(),
+            "streams": state.streams.open(),
+            "slow_consumer_catchups": Stats::get(&s.slow_consumer_catchups),
+            "sync_required": Stats::get(&s.sync_required),
         }),
     )
 }

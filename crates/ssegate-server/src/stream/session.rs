@@ -25,7 +25,7 @@ use ssegate_core::{ChannelName, EntryId, Epoch, Position, StartFrom};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use crate::state::{AppState, StreamGuard};
+use crate::state::{AppState, Stats, StreamGuard};
 
 /// How event ids are written on this stream.
 #[derive(Debug, Clone, Copy)]
@@ -251,6 +251,7 @@ impl Session {
             self.chans[i].cursor = page.start;
             let id = self.current_id(epoch);
             let name = self.chans[i].name.clone();
+            Stats::add(&self.state.stats.sync_required);
             self.pending
                 .push_back(sse::sync_required_frame(&id, name.as_str(), reason));
         }
@@ -355,7 +356,10 @@ impl Session {
                     self.write_event(i, &ev, false);
                 }
             }
-            Woke::Live(i, LiveRecv::Lagged) => self.chans[i].catching_up = true,
+            Woke::Live(i, LiveRecv::Lagged) => {
+                Stats::add(&self.state.stats.slow_consumer_catchups);
+                self.chans[i].catching_up = true;
+            }
             Woke::Live(_, LiveRecv::Closed) | Woke::Close => self.finish_with_retry(),
             Woke::Heartbeat => self.pending.push_back(HEARTBEAT.clone()),
             Woke::Draining => self.start_drain(),

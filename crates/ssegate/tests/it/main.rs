@@ -1,0 +1,16 @@
+//! Integration tests: real servers on port 0, real sockets, the project's own client.
+//!
+//! In-process nodes come from [`helpers::spawn_app`]; tests about the process itself
+//! (signals, exit codes, memory) start the real `ssegate` binary with
+//! [`helpers::spawn_process`].
+
+#![allow(unreachable_pub)]
+
+mod api;
+mod config;
+mod drain;
+mod errors;
+mod helpers;
+mod protocol;
+mod resume;
+mod slow_consumer;

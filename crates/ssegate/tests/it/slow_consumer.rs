@@ -1,0 +1,114 @@
+//! A client that stops reading must not make the node's memory grow, and must get every
+//! event, in order, once it reads again (caught up from history).
+
+use bytes::Bytes;
+use http::StatusCode;
+use ssegate_client::{ConnectOptions, Connection, HttpClient, Item};
+
+use crate::helpers::{TestProcess, WAIT, json, opening_id, spawn_process};
+
+const EVENTS: usize = 10_000;
+const DATA_BYTES: usize = 2048;
+const BATCH: usize = 250;
+const STALLED: usize = 4;
+
+async fn publish_all(node: &TestProcess) -> Vec<String> {
+    let http = HttpClient::new();
+    let pad = "x".repeat(DATA_BYTES - 16);
+    let mut ids = Vec::with_capacity(EVENTS);
+    for start in (0..EVENTS).step_by(BATCH) {
+        let events: Vec<serde_json::Value> = (start..start + BATCH)
+            .map(|i| serde_json::json!({ "channel": "flood", "data": format!("{i:08}{pad}") }))
+            .collect();
+        let body = serde_json::json!({ "events": events }).to_string();
+        let res = http
+            .post(
+                &node.url("/v1/publish"),
+                "application/json",
+                Bytes::from(body),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+        ids.extend(
+            json(&res.body)["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned()),
+        );
+    }
+    ids
+}
+
+async fn stats(node: &TestProcess) -> serde_json::Value {
+    let admin = node.admin.unwrap();
+    let res = HttpClient::new()
+        .get(&format!("http://{admin}/v1/stats"))
+        .await
+        .unwrap();
+    json(&res.body)
+}
+
+/// Runs the flood on a fresh node with `stalled` subscribers that read nothing until it
+/// is over; returns the node's RSS growth (KiB) and the subscribers.
+async fn flood(stalled: usize) -> (u64, TestProcess, Vec<Connection>) {
+    let node = spawn_process(&[("SSEGATE_LIVE_BACKLOG", "64")]).await;
+    let mut subs = Vec::new();
+    for _ in 0..stalled {
+        let mut conn = Connection::open(
+            &node.url("/v1/channels/flood/events"),
+            &ConnectOptions::default(),
+        )
+        .await
+        .unwrap();
+        opening_id(&mut conn).await;
+        subs.push(conn);
+    }
+    let before = node.rss_kib();
+    publish_all(&node).await;
+    let after = node.rss_kib();
+    (after.saturating_sub(before), node, subs)
+}
+
+#[tokio::test]
+async fn a_stalled_subscriber_keeps_memory_bounded_and_catches_up_in_order() {
+    // The same flood with and without stalled readers: history costs the same in both,
+    // so the difference is what stalled readers cost. Buffering the flood for each of
+    // them would cost STALLED x 20 MiB; the bound allows a fraction of one.
+    let (baseline, base_node, _) = flood(0).await;
+    drop(base_node);
+    let (with_stalled, node, mut subs) = flood(STALLED).await;
+    let extra_kib = with_stalled.saturating_sub(baseline);
+    let flood_kib = (EVENTS * DATA_BYTES / 1024) as u64;
+    assert!(
+        extra_kib < flood_kib / 2,
+        "stalled readers cost {extra_kib} KiB (baseline growth {baseline} KiB, with stalled {with_stalled} KiB)"
+    );
+    let s = stats(&node).await;
+    assert!(
+        s["slow_consumer_catchups"].as_u64().unwrap() >= STALLED as u64,
+        "the stalled readers fell behind live and were caught up from history: {s}"
+    );
+
+    // Now they read: every event, in order, exactly once.
+    for conn in &mut subs {
+        let mut next = 0usize;
+        while next < EVENTS {
+            let item = tokio::time::timeout(WAIT, conn.next_item())
+                .await
+                .unwrap()
+                .unwrap();
+            match item {
+                Some(Item::Event(e)) => {
+                    assert_ne!(e.event, "sync-required", "history still holds everything");
+                    let n: usize = e.data[..8].parse().unwrap();
+                    assert_eq!(n, next, "in order, nothing skipped or repeated");
+                    next += 1;
+                }
+                Some(_) => {}
+                None => panic!("stream ended at {next}"),
+            }
+        }
+    }
+}
