@@ -415,6 +415,15 @@ mod tests {
     }
 
     #[test]
+    fn every_setting_is_documented() {
+        let doc = include_str!("../../../docs/configuration.md");
+        for spec in SETTINGS {
+            let row = format!("`--{}` / `{}`", spec.name, env_name(spec.name));
+            assert!(doc.contains(&row), "docs/configuration.md lacks {row}");
+        }
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("65536"), Some(65536));
         assert_eq!(parse_size("64KiB"), Some(65536));
