@@ -134,7 +134,10 @@ fn id_only_block_yields_last_event_id() {
     // alone is not.
     assert_eq!(
         out,
-        vec![Item::LastEventId("x".to_owned()), Item::LastEventId("x".to_owned())]
+        vec![
+            Item::LastEventId("x".to_owned()),
+            Item::LastEventId("x".to_owned())
+        ]
     );
     assert_eq!(parser.last_event_id(), "x");
 }
@@ -365,5 +368,61 @@ proptest! {
         let got: Vec<String> = events(&parse_chunks(chunks)).into_iter().map(|e| e.data).collect();
         let want: Vec<String> = payloads.iter().map(|p| split_lines(p).join("\n")).collect();
         prop_assert_eq!(got, want);
+    }
+}
+
+mod gateway_framing {
+    //! Whatever a publisher sends, the gateway's framing and this parser agree on it.
+    use super::super::{Item, Parser};
+    use proptest::prelude::*;
+    use ssegate_core::sse::EncodedEvent;
+    use ssegate_core::{Data, EntryId, Epoch, EventType, Position};
+
+    fn normalise(s: &str) -> String {
+        s.replace("\r\n", "\n").replace('\r', "\n")
+    }
+
+    fn arb_type() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of("[A-Za-z0-9_.:-]{1,64}").prop_filter("reserved", |t| {
+            t.as_deref() != Some("sync-required") && t.as_deref() != Some("token-expired")
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_string_round_trips(data in "\\PC*|[\\r\\n a-z]{0,40}", t in arb_type(), split in 0usize..200) {
+            let epoch: Epoch = "k3x9p2qa".parse().unwrap();
+            let pos = Position { epoch, id: EntryId::new(1, 2) };
+            let ty = t.as_deref().map(|t| EventType::new(t).unwrap());
+            let enc = EncodedEvent::new(pos, ty.as_ref(), &data);
+            let frame = enc.frame();
+            let cut = split.min(frame.len());
+            let mut p = Parser::new();
+            let mut out = Vec::new();
+            p.feed(&frame[..cut], &mut out);
+            p.feed(&frame[cut..], &mut out);
+            prop_assert_eq!(out.len(), 1);
+            let Item::Event(e) = &out[0] else { panic!("{out:?}") };
+            prop_assert_eq!(&e.data, &normalise(&data));
+            prop_assert_eq!(&e.id, &pos.to_string());
+            prop_assert_eq!(&e.event, t.as_deref().unwrap_or("message"));
+        }
+
+        #[test]
+        fn any_json_value_round_trips_compact(v in any::<Vec<(String, i64)>>()) {
+            let value = serde_json::Value::Object(v.into_iter().map(|(k, n)| (k, n.into())).collect());
+            let data = Data::from_json(value.clone());
+            let enc = EncodedEvent::new(
+                Position { epoch: Epoch::random(), id: EntryId::ZERO },
+                None,
+                data.as_str(),
+            );
+            let mut p = Parser::new();
+            let mut out = Vec::new();
+            p.feed(enc.frame(), &mut out);
+            let Item::Event(e) = &out[0] else { panic!("{out:?}") };
+            let back: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+            prop_assert_eq!(back, value);
+        }
     }
 }

@@ -375,3 +375,6 @@ impl std::fmt::Write for BufWriter<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
