@@ -4,7 +4,7 @@
 //! (signals, exit codes, memory) start the real `ssegate` binary with
 //! [`helpers::spawn_process`].
 
-#![allow(unreachable_pub)]
+#![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
 mod config;
