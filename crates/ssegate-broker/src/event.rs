@@ -12,6 +12,11 @@ pub struct StoredEvent {
     pub epoch: Epoch,
     pub channel: ChannelName,
     pub id: EntryId,
+    /// The entry id that preceded this one in its channel (`0-0` for the first). A stream
+    /// writes a live event only if `prev` is its cursor; otherwise it missed something
+    /// (a dropped pub/sub message, a subscription not yet active) and catches up from
+    /// history first. This makes live delivery self-checking.
+    pub prev: EntryId,
     pub event_type: Option<EventType>,
     pub data: Data,
     /// When the broker accepted the event (ms since the Unix epoch); carried so that
@@ -22,10 +27,12 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         epoch: Epoch,
         channel: ChannelName,
         id: EntryId,
+        prev: EntryId,
         event_type: Option<EventType>,
         data: Data,
         published_at_ms: u64,
@@ -35,6 +42,7 @@ impl StoredEvent {
             epoch,
             channel,
             id,
+            prev,
             event_type,
             data,
             published_at_ms,

@@ -34,9 +34,18 @@ pub trait HubObserver: Send + Sync + std::fmt::Debug + 'static {
     fn last_unsubscribed(&self, channel: &ChannelName);
 }
 
+/// What travels through a channel's ring.
+#[derive(Debug, Clone)]
+enum HubMsg {
+    Event(Arc<StoredEvent>),
+    /// Live delivery may have missed events (the upstream subscription just became active,
+    /// or was re-established): every subscriber re-reads history from its cursor.
+    Resync,
+}
+
 #[derive(Debug)]
 struct Entry {
-    tx: broadcast::Sender<Arc<StoredEvent>>,
+    tx: broadcast::Sender<HubMsg>,
     subscribers: usize,
 }
 
@@ -109,7 +118,31 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = channels.get(&event.channel) {
             // An error only means no receiver is left, which the guard is about to fix.
-            let _ = entry.tx.send(event);
+            let _ = entry.tx.send(HubMsg::Event(event));
+        }
+    }
+
+    /// Tells every local subscriber of `channel` to catch up from history.
+    pub fn resync(&self, channel: &ChannelName) {
+        let channels = self
+            .shared
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = channels.get(channel) {
+            let _ = entry.tx.send(HubMsg::Resync);
+        }
+    }
+
+    /// Tells every local subscriber of every channel to catch up from history.
+    pub fn resync_all(&self) {
+        let channels = self
+            .shared
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for entry in channels.values() {
+            let _ = entry.tx.send(HubMsg::Resync);
         }
     }
 
@@ -163,8 +196,8 @@ impl Hub {
 #[derive(Debug)]
 pub enum LiveRecv {
     Event(Arc<StoredEvent>),
-    /// Events were skipped because this subscriber fell behind the ring: catch up from
-    /// history.
+    /// Events may have been missed (this subscriber fell behind the ring, or upstream
+    /// delivery was interrupted): catch up from history.
     Lagged,
     /// The hub is gone (node shutting down).
     Closed,
@@ -172,7 +205,7 @@ pub enum LiveRecv {
 
 /// One connection's live subscription to one channel. Dropping it unsubscribes.
 pub struct LiveSubscription {
-    stream: BroadcastStream<Arc<StoredEvent>>,
+    stream: BroadcastStream<HubMsg>,
     channel: ChannelName,
     hub: Hub,
 }
@@ -193,7 +226,8 @@ impl LiveSubscription {
     /// Polls for the next live event.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<LiveRecv> {
         match Pin::new(&mut self.stream).poll_next(cx) {
-            Poll::Ready(Some(Ok(ev))) => Poll::Ready(LiveRecv::Event(ev)),
+            Poll::Ready(Some(Ok(HubMsg::Event(ev)))) => Poll::Ready(LiveRecv::Event(ev)),
+            Poll::Ready(Some(Ok(HubMsg::Resync))) => Poll::Ready(LiveRecv::Lagged),
             Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
                 Poll::Ready(LiveRecv::Lagged)
             }
@@ -224,6 +258,7 @@ mod tests {
             Epoch::random(),
             ch.clone(),
             EntryId::new(n, 0),
+            EntryId::new(n - 1, 0),
             None,
             Data::text(n.to_string()),
             n,

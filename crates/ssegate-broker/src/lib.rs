@@ -16,6 +16,7 @@
 //! - [`event`]: [`StoredEvent`], an event as stored and pre-encoded for the wire.
 //! - [`hub`]: node-local fan-out, one bounded ring per channel (the backpressure rule).
 //! - [`memory`]: the embedded in-memory broker (the default with no Redis).
+//! - [`redis`]: the Redis broker (cluster mode): Streams for history, pub/sub for live.
 //! - [`clock`]: the wall clock, injectable so id and expiry rules can be tested.
 
 #![forbid(unsafe_code)]
@@ -23,8 +24,10 @@
 pub mod clock;
 pub mod error;
 pub mod event;
+mod fingerprint;
 pub mod hub;
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -34,6 +37,7 @@ pub use error::{BrokerError, ErrorClass};
 pub use event::StoredEvent;
 pub use hub::{LiveRecv, LiveSubscription};
 pub use memory::{HistoryConfig, MemoryBroker};
+pub use redis::{RedisBroker, RedisConfig};
 
 /// Where a history read starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,9 +12,7 @@
 //!
 //! Lock order: a channel's log, then the hub (publish). Nothing awaits under a lock.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -22,6 +20,7 @@ use ssegate_core::{ChannelName, EntryId, Epoch, NewEvent};
 
 use crate::clock::{Clock, SystemClock};
 use crate::event::StoredEvent;
+use crate::fingerprint::fingerprint;
 use crate::hub::Hub;
 use crate::{Broker, BrokerError, LiveSubscription, Published, ReadFrom, ReadPage};
 
@@ -83,7 +82,7 @@ impl ChannelLog {
 
 #[derive(Debug)]
 struct IdemEntry {
-    fingerprint: u64,
+    fingerprint: String,
     result: Published,
     expires_ms: u64,
 }
@@ -219,17 +218,6 @@ impl MemoryBroker {
         })
     }
 
-    fn fingerprint(events: &[NewEvent]) -> u64 {
-        let mut h = DefaultHasher::new();
-        for e in events {
-            e.channel.as_str().hash(&mut h);
-            e.event_type.as_ref().map(|t| t.as_str()).hash(&mut h);
-            e.data.as_str().hash(&mut h);
-            e.data.kind().tag().hash(&mut h);
-        }
-        h.finish()
-    }
-
     fn publish_now(&self, events: Vec<NewEvent>) -> Published {
         let epoch = self.inner.epoch;
         let mut ids = Vec::with_capacity(events.len());
@@ -237,11 +225,13 @@ impl MemoryBroker {
             let log = self.log_or_create(&ev.channel);
             let mut log = lock(&log);
             let now = self.inner.clock.now_ms();
-            let id = log.last.next_after(now);
+            let prev = log.last;
+            let id = prev.next_after(now);
             let stored = Arc::new(StoredEvent::new(
                 epoch,
                 ev.channel,
                 id,
+                prev,
                 ev.event_type,
                 ev.data,
                 now,
@@ -273,10 +263,13 @@ impl Broker for MemoryBroker {
         events: Vec<NewEvent>,
         idempotency_key: Option<&str>,
     ) -> Result<Published, BrokerError> {
-        let Some(key) = idempotency_key else {
+        let (Some(key), Some(first)) = (idempotency_key, events.first()) else {
             return Ok(self.publish_now(events));
         };
-        let fingerprint = Self::fingerprint(&events);
+        // Keys are scoped to the (first) channel, as in Redis where they share its slot.
+        let key = format!("{}\n{key}", first.channel);
+        let key = key.as_str();
+        let fingerprint = fingerprint(&events);
         // Held across the publish so that two concurrent retries publish once.
         let mut idem = lock(&self.inner.idempotency);
         let now = self.inner.clock.now_ms();

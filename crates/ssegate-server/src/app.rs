@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use ssegate_broker::{Broker, MemoryBroker};
+use ssegate_broker::{Broker, MemoryBroker, RedisBroker};
 use tokio::net::TcpListener;
 
 use crate::router::{self, Listener};
@@ -28,6 +28,8 @@ const FINAL_GRACE: Duration = Duration::from_secs(3);
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    #[error("cannot set up the broker: {0}")]
+    Broker(ssegate_broker::BrokerError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -51,8 +53,14 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, BuildError> {
 }
 
 impl App {
-    /// Builds a node with the embedded in-memory broker.
+    /// Builds a node: with the Redis broker when `settings.redis` is set, else with the
+    /// embedded in-memory broker.
     pub async fn build(settings: Settings) -> Result<Self, BuildError> {
+        if let Some(redis) = settings.redis.clone() {
+            let broker = RedisBroker::connect(redis, settings.history.clone())
+                .map_err(BuildError::Broker)?;
+            return Self::with_broker(settings, Arc::new(broker)).await;
+        }
         let broker = MemoryBroker::new(settings.history.clone());
         let sweep_every = (settings.history.max_age / 10)
             .clamp(Duration::from_millis(100), Duration::from_secs(10));

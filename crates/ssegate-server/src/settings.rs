@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ssegate_broker::HistoryConfig;
+use ssegate_broker::{HistoryConfig, RedisConfig};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -36,6 +36,8 @@ pub struct Settings {
     /// A client must send its request headers within this time (slowloris).
     pub header_read_timeout: Duration,
     pub history: HistoryConfig,
+    /// Cluster mode: the Redis broker. `None`: the embedded in-memory broker.
+    pub redis: Option<RedisConfig>,
 }
 
 impl Default for Settings {
@@ -55,6 +57,7 @@ impl Default for Settings {
             replay_page_size: 256,
             header_read_timeout: Duration::from_secs(10),
             history: HistoryConfig::default(),
+            redis: None,
         }
     }
 }

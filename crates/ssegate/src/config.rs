@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Arg, ArgAction, Command};
-use ssegate_broker::HistoryConfig;
+use ssegate_broker::{HistoryConfig, RedisConfig};
 use ssegate_server::Settings;
 
 use crate::telemetry::{LogFormat, LogSettings};
@@ -33,117 +33,33 @@ pub struct Spec {
 }
 
 /// Every setting, with its default as text.
+#[rustfmt::skip]
 pub const SETTINGS: &[Spec] = &[
-    Spec {
-        name: "listen",
-        default: "0.0.0.0:8080",
-        help: "Public listener: API, streams, demo page, /healthz, /readyz",
-    },
-    Spec {
-        name: "admin-listen",
-        default: "0.0.0.0:9090",
-        help: "Admin listener (/healthz, /readyz); 'off' to disable",
-    },
-    Spec {
-        name: "redis-url",
-        default: "",
-        help: "Redis URL for cluster mode; unset: the embedded in-memory broker",
-    },
-    Spec {
-        name: "node-id",
-        default: "",
-        help: "This node's id in logs and /readyz; unset: a random UUID",
-    },
-    Spec {
-        name: "heartbeat-interval",
-        default: "15s",
-        help: "Comment heartbeat on idle streams",
-    },
-    Spec {
-        name: "retry",
-        default: "3s",
-        help: "Base of the retry: sent to clients",
-    },
-    Spec {
-        name: "retry-jitter",
-        default: "2s",
-        help: "Random extra on top of --retry, so reconnects spread out",
-    },
-    Spec {
-        name: "history-max-len",
-        default: "10000",
-        help: "Events kept per channel",
-    },
-    Spec {
-        name: "history-max-age",
-        default: "1h",
-        help: "Events older than this expire",
-    },
-    Spec {
-        name: "live-backlog",
-        default: "512",
-        help: "Events a subscriber may fall behind live before it is caught up from history",
-    },
-    Spec {
-        name: "drain-window",
-        default: "10s",
-        help: "On SIGTERM, streams are closed spread over this window",
-    },
-    Spec {
-        name: "max-connections",
-        default: "",
-        help: "Concurrent streams per node; unset: the open-files limit minus a reserve",
-    },
-    Spec {
-        name: "max-channels-per-connection",
-        default: "64",
-        help: "Channels one multi-channel stream may name",
-    },
-    Spec {
-        name: "max-event-size",
-        default: "64KiB",
-        help: "Largest event data (413 past it)",
-    },
-    Spec {
-        name: "max-body-size",
-        default: "1MiB",
-        help: "Largest request body, e.g. a batch (413 past it)",
-    },
-    Spec {
-        name: "idempotency-ttl",
-        default: "24h",
-        help: "How long an Idempotency-Key is remembered",
-    },
-    Spec {
-        name: "header-read-timeout",
-        default: "10s",
-        help: "Time a client has to send its request headers",
-    },
-    Spec {
-        name: "log-format",
-        default: "human",
-        help: "Log format: human or json",
-    },
-    Spec {
-        name: "log",
-        default: "info",
-        help: "Log filter (tracing EnvFilter syntax)",
-    },
-    Spec {
-        name: "auth-jwt-secret",
-        default: "",
-        help: "HS256 secret for subscriber/publisher JWTs; unset: auth off (not available in this version)",
-    },
-    Spec {
-        name: "publish-keys",
-        default: "",
-        help: "Static publisher keys (not available in this version)",
-    },
-    Spec {
-        name: "cors-origins",
-        default: "",
-        help: "Allowed CORS origins; unset: same-origin only (not available in this version)",
-    },
+    Spec { name: "listen", default: "0.0.0.0:8080", help: "Public listener: API, streams, demo page, /healthz, /readyz" },
+    Spec { name: "admin-listen", default: "0.0.0.0:9090", help: "Admin listener (/healthz, /readyz); 'off' to disable" },
+    Spec { name: "redis-url", default: "", help: "Redis URL for cluster mode (redis://host:port/db); unset: the embedded in-memory broker" },
+    Spec { name: "redis-pool-size", default: "16", help: "Redis connections for commands (pub/sub has its own)" },
+    Spec { name: "redis-key-prefix", default: "ssegate", help: "Prefix of every Redis key" },
+    Spec { name: "redis-timeout", default: "2s", help: "Timeout of one Redis command (and of getting a connection)" },
+    Spec { name: "node-id", default: "", help: "This node's id in logs and /readyz; unset: a random UUID" },
+    Spec { name: "heartbeat-interval", default: "15s", help: "Comment heartbeat on idle streams" },
+    Spec { name: "retry", default: "3s", help: "Base of the retry: sent to clients" },
+    Spec { name: "retry-jitter", default: "2s", help: "Random extra on top of --retry, so reconnects spread out" },
+    Spec { name: "history-max-len", default: "10000", help: "Events kept per channel" },
+    Spec { name: "history-max-age", default: "1h", help: "Events older than this expire" },
+    Spec { name: "live-backlog", default: "512", help: "Events a subscriber may fall behind live before it is caught up from history" },
+    Spec { name: "drain-window", default: "10s", help: "On SIGTERM, streams are closed spread over this window" },
+    Spec { name: "max-connections", default: "", help: "Concurrent streams per node; unset: the open-files limit minus a reserve" },
+    Spec { name: "max-channels-per-connection", default: "64", help: "Channels one multi-channel stream may name" },
+    Spec { name: "max-event-size", default: "64KiB", help: "Largest event data (413 past it)" },
+    Spec { name: "max-body-size", default: "1MiB", help: "Largest request body, e.g. a batch (413 past it)" },
+    Spec { name: "idempotency-ttl", default: "24h", help: "How long an Idempotency-Key is remembered" },
+    Spec { name: "header-read-timeout", default: "10s", help: "Time a client has to send its request headers" },
+    Spec { name: "log-format", default: "human", help: "Log format: human or json" },
+    Spec { name: "log", default: "info", help: "Log filter (tracing EnvFilter syntax)" },
+    Spec { name: "auth-jwt-secret", default: "", help: "HS256 secret for subscriber/publisher JWTs; unset: auth off (not available in this version)" },
+    Spec { name: "publish-keys", default: "", help: "Static publisher keys (not available in this version)" },
+    Spec { name: "cors-origins", default: "", help: "Allowed CORS origins; unset: same-origin only (not available in this version)" },
 ];
 
 /// The loaded configuration.
@@ -334,12 +250,7 @@ fn default_max_connections() -> usize {
 
 fn from_raw(raw: &HashMap<&'static str, String>) -> Result<Config, ConfigError> {
     let r = Raw(raw);
-    for unavailable in [
-        "redis-url",
-        "auth-jwt-secret",
-        "publish-keys",
-        "cors-origins",
-    ] {
+    for unavailable in ["auth-jwt-secret", "publish-keys", "cors-origins"] {
         if !r.text(unavailable).is_empty() {
             return Err(usage(format!(
                 "{} (--{unavailable}) is not available in this version of ssegate; \
@@ -360,6 +271,29 @@ fn from_raw(raw: &HashMap<&'static str, String>) -> Result<Config, ConfigError> 
     let max_connections = match r.text("max-connections") {
         "" => default_max_connections(),
         _ => r.count("max-connections")?,
+    };
+    let redis = match r.text("redis-url") {
+        "" => None,
+        url if url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("unix://") =>
+        {
+            let prefix = r.text("redis-key-prefix");
+            if prefix.is_empty()
+                || !prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+            {
+                return Err(r.fail("redis-key-prefix", "must be visible ASCII without braces"));
+            }
+            Some(RedisConfig {
+                url: url.to_owned(),
+                pool_size: r.count("redis-pool-size")?,
+                key_prefix: prefix.to_owned(),
+                timeout: r.positive_duration("redis-timeout")?,
+            })
+        }
+        _ => return Err(r.fail("redis-url", "expected redis://host:port[/db]")),
     };
     let log_format = match r.text("log-format") {
         "human" => LogFormat::Human,
@@ -386,6 +320,7 @@ fn from_raw(raw: &HashMap<&'static str, String>) -> Result<Config, ConfigError> 
             idempotency_ttl: r.positive_duration("idempotency-ttl")?,
             ..HistoryConfig::default()
         },
+        redis,
         ..Settings::default()
     };
     Ok(Config {
@@ -455,6 +390,7 @@ mod tests {
         assert_eq!(code_of(&["--no-such-flag"]), EXIT_USAGE);
         assert_eq!(code_of(&["--log-format", "xml"]), EXIT_USAGE);
         assert_eq!(code_of(&["--auth-jwt-secret", "s3cret"]), EXIT_USAGE);
+        assert_eq!(code_of(&["--redis-url", "localhost:6379"]), EXIT_USAGE);
     }
 
     fn code_of(args: &[&str]) -> u8 {

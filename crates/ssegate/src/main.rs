@@ -32,8 +32,9 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let shutdown = ssegate::shutdown_signal();
         ssegate::announce(&app);
-        app.run(ssegate::shutdown_signal()).await;
+        app.run(shutdown).await;
         ExitCode::SUCCESS
     })
 }

@@ -8,7 +8,12 @@
 //! it is *catching up* (reading history) or *live*. Joining without loss: the live
 //! subscriptions are taken when the session is built, before any history is read; a
 //! channel goes live only once a history read reports nothing more, and from then on a
-//! live event is written only if its id is after the cursor.
+//! live event is written only if it directly follows the cursor (its `prev` is the
+//! cursor). A live event that is not after the cursor was already replayed and is
+//! skipped; one whose `prev` is after the cursor reveals that something did not come live
+//! (a dropped pub/sub message, a subscription not yet active), and the channel catches up
+//! from history instead. Live delivery therefore checks itself: a missed message costs a
+//! history read, never an event.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -71,6 +76,11 @@ pub(crate) struct Session {
     heartbeat: Pin<Box<Sleep>>,
     draining: watch::Receiver<bool>,
     close_at: Option<Pin<Box<Sleep>>>,
+    /// Set after a failed history read: the next try waits for it (heartbeats go on).
+    backoff: Option<Pin<Box<Sleep>>>,
+    backoff_step: Duration,
+    /// Events per history read, adapted to the event sizes seen (see `REPLAY_BUDGET`).
+    page_limit: usize,
     finished: bool,
     next_poll: usize,
     buf: BytesMut,
@@ -87,6 +97,14 @@ impl std::fmt::Debug for Session {
 }
 
 static HEARTBEAT: Bytes = Bytes::from_static(sse::HEARTBEAT);
+
+/// What one catch-up page may hold, roughly: the page size shrinks for large events so
+/// that a slow consumer being caught up never pins more than this (plus one event).
+const REPLAY_BUDGET: usize = 128 * 1024;
+
+/// Retry delays for history reads while the broker is unreachable.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl Session {
     /// Builds a session and takes its live subscriptions (before any history is read).
@@ -119,6 +137,9 @@ impl Session {
             heartbeat,
             draining,
             close_at: None,
+            backoff: None,
+            backoff_step: BACKOFF_MIN,
+            page_limit: state.settings.replay_page_size.max(1),
             finished: false,
             next_poll: 0,
             buf: BytesMut::new(),
@@ -142,9 +163,11 @@ impl Session {
                 self.open(opening).await;
                 continue;
             }
-            if let Some(i) = self.chans.iter().position(|c| c.catching_up) {
-                self.catch_up(i).await;
-                continue;
+            if self.backoff.is_none() {
+                if let Some(i) = self.chans.iter().position(|c| c.catching_up) {
+                    self.catch_up(i).await;
+                    continue;
+                }
             }
             self.wait_live().await;
         }
@@ -225,15 +248,25 @@ impl Session {
             Some(_) => ReadFrom::Oldest,
             None => ReadFrom::After(self.chans[i].cursor),
         };
-        let limit = self.state.settings.replay_page_size;
-        let page = match broker.read(&self.chans[i].name, from, limit).await {
+        let page = match broker
+            .read(&self.chans[i].name, from, self.page_limit)
+            .await
+        {
             Ok(page) => page,
             Err(e) => {
-                // The client resumes from its last id elsewhere or later: nothing lost.
-                tracing::warn!(error = %e, "catch-up failed: ending stream");
-                return self.finish_with_retry();
+                // Keep the client: heartbeats go on, and the read is retried with backoff
+                // from the same cursor, so nothing is lost while the broker is away.
+                tracing::debug!(error = %e, retry_in = ?self.backoff_step, "history read failed");
+                let ms = u64::try_from(self.backoff_step.as_millis())
+                    .unwrap_or(1)
+                    .max(1);
+                let delay = Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2));
+                self.backoff = Some(Box::pin(tokio::time::sleep(delay)));
+                self.backoff_step = (self.backoff_step * 2).min(BACKOFF_MAX);
+                return;
             }
         };
+        self.backoff_step = BACKOFF_MIN;
         if page.epoch != epoch {
             self.epoch_changed(page.epoch);
             return;
@@ -263,6 +296,10 @@ impl Session {
             }
         }
         if !self.buf.is_empty() {
+            let bytes = self.buf.len();
+            let per_event = bytes / page.events.len().max(1);
+            self.page_limit = (REPLAY_BUDGET / per_event.max(1))
+                .clamp(1, self.state.settings.replay_page_size.max(1));
             let chunk = self.buf.split().freeze();
             self.pending.push_back(chunk);
         }
@@ -320,6 +357,7 @@ impl Session {
             Heartbeat,
             Draining,
             Close,
+            Backoff,
         }
         let n = self.chans.len();
         let start = self.next_poll;
@@ -327,6 +365,7 @@ impl Session {
         let close_at = &mut self.close_at;
         let draining = &mut self.draining;
         let heartbeat = &mut self.heartbeat;
+        let backoff = &mut self.backoff;
         let woke = tokio::select! {
             (i, recv) = poll_fn(|cx| {
                 for k in 0..n {
@@ -345,13 +384,28 @@ impl Session {
                     None => std::future::pending().await,
                 }
             } => Woke::Close,
+            () = async {
+                match backoff.as_mut() {
+                    Some(s) => s.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => Woke::Backoff,
         };
         match woke {
             Woke::Live(i, LiveRecv::Event(ev)) => {
                 self.next_poll = (i + 1) % n.max(1);
-                if ev.epoch != self.epoch.unwrap_or(ev.epoch) {
+                let cursor = self.chans[i].cursor;
+                if self.chans[i].catching_up {
+                    // Waiting to retry a history read, which will cover this event.
+                } else if ev.epoch != self.epoch.unwrap_or(ev.epoch) {
                     self.epoch_changed(ev.epoch);
-                } else if ev.id > self.chans[i].cursor {
+                } else if ev.id <= cursor {
+                    // Already written (replayed before this live copy arrived).
+                } else if ev.prev != cursor {
+                    // Something between the cursor and this event did not come live:
+                    // read it from history (this event included).
+                    self.chans[i].catching_up = true;
+                } else {
                     self.chans[i].cursor = ev.id;
                     self.write_event(i, &ev, false);
                 }
@@ -363,6 +417,7 @@ impl Session {
             Woke::Live(_, LiveRecv::Closed) | Woke::Close => self.finish_with_retry(),
             Woke::Heartbeat => self.pending.push_back(HEARTBEAT.clone()),
             Woke::Draining => self.start_drain(),
+            Woke::Backoff => self.backoff = None,
         }
     }
 }

@@ -7,10 +7,13 @@
 #![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod cluster;
+mod cluster_failures;
 mod config;
 mod drain;
 mod errors;
 mod helpers;
 mod protocol;
+mod redis_server;
 mod resume;
 mod slow_consumer;

@@ -1,0 +1,315 @@
+//! The Redis broker: cluster mode. Any number of nodes pointed at one Redis form one
+//! cluster; Redis is the only shared state.
+//!
+//! - History: one Redis Stream per channel, trimmed by length and age in the publish
+//!   script; ids are the stream's entry ids.
+//! - Publishing: one atomic Lua script per request (see [`scripts`]), over a
+//!   deadpool-redis pool.
+//! - Live: a dedicated pub/sub connection per node (see [`pubsub`]) SUBSCRIBEs to the
+//!   channels that have local subscribers (reference-counted by the [`Hub`]), decodes
+//!   each message once and hands the one `Arc` to every local stream.
+//! - Catch-up and replay: the read script, in pages.
+//!
+//! Every reply is treated as untrusted input; every command has a timeout. An unreachable
+//! Redis makes publishes fail (503) while streams stay open and catch up when it returns.
+
+mod codec;
+mod keys;
+mod pubsub;
+mod scripts;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use redis::Value;
+use ssegate_core::{ChannelName, Epoch, NewEvent};
+use tokio::sync::mpsc;
+
+use crate::clock::{Clock, SystemClock};
+use crate::fingerprint::fingerprint;
+use crate::hub::Hub;
+use crate::memory::HistoryConfig;
+use crate::{Broker, BrokerError, LiveSubscription, Published, ReadFrom, ReadPage};
+
+use codec::BadReply;
+use keys::Keys;
+use scripts::Scripts;
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Connections for commands (publishes, history reads); pub/sub has its own.
+    pub pool_size: usize,
+    /// Prefix of every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// Upper bound for one command, and for getting a connection.
+    pub timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            pool_size: 16,
+            key_prefix: "ssegate".into(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: Pool,
+    keys: Keys,
+    scripts: Scripts,
+    history: HistoryConfig,
+    config: RedisConfig,
+    hub: Hub,
+    /// The epoch last seen; refreshed from every script reply.
+    epoch: Mutex<Option<Epoch>>,
+    clock: SystemClock,
+    _pubsub: pubsub::Handle,
+}
+
+/// The Redis broker. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+fn bad(e: BadReply) -> BrokerError {
+    BrokerError::Internal(e.to_string())
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RedisBroker {
+    /// Builds the pool and starts the pub/sub task. Does not wait for Redis: a node may
+    /// start before Redis does (it is not ready until Redis answers).
+    pub fn connect(config: RedisConfig, history: HistoryConfig) -> Result<Self, BrokerError> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| BrokerError::Internal(format!("invalid Redis URL: {e}")))?;
+        let mut pool_config = deadpool_redis::Config::from_url(config.url.clone());
+        pool_config.pool = Some(PoolConfig {
+            max_size: config.pool_size,
+            timeouts: Timeouts {
+                wait: Some(config.timeout),
+                create: Some(config.timeout),
+                recycle: Some(config.timeout),
+            },
+            ..PoolConfig::default()
+        });
+        let pool = pool_config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| BrokerError::Internal(format!("cannot build the Redis pool: {e}")))?;
+        let keys = Keys::new(&config.key_prefix);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hub = Hub::new(
+            history.live_backlog,
+            Some(Arc::new(pubsub::Observer::new(tx))),
+        );
+        let handle = pubsub::spawn(client, hub.clone(), keys.clone(), rx, config.timeout);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                keys,
+                scripts: Scripts::new(),
+                history,
+                config,
+                hub,
+                epoch: Mutex::new(None),
+                clock: SystemClock,
+                _pubsub: handle,
+            }),
+        })
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, BrokerError> {
+        self.inner.pool.get().await.map_err(unavailable)
+    }
+
+    /// Runs a command future with the configured timeout.
+    async fn timed<T>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BrokerError> {
+        match tokio::time::timeout(self.inner.config.timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(unavailable("Redis command timed out")),
+        }
+    }
+
+    fn remember_epoch(&self, epoch: Epoch) {
+        let mut cached = self
+            .inner
+            .epoch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cached.is_some_and(|e| e != epoch) {
+            tracing::warn!(%epoch, "the Redis history epoch changed: Redis lost its data");
+        }
+        *cached = Some(epoch);
+    }
+}
+
+#[async_trait::async_trait]
+impl Broker for RedisBroker {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn epoch(&self) -> Result<Epoch, BrokerError> {
+        if let Some(e) = *self
+            .inner
+            .epoch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            return Ok(e);
+        }
+        let key = self.inner.keys.epoch();
+        let mut conn = self.conn().await?;
+        let candidate = Epoch::random().to_string();
+        let set = redis::cmd("SET")
+            .arg(&key)
+            .arg(&candidate)
+            .arg("NX")
+            .to_owned();
+        let _: Value = self.timed(set.query_async(&mut conn)).await?;
+        let got: Option<String> = self
+            .timed(redis::cmd("GET").arg(&key).query_async(&mut conn))
+            .await?;
+        let epoch = codec::epoch(got.as_deref().unwrap_or_default()).map_err(bad)?;
+        self.remember_epoch(epoch);
+        Ok(epoch)
+    }
+
+    async fn publish(
+        &self,
+        events: Vec<NewEvent>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Published, BrokerError> {
+        let Some(first) = events.first() else {
+            return Ok(Published {
+                epoch: self.epoch().await?,
+                ids: Vec::new(),
+            });
+        };
+        let keys = &self.inner.keys;
+        let history = &self.inner.history;
+        let fp = idempotency_key
+            .map(|_| fingerprint(&events))
+            .unwrap_or_default();
+        let mut inv = self.inner.scripts.publish.prepare_invoke();
+        inv.key(keys.epoch());
+        match idempotency_key {
+            Some(k) => inv.key(keys.idempotency(&first.channel, k)),
+            None => inv.key(keys.epoch()),
+        };
+        // Keys outlive their events by one more max age: the ids they keep tell a
+        // returning cursor whether it missed anything.
+        let expire = ms(history.max_age).saturating_mul(2).max(1);
+        inv.arg(Epoch::random().to_string())
+            .arg(history.max_len)
+            .arg(ms(history.max_age))
+            .arg(expire)
+            .arg(ms(history.idempotency_ttl).max(1))
+            .arg(&fp)
+            .arg(events.len());
+        let now = self.inner.clock.now_ms();
+        for e in &events {
+            inv.key(keys.stream(&e.channel)).key(keys.meta(&e.channel));
+            inv.arg(keys.live(&e.channel))
+                .arg(e.event_type.as_ref().map_or("", |t| t.as_str()))
+                .arg(e.data.kind().tag())
+                .arg(e.data.as_str())
+                .arg(now);
+        }
+        let mut conn = self.conn().await?;
+        let reply: Value = self.timed(inv.invoke_async(&mut conn)).await?;
+        let parts = codec::array(&reply).map_err(bad)?;
+        let [status, epoch, rest] = parts else {
+            return Err(bad(BadReply("publish reply")));
+        };
+        let epoch = codec::epoch(codec::text(epoch).map_err(bad)?).map_err(bad)?;
+        self.remember_epoch(epoch);
+        let mut words = codec::text(rest).map_err(bad)?.split(' ');
+        if codec::text(status).map_err(bad)? == "dup" && words.next() != Some(fp.as_str()) {
+            return Err(BrokerError::IdempotencyConflict);
+        }
+        let ids = words
+            .map(|w| codec::entry_id(w).map_err(bad))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Published { epoch, ids })
+    }
+
+    fn subscribe(&self, channel: &ChannelName) -> LiveSubscription {
+        self.inner.hub.subscribe(channel)
+    }
+
+    async fn read(
+        &self,
+        channel: &ChannelName,
+        from: ReadFrom,
+        limit: usize,
+    ) -> Result<ReadPage, BrokerError> {
+        let keys = &self.inner.keys;
+        let mut inv = self.inner.scripts.read.prepare_invoke();
+        inv.key(keys.epoch())
+            .key(keys.stream(channel))
+            .key(keys.meta(channel))
+            .arg(Epoch::random().to_string());
+        match from {
+            ReadFrom::Oldest => inv.arg("oldest").arg("0-0"),
+            ReadFrom::After(id) => inv.arg("after").arg(id.to_string()),
+        };
+        inv.arg(limit);
+        let mut conn = self.conn().await?;
+        let reply: Value = self.timed(inv.invoke_async(&mut conn)).await?;
+        let parts = codec::array(&reply).map_err(bad)?;
+        let [epoch, last, start, gap, entries] = parts else {
+            return Err(bad(BadReply("read reply")));
+        };
+        let epoch = codec::epoch(codec::text(epoch).map_err(bad)?).map_err(bad)?;
+        self.remember_epoch(epoch);
+        let last = codec::entry_id(codec::text(last).map_err(bad)?).map_err(bad)?;
+        let start = codec::entry_id(codec::text(start).map_err(bad)?).map_err(bad)?;
+        let gap = codec::int(gap).map_err(bad)? != 0;
+        let mut prev = start;
+        let mut events = Vec::new();
+        for entry in codec::array(entries).map_err(bad)? {
+            let ev = codec::stream_entry(epoch, channel, prev, entry).map_err(bad)?;
+            prev = ev.id;
+            events.push(Arc::new(ev));
+        }
+        Ok(ReadPage {
+            epoch,
+            events,
+            gap,
+            start,
+            last,
+        })
+    }
+
+    async fn ready(&self) -> Result<(), BrokerError> {
+        let mut conn = self.conn().await?;
+        let _: String = self
+            .timed(redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! The two Lua scripts. Each runs atomically in Redis, which is what the delivery
+//! guarantees rest on:
+//!
+//! - **publish**: per event, read the channel's last id (the new event's `prev`), `XADD`,
+//!   trim by length and by age, recording the newest id that trimming removed (Redis'
+//!   `max-deleted-entry-id` from `XINFO STREAM` is only advanced by `XDEL`, not by
+//!   trimming, so it cannot be used for gap detection), refresh the keys' expiry, and
+//!   `PUBLISH` the event. Pub/sub order therefore
+//!   equals stream order, and a `2xx` means the entry is in the stream. With an
+//!   idempotency fingerprint, a key already recorded returns its ids and publishes nothing.
+//! - **read**: the epoch, the channel's last and newest deleted ids, the gap decision for
+//!   the cursor, and one `XRANGE` page, all from one consistent moment.
+//!
+//! Both create the epoch with `SET NX` when it is missing (a fresh or wiped Redis), so the
+//! first node to touch a new store names its epoch and every node agrees.
+//!
+//! Live message format (one pub/sub payload): `epoch \n id \n prev \n type \n kind \n
+//! published_at \n data` — data last, because only it may contain line breaks.
+
+use redis::Script;
+
+pub(crate) const PUBLISH: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  redis.call('SET', KEYS[1], ARGV[1], 'NX')
+  epoch = redis.call('GET', KEYS[1])
+end
+local fp = ARGV[6]
+if fp ~= '' then
+  local done = redis.call('GET', KEYS[2])
+  if done then return {'dup', epoch, done} end
+end
+local maxlen = ARGV[2]
+local maxage = tonumber(ARGV[3])
+local expire = ARGV[4]
+local n = tonumber(ARGV[7])
+local minid = nil
+if maxage > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  minid = string.format('%d', now - maxage)
+end
+local ids = {}
+for i = 1, n do
+  local skey = KEYS[1 + 2 * i]
+  local mkey = KEYS[2 + 2 * i]
+  local a = 7 + (i - 1) * 5
+  local live, typ, kind, data, pubat = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local prev = redis.call('HGET', mkey, 'last') or '0-0'
+  local id
+  if typ == '' then
+    id = redis.call('XADD', skey, '*', 'k', kind, 'p', pubat, 'd', data)
+  else
+    id = redis.call('XADD', skey, '*', 'k', kind, 'p', pubat, 't', typ, 'd', data)
+  end
+  -- Record the newest id that trimming removes: Redis' own max-deleted-entry-id only
+  -- follows XDEL, not trimming, so it cannot tell a cursor that it missed something.
+  local del = nil
+  local excess = redis.call('XLEN', skey) - tonumber(maxlen)
+  if excess > 0 then
+    local old = redis.call('XRANGE', skey, '-', '+', 'COUNT', excess)
+    del = old[#old][1]
+    redis.call('XTRIM', skey, 'MAXLEN', '=', maxlen)
+  end
+  if minid then
+    -- Only when the oldest entry is expired: XREVRANGE with a bound below every entry
+    -- scans the whole stream, so it must not run on every publish.
+    local oldest = redis.call('XRANGE', skey, '-', '+', 'COUNT', 1)
+    local oms = oldest[1] and tonumber(string.match(oldest[1][1], '^(%d+)-'))
+    if oms and oms < tonumber(minid) then
+      local older = redis.call('XREVRANGE', skey, '(' .. minid .. '-0', '-', 'COUNT', 1)
+      del = older[1][1]
+      redis.call('XTRIM', skey, 'MINID', '=', minid)
+    end
+  end
+  if del then
+    redis.call('HSET', mkey, 'del', del)
+  end
+  redis.call('HSET', mkey, 'last', id)
+  redis.call('PEXPIRE', skey, expire)
+  redis.call('PEXPIRE', mkey, expire)
+  redis.call('PUBLISH', live, epoch .. '\n' .. id .. '\n' .. prev .. '\n' .. typ .. '\n' .. kind .. '\n' .. pubat .. '\n' .. data)
+  ids[i] = id
+end
+local all = table.concat(ids, ' ')
+if fp ~= '' then
+  redis.call('SET', KEYS[2], fp .. ' ' .. all, 'PX', ARGV[5])
+end
+return {'ok', epoch, all}
+";
+
+pub(crate) const READ: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  redis.call('SET', KEYS[1], ARGV[1], 'NX')
+  epoch = redis.call('GET', KEYS[1])
+end
+local m = redis.call('HMGET', KEYS[3], 'last', 'del')
+local last = m[1] or '0-0'
+local del = m[2] or '0-0'
+local function split(id)
+  local a, b = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(a), tonumber(b)
+end
+local function less(x, y)
+  local xa, xb = split(x)
+  local ya, yb = split(y)
+  return xa < ya or (xa == ya and xb < yb)
+end
+local gap = 0
+local start
+if ARGV[2] == 'oldest' then
+  start = del
+else
+  local after = ARGV[3]
+  if less(last, after) then
+    gap = 1
+    start = last
+  elseif less(after, del) then
+    gap = 1
+    start = del
+  else
+    start = after
+  end
+end
+local entries = {}
+local count = tonumber(ARGV[4])
+if count > 0 and less(start, last) then
+  entries = redis.call('XRANGE', KEYS[2], '(' .. start, '+', 'COUNT', count)
+end
+return {epoch, last, start, gap, entries}
+";
+
+/// The scripts, hashed once (EVALSHA, loading them on `NOSCRIPT`).
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    pub(crate) publish: Script,
+    pub(crate) read: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        Self {
+            publish: Script::new(PUBLISH),
+            read: Script::new(READ),
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Redis failures under a running cluster: a killed pub/sub connection, a restart with
+//! persistence, a restart that lost everything.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use ssegate_client::{HttpClient, Item};
+
+use crate::cluster::{cluster, publish, stream};
+use crate::helpers::{WAIT, events, json, next_item, opening_id};
+use crate::redis_server::RedisServer;
+
+#[tokio::test]
+async fn killing_the_pubsub_connection_loses_nothing() {
+    let redis = RedisServer::start(false).await;
+    let nodes = cluster(&redis, 2, &[]).await;
+    let http = HttpClient::new();
+    let mut subs = Vec::new();
+    for _ in 0..5 {
+        let mut c = stream(&nodes[1], "/v1/channels/k/events", None).await;
+        opening_id(&mut c).await;
+        subs.push(c);
+    }
+    let mut n = 0;
+    for _ in 0..20 {
+        publish(&http, &nodes[0], "k", &n.to_string()).await;
+        n += 1;
+    }
+    // Kill every pub/sub connection (node 2's is the one with subscribers), then keep
+    // publishing while it reconnects.
+    redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    for _ in 0..40 {
+        let (status, _) = publish(&http, &nodes[0], "k", &n.to_string()).await;
+        assert_eq!(status, StatusCode::CREATED);
+        n += 1;
+    }
+    for c in &mut subs {
+        let got: Vec<usize> = events(c, n)
+            .await
+            .iter()
+            .map(|e| e.data.parse().unwrap())
+            .collect();
+        assert_eq!(got, (0..n).collect::<Vec<_>>());
+    }
+    // Live delivery still works after the reconnect.
+    publish(&http, &nodes[0], "k", "after").await;
+    for c in &mut subs {
+        assert_eq!(events(c, 1).await[0].data, "after");
+    }
+}
+
+#[tokio::test]
+async fn a_redis_restart_with_persistence_keeps_subscribers_and_loses_nothing_acknowledged() {
+    let mut redis = RedisServer::start(true).await;
+    let nodes = cluster(&redis, 2, &[("SSEGATE_HEARTBEAT_INTERVAL", "200ms")]).await;
+    let http = HttpClient::new();
+    let mut sub = stream(&nodes[1], "/v1/channels/r/events", None).await;
+    opening_id(&mut sub).await;
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let (status, _) = publish(&http, &nodes[0], "r", &format!("before{i}")).await;
+        assert_eq!(status, StatusCode::CREATED);
+        acked.push(format!("before{i}"));
+    }
+    assert_eq!(events(&mut sub, 10).await.len(), 10);
+
+    redis.stop().await;
+    let (status, body) = publish(&http, &nodes[0], "r", "during").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(json(body.as_bytes())["error"]["code"], "broker_unavailable");
+    let ready = http.get(&nodes[0].url("/readyz")).await.unwrap();
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    // The subscriber stays connected: heartbeats keep coming.
+    let mut beats = 0;
+    while beats < 2 {
+        match next_item(&mut sub).await {
+            Some(Item::Comment(_)) => beats += 1,
+            other => panic!("only heartbeats while Redis is down, got {other:?}"),
+        }
+    }
+
+    redis.restart().await;
+    // Publish until Redis answers again (through node 1), then more through node 1 and 2.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut i = 0;
+    while acked.len() < 30 {
+        let node = &nodes[i % 2];
+        let data = format!("after{i}");
+        let (status, _) = publish(&http, node, "r", &data).await;
+        if status == StatusCode::CREATED {
+            acked.push(data);
+            i += 1;
+        } else {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Redis never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let ready = http.get(&nodes[0].url("/readyz")).await.unwrap();
+    assert_eq!(ready.status, StatusCode::OK);
+    let got: Vec<String> = events(&mut sub, 20)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    assert_eq!(
+        got,
+        acked[10..],
+        "every acknowledged event after the restart, once, in order"
+    );
+    // Nothing from before was lost either: a replay from 0 has all 30.
+    let h = json(
+        &http
+            .get(&nodes[1].url("/v1/channels/r/history?limit=100"))
+            .await
+            .unwrap()
+            .body,
+    );
+    assert_eq!(h["events"].as_array().unwrap().len(), 30);
+}
+
+#[tokio::test]
+async fn a_redis_that_lost_its_data_is_an_epoch_change_never_a_silent_gap() {
+    let redis = RedisServer::start(false).await;
+    let nodes = cluster(&redis, 2, &[]).await;
+    let http = HttpClient::new();
+    let mut live = stream(&nodes[1], "/v1/channels/w/events", None).await;
+    opening_id(&mut live).await;
+    let (_, first) = publish(&http, &nodes[0], "w", "old").await;
+    assert_eq!(events(&mut live, 1).await[0].data, "old");
+    for i in 0..3 {
+        publish(&http, &nodes[0], "w", &format!("lost{i}")).await;
+    }
+    assert_eq!(events(&mut live, 3).await.len(), 3);
+
+    redis.cmd(&["FLUSHALL"]).await;
+    let (status, new_id) = publish(&http, &nodes[0], "w", "new").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_ne!(new_id[..8], first[..8], "a new epoch");
+
+    // A client resuming from before the wipe is told.
+    let mut resumed = stream(&nodes[0], "/v1/channels/w/events", Some(&first)).await;
+    let mut reasons = Vec::new();
+    let after = loop {
+        match next_item(&mut resumed).await {
+            Some(Item::Event(e)) if e.event == "sync-required" => {
+                reasons.push(
+                    json(e.data.as_bytes())["reason"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+            Some(Item::Event(e)) => break e,
+            Some(_) => {}
+            None => panic!("ended"),
+        }
+    };
+    assert_eq!(reasons, ["epoch_changed"]);
+    assert_eq!(after.data, "new");
+    // So is the client that was connected through it.
+    let mut live_reasons = Vec::new();
+    let next = loop {
+        match next_item(&mut live).await {
+            Some(Item::Event(e)) if e.event == "sync-required" => {
+                live_reasons.push(
+                    json(e.data.as_bytes())["reason"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+            Some(Item::Event(e)) => break e,
+            Some(_) => {}
+            None => panic!("ended"),
+        }
+    };
+    assert_eq!(live_reasons, ["epoch_changed"]);
+    assert_eq!(next.data, "new");
+}

@@ -1,0 +1,111 @@
+//! A real `redis-server` per test, on a free loopback port, in its own directory.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::WAIT;
+
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    persistent: bool,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl RedisServer {
+    /// Starts Redis; with `persistent`, an AOF fsynced on every write, so that a restart
+    /// keeps everything that was acknowledged.
+    pub async fn start(persistent: bool) -> Self {
+        let mut server = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            persistent,
+            child: None,
+        };
+        server.boot().await;
+        server
+    }
+
+    async fn boot(&mut self) {
+        let aof = if self.persistent { "yes" } else { "no" };
+        let mut child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", aof, "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--logfile", ""])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        let stdout = child.stdout.take().unwrap();
+        self.child = Some(child);
+        // Redis logs this line once it accepts connections.
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(WAIT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("Ready to accept connections") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(ready.ok(), Some(true), "redis-server did not start");
+        // Keep draining its log so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    pub async fn cmd(&self, args: &[&str]) -> redis::Value {
+        let mut c = self.conn().await.unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut c).await.unwrap()
+    }
+
+    /// Stops Redis (SIGTERM: a clean shutdown) and waits for it to exit.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().unwrap().to_string();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status();
+            tokio::time::timeout(WAIT, child.wait())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    /// Starts Redis again on the same port and directory.
+    pub async fn restart(&mut self) {
+        self.boot().await;
+    }
+}
