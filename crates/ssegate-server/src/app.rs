@@ -17,6 +17,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use ssegate_broker::{Broker, MemoryBroker, RedisBroker};
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::router::{self, Listener};
 use crate::settings::Settings;
@@ -201,10 +202,13 @@ async fn accept_forever(
             Some(g) => Box::pin(g.watch(conn)),
             None => Box::pin(conn),
         };
-        tokio::spawn(async move {
-            if let Err(e) = fut.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        tokio::spawn(
+            async move {
+                if let Err(e) = fut.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
             }
-        });
+            .in_current_span(),
+        );
     }
 }

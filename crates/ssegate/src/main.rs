@@ -24,7 +24,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    // Every log line of this node carries its id (spawned tasks inherit the span).
+    let span = tracing::info_span!("node", id = %config.settings.node_id);
+    let node = async move {
         let app = match App::build(config.settings).await {
             Ok(app) => app,
             Err(e) => {
@@ -36,5 +38,6 @@ fn main() -> ExitCode {
         ssegate::announce(&app);
         app.run(shutdown).await;
         ExitCode::SUCCESS
-    })
+    };
+    runtime.block_on(tracing::Instrument::instrument(node, span))
 }

@@ -69,7 +69,10 @@ pub(crate) fn spawn(
     cmds: mpsc::UnboundedReceiver<Cmd>,
     timeout: Duration,
 ) -> Handle {
-    Handle(tokio::spawn(run(client, hub, keys, cmds, timeout)))
+    use tracing::Instrument;
+    Handle(tokio::spawn(
+        run(client, hub, keys, cmds, timeout).in_current_span(),
+    ))
 }
 
 fn jittered(d: Duration) -> Duration {

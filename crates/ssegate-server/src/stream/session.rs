@@ -189,11 +189,16 @@ impl Session {
                 return self.finish_with_retry();
             }
         };
-        self.epoch = Some(epoch);
+        let mut epoch = epoch;
         for (chan, start) in self.chans.iter_mut().zip(opening.starts) {
             match start {
                 StartFrom::Now => match broker.read(&chan.name, ReadFrom::Oldest, 0).await {
-                    Ok(page) => chan.cursor = page.last,
+                    Ok(page) => {
+                        // The read reports the store's epoch at that moment; it wins over
+                        // a cached one (a store that started over since).
+                        epoch = page.epoch;
+                        chan.cursor = page.last;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot open stream: broker unavailable");
                         return self.finish_with_retry();
@@ -213,6 +218,7 @@ impl Session {
                 }
             }
         }
+        self.epoch = Some(epoch);
         let id = match opening.echo {
             Some(echo) => echo,
             None => self.current_id(epoch),
