@@ -93,6 +93,11 @@ async fn flags_beat_environment_beats_file() {
         ready.text().contains("\"node_id\":\"from-env\""),
         "env beats the file"
     );
+    assert!(
+        node.stderr().contains("node{id=from-env}"),
+        "log lines carry the node id: {}",
+        node.stderr()
+    );
     let mut conn = ssegate_client::Connection::open(
         &node.url("/v1/channels/c/events"),
         &ssegate_client::ConnectOptions::default(),
