@@ -93,6 +93,7 @@ impl Hub {
                 let (tx, rx) = broadcast::channel(self.shared.capacity);
                 channels.insert(channel.clone(), Entry { tx, subscribers: 1 });
                 first = true;
+                metrics::gauge!(ssegate_core::metric_names::SUBSCRIBED_CHANNELS).increment(1.0);
                 rx
             }
         };
@@ -179,6 +180,7 @@ impl Hub {
             }
             Some(_) => {
                 channels.remove(channel);
+                metrics::gauge!(ssegate_core::metric_names::SUBSCRIBED_CHANNELS).decrement(1.0);
                 true
             }
             None => false,

@@ -14,12 +14,14 @@
 //!   single-channel cursors and composite multi-channel cursors, parsed strictly.
 //! - [`event`]: the event model: payload normalisation and what a publish carries.
 //! - [`sse`]: `text/event-stream` framing of events and control frames.
+//! - [`metric_names`]: every metric name and its fixed label values.
 
 #![forbid(unsafe_code)]
 
 pub mod cursor;
 pub mod event;
 pub mod id;
+pub mod metric_names;
 pub mod name;
 pub mod sse;
 

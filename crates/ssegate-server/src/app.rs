@@ -110,6 +110,16 @@ impl App {
             sweeper,
         } = self;
         let graceful = GracefulShutdown::new();
+        // Histograms need their upkeep (bucket draining) even when nobody scrapes.
+        let upkeep = crate::metrics::prometheus().map(|handle| {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    handle.run_upkeep();
+                }
+            })
+        });
         let builder = builder(&state.settings);
         let admin_task = admin.map(|l| {
             let state = state.clone();
@@ -153,6 +163,9 @@ impl App {
         }
         if let Some(s) = sweeper {
             s.abort();
+        }
+        if let Some(u) = upkeep {
+            u.abort();
         }
         tracing::info!("shutdown complete");
     }

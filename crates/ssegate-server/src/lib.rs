@@ -11,6 +11,7 @@
 //! - `handlers`: publish (single and batch), history, health, the demo page.
 //! - [`error`]: [`error::ApiError`], the one JSON error shape.
 //! - [`body`]: the response body (a buffer or a stream of shared frames).
+//! - [`metrics`]: the Prometheus recorder and the metric handles the hot paths use.
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod app;
 pub mod body;
 pub mod error;
 mod handlers;
+pub mod metrics;
 mod query;
 mod router;
 pub mod settings;

@@ -58,6 +58,8 @@ async fn dispatch(
         (_, ["readyz"]) if get => Ok(health::readyz(state).await),
         (_, ["healthz" | "readyz"]) => Err(ApiError::method_not_allowed("GET, HEAD")),
         (Listener::Admin, ["v1", "stats"]) if get => Ok(health::stats(state)),
+        (Listener::Admin, ["metrics"]) if get => Ok(health::metrics()),
+        (Listener::Admin, ["metrics"]) => Err(ApiError::method_not_allowed("GET, HEAD")),
         (Listener::Admin, ["v1", "stats"]) => Err(ApiError::method_not_allowed("GET, HEAD")),
         (Listener::Admin, _) => Err(ApiError::not_found()),
         (_, [""]) if get => Ok(handlers::demo_page()),
@@ -66,7 +68,9 @@ async fn dispatch(
             let ch = decode_segment(ch)?;
             match method {
                 Method::GET => stream::subscribe_one(state, &req, &ch),
-                Method::POST => publish::publish_one(state, req, &ch).await,
+                Method::POST => {
+                    publish::measured(state, publish::publish_one(state, req, &ch)).await
+                }
                 _ => Err(ApiError::method_not_allowed("GET, POST")),
             }
         }
@@ -82,7 +86,7 @@ async fn dispatch(
             _ => Err(ApiError::method_not_allowed("GET")),
         },
         (_, ["v1", "publish"]) => match method {
-            Method::POST => publish::publish_batch(state, req).await,
+            Method::POST => publish::measured(state, publish::publish_batch(state, req)).await,
             _ => Err(ApiError::method_not_allowed("POST")),
         },
         _ => Err(ApiError::not_found()),

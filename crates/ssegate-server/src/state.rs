@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use ssegate_broker::Broker;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
+use crate::metrics::Metrics;
 use crate::settings::Settings;
 
 #[derive(Debug)]
@@ -18,6 +19,7 @@ pub struct AppState {
     pub stream_permits: Arc<Semaphore>,
     pub streams: StreamTracker,
     pub stats: Stats,
+    pub metrics: Metrics,
 }
 
 /// Node counters shown by `/v1/stats` on the admin listener.
@@ -27,11 +29,19 @@ pub struct Stats {
     pub slow_consumer_catchups: AtomicU64,
     /// `sync-required` frames sent.
     pub sync_required: AtomicU64,
+    /// Events written to streams (for `/v1/stats` and the cluster view's rate).
+    pub deliveries: AtomicU64,
+    /// Source of stream ids for logs.
+    pub next_stream_id: AtomicU64,
 }
 
 impl Stats {
     pub fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add_n(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {
@@ -49,6 +59,7 @@ impl AppState {
             stream_permits: permits,
             streams: StreamTracker::default(),
             stats: Stats::default(),
+            metrics: Metrics::new(),
         })
     }
 

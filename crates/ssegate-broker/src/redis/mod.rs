@@ -141,16 +141,29 @@ impl RedisBroker {
         self.inner.pool.get().await.map_err(unavailable)
     }
 
-    /// Runs a command future with the configured timeout.
+    /// Runs a command future with the configured timeout; failures are counted by `op`.
     async fn timed<T>(
         &self,
+        op: &'static str,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, BrokerError> {
-        match tokio::time::timeout(self.inner.config.timeout, f).await {
+        let result = match tokio::time::timeout(self.inner.config.timeout, f).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(unavailable(e)),
             Err(_) => Err(unavailable("Redis command timed out")),
+        };
+        if result.is_err() {
+            pubsub::broker_error(op);
         }
+        result
+    }
+
+    async fn conn_for(&self, op: &'static str) -> Result<deadpool_redis::Connection, BrokerError> {
+        let conn = self.conn().await;
+        if conn.is_err() {
+            pubsub::broker_error(op);
+        }
+        conn
     }
 
     fn remember_epoch(&self, epoch: Epoch) {
@@ -182,16 +195,16 @@ impl Broker for RedisBroker {
             return Ok(e);
         }
         let key = self.inner.keys.epoch();
-        let mut conn = self.conn().await?;
+        let mut conn = self.conn_for("epoch").await?;
         let candidate = Epoch::random().to_string();
         let set = redis::cmd("SET")
             .arg(&key)
             .arg(&candidate)
             .arg("NX")
             .to_owned();
-        let _: Value = self.timed(set.query_async(&mut conn)).await?;
+        let _: Value = self.timed("epoch", set.query_async(&mut conn)).await?;
         let got: Option<String> = self
-            .timed(redis::cmd("GET").arg(&key).query_async(&mut conn))
+            .timed("epoch", redis::cmd("GET").arg(&key).query_async(&mut conn))
             .await?;
         let epoch = codec::epoch(got.as_deref().unwrap_or_default()).map_err(bad)?;
         self.remember_epoch(epoch);
@@ -239,8 +252,8 @@ impl Broker for RedisBroker {
                 .arg(e.data.as_str())
                 .arg(now);
         }
-        let mut conn = self.conn().await?;
-        let reply: Value = self.timed(inv.invoke_async(&mut conn)).await?;
+        let mut conn = self.conn_for("publish").await?;
+        let reply: Value = self.timed("publish", inv.invoke_async(&mut conn)).await?;
         let parts = codec::array(&reply).map_err(bad)?;
         let [status, epoch, rest] = parts else {
             return Err(bad(BadReply("publish reply")));
@@ -278,8 +291,8 @@ impl Broker for RedisBroker {
             ReadFrom::After(id) => inv.arg("after").arg(id.to_string()),
         };
         inv.arg(limit);
-        let mut conn = self.conn().await?;
-        let reply: Value = self.timed(inv.invoke_async(&mut conn)).await?;
+        let mut conn = self.conn_for("read").await?;
+        let reply: Value = self.timed("read", inv.invoke_async(&mut conn)).await?;
         let parts = codec::array(&reply).map_err(bad)?;
         let [epoch, last, start, gap, entries] = parts else {
             return Err(bad(BadReply("read reply")));
@@ -306,9 +319,9 @@ impl Broker for RedisBroker {
     }
 
     async fn ready(&self) -> Result<(), BrokerError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.conn_for("ping").await?;
         let _: String = self
-            .timed(redis::cmd("PING").query_async(&mut conn))
+            .timed("ping", redis::cmd("PING").query_async(&mut conn))
             .await?;
         Ok(())
     }

@@ -128,6 +128,7 @@ async fn run(
             tokio::select! {
                 msg = stream.next() => {
                     let Some(msg) = msg else {
+                        broker_error("pubsub");
                         tracing::warn!("pub/sub connection lost; reconnecting");
                         break;
                     };
@@ -158,6 +159,10 @@ async fn run(
             }
         }
     }
+}
+
+pub(crate) fn broker_error(op: &'static str) {
+    metrics::counter!(ssegate_core::metric_names::BROKER_ERRORS, "op" => op).increment(1);
 }
 
 fn deliver(hub: &Hub, keys: &Keys, live: &str, payload: &[u8]) {

@@ -49,6 +49,21 @@ pub(crate) fn stats(state: &AppState) -> Response<Body> {
             "streams": state.streams.open(),
             "slow_consumer_catchups": Stats::get(&s.slow_consumer_catchups),
             "sync_required": Stats::get(&s.sync_required),
+            "deliveries": Stats::get(&s.deliveries),
         }),
     )
+}
+
+/// `GET /metrics` (admin listener): Prometheus text exposition.
+pub(crate) fn metrics() -> Response<Body> {
+    let text = match crate::metrics::prometheus() {
+        Some(handle) => handle.render(),
+        None => "# metrics recorder unavailable in this process\n".to_owned(),
+    };
+    let mut res = Response::new(Body::full(text));
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
 }

@@ -157,12 +157,33 @@ fn text(bytes: Bytes) -> Result<String, ApiError> {
     String::from_utf8(bytes.to_vec()).map_err(|_| invalid_body("request body is not valid UTF-8"))
 }
 
+/// Records a publish request's outcome: duration (request in to broker acknowledged),
+/// events published, or the error's class.
+pub(crate) async fn measured(
+    state: &AppState,
+    publish: impl std::future::Future<Output = Result<(Response<Body>, usize), ApiError>>,
+) -> Result<Response<Body>, ApiError> {
+    let started = std::time::Instant::now();
+    match publish.await {
+        Ok((res, n)) => {
+            let m = &state.metrics;
+            m.publish_duration.record(started.elapsed().as_secs_f64());
+            m.events_published.increment(n as u64);
+            Ok(res)
+        }
+        Err(e) => {
+            state.metrics.publish_error(e.class());
+            Err(e)
+        }
+    }
+}
+
 /// `POST /v1/channels/{channel}/events`.
 pub(crate) async fn publish_one(
     state: &AppState,
     req: Request<hyper::body::Incoming>,
     channel: &str,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<(Response<Body>, usize), ApiError> {
     let channel = ChannelName::new(channel).map_err(channel_error)?;
     let kind = body_kind(req.headers())?;
     let key = idempotency_key(req.headers())?;
@@ -196,20 +217,21 @@ pub(crate) async fn publish_one(
     };
     let published = state.broker.publish(vec![event], key.as_deref()).await?;
     let id = published.ids.first().copied().unwrap_or_default();
-    Ok(json(
+    let res = json(
         StatusCode::CREATED,
         &json!({
             "id": Position { epoch: published.epoch, id }.to_string(),
             "channel": channel,
         }),
-    ))
+    );
+    Ok((res, 1))
 }
 
 /// `POST /v1/publish`: `{"events": [{"channel", "data", "event"?}, ...]}`.
 pub(crate) async fn publish_batch(
     state: &AppState,
     req: Request<hyper::body::Incoming>,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<(Response<Body>, usize), ApiError> {
     if body_kind(req.headers())? != BodyKind::Json {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -252,5 +274,6 @@ pub(crate) async fn publish_batch(
             .to_string()
         })
         .collect();
-    Ok(json(StatusCode::CREATED, &json!({ "ids": ids })))
+    let n = ids.len();
+    Ok((json(StatusCode::CREATED, &json!({ "ids": ids })), n))
 }

@@ -15,8 +15,10 @@ use ssegate_core::{ChannelName, ChannelSet, CompositeCursor, Cursor, StartFrom};
 
 use crate::body::Body;
 use crate::error::{ApiError, channel_error, cursor_error};
+use crate::metrics::RefuseReason;
 use crate::query::Query;
 use crate::state::AppState;
+use tracing::Instrument;
 
 pub(crate) use session::{IdForm, Session};
 
@@ -52,7 +54,8 @@ fn sse_response(body: Body) -> Response<Body> {
 }
 
 /// The admission-control answer: a stream with only a jittered `retry:`.
-pub(crate) fn retry_only(state: &AppState) -> Response<Body> {
+pub(crate) fn retry_only(state: &AppState, reason: RefuseReason) -> Response<Body> {
+    state.metrics.refused(reason);
     let frame = ssegate_core::sse::retry_frame(state.settings.jittered_retry_ms());
     sse_response(Body::full(frame))
 }
@@ -134,15 +137,22 @@ fn start_stream(
     echo: Option<String>,
 ) -> Response<Body> {
     if state.is_draining() {
-        return retry_only(state);
+        return retry_only(state, RefuseReason::Draining);
     }
     let Some(guard) = state.admit_stream() else {
         tracing::debug!("connection limit reached: told to retry");
-        return retry_only(state);
+        return retry_only(state, RefuseReason::ConnectionLimit);
     };
+    let id = state
+        .stats
+        .next_stream_id
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // One span per stream; the node's span (with its id) is its parent.
+    let span = tracing::info_span!("stream", id, channels = channels.len());
     let session = Session::new(state.clone(), guard, ids, channels, starts, echo);
-    let stream = futures_util::stream::unfold(session, |mut s| async move {
-        s.next_frame().await.map(|frame| (frame, s))
+    let stream = futures_util::stream::unfold(session, move |mut s| {
+        let span = span.clone();
+        async move { s.next_frame().await.map(|frame| (frame, s)) }.instrument(span)
     });
     sse_response(Body::stream(stream))
 }

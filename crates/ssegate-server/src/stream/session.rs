@@ -30,6 +30,7 @@ use ssegate_core::{ChannelName, EntryId, Epoch, Position, StartFrom};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use crate::metrics::CloseReason;
 use crate::state::{AppState, Stats, StreamGuard};
 
 /// How event ids are written on this stream.
@@ -81,6 +82,7 @@ pub(crate) struct Session {
     backoff_step: Duration,
     /// Events per history read, adapted to the event sizes seen (see `REPLAY_BUDGET`).
     page_limit: usize,
+    close_reason: CloseReason,
     finished: bool,
     next_poll: usize,
     buf: BytesMut,
@@ -126,6 +128,9 @@ impl Session {
                 resync: None,
             })
             .collect();
+        state.metrics.connections_open.increment(1.0);
+        state.metrics.connections_opened.increment(1);
+        tracing::debug!("stream opened");
         let heartbeat = Box::pin(tokio::time::sleep(state.settings.heartbeat_interval));
         let draining = state.draining.subscribe();
         Self {
@@ -140,6 +145,7 @@ impl Session {
             backoff: None,
             backoff_step: BACKOFF_MIN,
             page_limit: state.settings.replay_page_size.max(1),
+            close_reason: CloseReason::ClientGone,
             finished: false,
             next_poll: 0,
             buf: BytesMut::new(),
@@ -152,6 +158,7 @@ impl Session {
     pub(crate) async fn next_frame(&mut self) -> Option<Bytes> {
         loop {
             if let Some(frame) = self.pending.pop_front() {
+                self.state.metrics.bytes.increment(frame.len() as u64);
                 let interval = self.state.settings.heartbeat_interval;
                 self.heartbeat.as_mut().reset(Instant::now() + interval);
                 return Some(frame);
@@ -174,7 +181,8 @@ impl Session {
     }
 
     /// Ends the stream with a jittered `retry:` so that the client comes back later.
-    fn finish_with_retry(&mut self) {
+    fn finish_with_retry(&mut self, reason: CloseReason) {
+        self.close_reason = reason;
         let retry = self.state.settings.jittered_retry_ms();
         self.pending.push_back(sse::retry_frame(retry));
         self.finished = true;
@@ -186,7 +194,7 @@ impl Session {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open stream: broker unavailable");
-                return self.finish_with_retry();
+                return self.finish_with_retry(CloseReason::BrokerUnavailable);
             }
         };
         let mut epoch = epoch;
@@ -201,7 +209,7 @@ impl Session {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot open stream: broker unavailable");
-                        return self.finish_with_retry();
+                        return self.finish_with_retry(CloseReason::BrokerUnavailable);
                     }
                 },
                 StartFrom::Oldest => {
@@ -291,15 +299,24 @@ impl Session {
             let id = self.current_id(epoch);
             let name = self.chans[i].name.clone();
             Stats::add(&self.state.stats.sync_required);
+            self.state.metrics.sync_required(reason);
             self.pending
                 .push_back(sse::sync_required_frame(&id, name.as_str(), reason));
         }
         // One coalesced chunk per page: replay is about throughput, not sharing.
+        let mut replayed = 0u64;
         for ev in &page.events {
             if ev.id > self.chans[i].cursor {
                 self.chans[i].cursor = ev.id;
                 self.write_event(i, ev, true);
+                replayed += 1;
             }
+        }
+        if replayed > 0 {
+            let m = &self.state.metrics;
+            m.replayed.increment(replayed);
+            m.deliveries.increment(replayed);
+            Stats::add_n(&self.state.stats.deliveries, replayed);
         }
         if !self.buf.is_empty() {
             let bytes = self.buf.len();
@@ -414,17 +431,37 @@ impl Session {
                 } else {
                     self.chans[i].cursor = ev.id;
                     self.write_event(i, &ev, false);
+                    let m = &self.state.metrics;
+                    m.deliveries.increment(1);
+                    Stats::add(&self.state.stats.deliveries);
+                    let now =
+                        ssegate_broker::clock::Clock::now_ms(&ssegate_broker::clock::SystemClock);
+                    m.delivery_latency
+                        .record(now.saturating_sub(ev.published_at_ms) as f64 / 1000.0);
                 }
             }
             Woke::Live(i, LiveRecv::Lagged) => {
                 Stats::add(&self.state.stats.slow_consumer_catchups);
+                self.state.metrics.catchups.increment(1);
                 self.chans[i].catching_up = true;
             }
-            Woke::Live(_, LiveRecv::Closed) | Woke::Close => self.finish_with_retry(),
-            Woke::Heartbeat => self.pending.push_back(HEARTBEAT.clone()),
+            Woke::Live(_, LiveRecv::Closed) => self.finish_with_retry(CloseReason::Shutdown),
+            Woke::Close => self.finish_with_retry(CloseReason::Drained),
+            Woke::Heartbeat => {
+                self.state.metrics.heartbeats.increment(1);
+                self.pending.push_back(HEARTBEAT.clone());
+            }
             Woke::Draining => self.start_drain(),
             Woke::Backoff => self.backoff = None,
         }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.state.metrics.connections_open.decrement(1.0);
+        self.state.metrics.closed(self.close_reason);
+        tracing::debug!(reason = ?self.close_reason, "stream closed");
     }
 }
 

@@ -13,6 +13,7 @@ mod config;
 mod drain;
 mod errors;
 mod helpers;
+mod observability;
 mod protocol;
 mod redis_server;
 mod resume;

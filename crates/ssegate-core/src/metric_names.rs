@@ -1,0 +1,104 @@
+//! Every metric name, in one place, with its help text. No channel name, client id or
+//! other unbounded value is ever a label: label values are the small fixed sets listed
+//! here (cardinality stays constant however many channels and clients there are).
+
+/// Streams open now (gauge).
+pub const CONNECTIONS_OPEN: &str = "ssegate_connections_open";
+/// Streams opened (counter).
+pub const CONNECTIONS_OPENED: &str = "ssegate_connections_opened_total";
+/// Streams closed, by `reason` (counter).
+pub const CONNECTIONS_CLOSED: &str = "ssegate_connections_closed_total";
+/// Subscribers told to retry instead of getting a stream, by `reason` (counter).
+pub const CONNECTIONS_REFUSED: &str = "ssegate_connections_refused_total";
+/// Events accepted by publishes on this node (counter).
+pub const EVENTS_PUBLISHED: &str = "ssegate_events_published_total";
+/// Publish requests refused or failed, by `class` (counter).
+pub const PUBLISH_ERRORS: &str = "ssegate_publish_errors_total";
+/// Events written to streams, live and replayed (counter).
+pub const DELIVERIES: &str = "ssegate_deliveries_total";
+/// Events written from history (resume or catch-up) (counter).
+pub const REPLAYED_EVENTS: &str = "ssegate_replayed_events_total";
+/// `sync-required` frames sent, by `reason` (counter).
+pub const SYNC_REQUIRED: &str = "ssegate_sync_required_total";
+/// Streams that fell behind live and were caught up from history (counter).
+pub const SLOW_CONSUMER_CATCHUPS: &str = "ssegate_slow_consumer_catchups_total";
+/// Heartbeat comments sent (counter).
+pub const HEARTBEATS: &str = "ssegate_heartbeats_total";
+/// Bytes of stream frames handed to connections (counter).
+pub const BYTES_WRITTEN: &str = "ssegate_bytes_written_total";
+/// Request received to broker acknowledged, for publishes (histogram, seconds).
+pub const PUBLISH_DURATION: &str = "ssegate_publish_duration_seconds";
+/// Publish timestamp carried in the event to the moment its frame is handed to the
+/// connection, for live deliveries (histogram, seconds).
+pub const DELIVERY_LATENCY: &str = "ssegate_delivery_latency_seconds";
+/// Broker operations that failed, by `op` (counter).
+pub const BROKER_ERRORS: &str = "ssegate_broker_errors_total";
+/// Pub/sub connections re-established (counter).
+pub const PUBSUB_RECONNECTS: &str = "ssegate_pubsub_reconnects_total";
+/// Channels with at least one local subscriber (gauge).
+pub const SUBSCRIBED_CHANNELS: &str = "ssegate_subscribed_channels";
+
+/// `reason` values of [`CONNECTIONS_CLOSED`].
+pub const CLOSE_REASONS: &[&str] = &["client_gone", "drained", "broker_unavailable", "shutdown"];
+/// `reason` values of [`CONNECTIONS_REFUSED`].
+pub const REFUSE_REASONS: &[&str] = &["connection_limit", "draining"];
+/// `reason` values of [`SYNC_REQUIRED`].
+pub const SYNC_REASONS: &[&str] = &["history_trimmed", "epoch_changed"];
+/// `class` values of [`PUBLISH_ERRORS`].
+pub const ERROR_CLASSES: &[&str] = &["client", "broker", "internal"];
+/// `op` values of [`BROKER_ERRORS`].
+pub const BROKER_OPS: &[&str] = &["publish", "read", "epoch", "ping", "pubsub"];
+
+/// Histogram buckets (seconds): fine below 10 ms, where a healthy gateway lives, coarse
+/// up to 10 s, where a broken one does.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Every metric with its help text, for `# HELP` lines.
+pub const HELP: &[(&str, &str)] = &[
+    (CONNECTIONS_OPEN, "SSE streams open now"),
+    (CONNECTIONS_OPENED, "SSE streams opened"),
+    (CONNECTIONS_CLOSED, "SSE streams closed, by reason"),
+    (
+        CONNECTIONS_REFUSED,
+        "Subscribers told to retry instead of getting a stream, by reason",
+    ),
+    (
+        EVENTS_PUBLISHED,
+        "Events accepted by publishes on this node",
+    ),
+    (
+        PUBLISH_ERRORS,
+        "Publish requests refused or failed, by class",
+    ),
+    (DELIVERIES, "Events written to streams, live and replayed"),
+    (
+        REPLAYED_EVENTS,
+        "Events written from history on resume or catch-up",
+    ),
+    (SYNC_REQUIRED, "sync-required frames sent, by reason"),
+    (
+        SLOW_CONSUMER_CATCHUPS,
+        "Streams caught up from history after falling behind live",
+    ),
+    (HEARTBEATS, "Heartbeat comments sent"),
+    (
+        BYTES_WRITTEN,
+        "Bytes of stream frames handed to connections",
+    ),
+    (
+        PUBLISH_DURATION,
+        "Publish: request received to broker acknowledged, seconds",
+    ),
+    (
+        DELIVERY_LATENCY,
+        "Publish timestamp to frame handed to the connection, seconds",
+    ),
+    (BROKER_ERRORS, "Broker operations that failed, by op"),
+    (PUBSUB_RECONNECTS, "Pub/sub connections re-established"),
+    (
+        SUBSCRIBED_CHANNELS,
+        "Channels with at least one local subscriber",
+    ),
+];

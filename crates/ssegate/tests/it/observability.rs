@@ -1,0 +1,102 @@
+//! `/metrics` after a scripted scenario shows exactly what happened.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ssegate_client::HttpClient;
+
+use crate::cluster::{publish, stream};
+use crate::helpers::{TestProcess, WAIT, events, json, next_item, opening_id, spawn_process};
+
+/// Parses the Prometheus text format into `name{labels}` → value.
+fn scrape_text(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn scrape(node: &TestProcess) -> HashMap<String, f64> {
+    let admin = node.admin.unwrap();
+    let res = HttpClient::new().get(&format!("http://{admin}/metrics")).await.unwrap();
+    assert_eq!(res.status, 200);
+    assert!(res.header("content-type").unwrap().starts_with("text/plain"));
+    scrape_text(&res.text())
+}
+
+fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
+    m.get(key).copied().unwrap_or_else(|| panic!("{key} missing from /metrics"))
+}
+
+#[tokio::test]
+async fn metrics_count_exactly_what_a_scripted_scenario_did() {
+    let node = spawn_process(&[
+        ("SSEGATE_MAX_CONNECTIONS", "3"),
+        ("SSEGATE_HISTORY_MAX_LEN", "5"),
+    ])
+    .await;
+    let http = HttpClient::new();
+    // Two live subscribers.
+    let mut a = stream(&node, "/v1/channels/m/events", None).await;
+    let mut b = stream(&node, "/v1/channels/m/events", None).await;
+    opening_id(&mut a).await;
+    opening_id(&mut b).await;
+    // Seven publishes; each subscriber receives all of them.
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(publish(&http, &node, "m", &format!("e{i}")).await.1);
+    }
+    assert_eq!(events(&mut a, 7).await.len(), 7);
+    assert_eq!(events(&mut b, 7).await.len(), 7);
+    // One replay: from e4, two events (e5, e6).
+    let mut replay = stream(&node, "/v1/channels/m/events", Some(&ids[4])).await;
+    assert_eq!(events(&mut replay, 2).await[1].data, "e6");
+    drop(replay);
+    // Wait until the node has noticed that client leave (it frees the slot).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while get(&scrape(&node).await, "ssegate_connections_open") != 2.0 {
+        assert!(tokio::time::Instant::now() < deadline, "closed stream never noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One trimmed cursor: e0 is gone (history keeps e2..e6), so sync-required + 5 events.
+    let mut trimmed = stream(&node, "/v1/channels/m/events", Some(&ids[0])).await;
+    let got = events(&mut trimmed, 6).await;
+    assert_eq!(got[0].event, "sync-required");
+    // One refused connection: three streams are open, the limit is three.
+    let mut refused = stream(&node, "/v1/channels/m/events", None).await;
+    assert!(matches!(next_item(&mut refused).await, Some(ssegate_client::Item::Retry(_))));
+    assert!(next_item(&mut refused).await.is_none());
+
+    let m = scrape(&node).await;
+    let expect = [
+        ("ssegate_connections_opened_total", 4.0),
+        ("ssegate_connections_open", 3.0),
+        ("ssegate_connections_closed_total{reason=\"client_gone\"}", 1.0),
+        ("ssegate_connections_closed_total{reason=\"drained\"}", 0.0),
+        ("ssegate_connections_refused_total{reason=\"connection_limit\"}", 1.0),
+        ("ssegate_events_published_total", 7.0),
+        ("ssegate_deliveries_total", 14.0 + 2.0 + 5.0),
+        ("ssegate_replayed_events_total", 7.0),
+        ("ssegate_sync_required_total{reason=\"history_trimmed\"}", 1.0),
+        ("ssegate_sync_required_total{reason=\"epoch_changed\"}", 0.0),
+        ("ssegate_publish_errors_total{class=\"client\"}", 0.0),
+        ("ssegate_publish_duration_seconds_count", 7.0),
+        ("ssegate_delivery_latency_seconds_count", 14.0),
+    ];
+    for (key, want) in expect {
+        assert_eq!(get(&m, key), want, "{key}");
+    }
+    assert!(get(&m, "ssegate_bytes_written_total") > 0.0);
+    assert!(get(&m, "ssegate_publish_duration_seconds_bucket{le=\"+Inf\"}") == 7.0);
+    // No channel name is ever a label.
+    let admin = node.admin.unwrap();
+    let text = http.get(&format!("http://{admin}/metrics")).await.unwrap().text();
+    assert!(!text.contains("\"m\""), "a channel name leaked into labels");
+    // /v1/stats agrees.
+    let stats = json(&http.get(&format!("http://{admin}/v1/stats")).await.unwrap().body);
+    assert_eq!(stats["streams"], 3);
+    assert_eq!(stats["deliveries"], 21);
+}
