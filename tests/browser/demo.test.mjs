@@ -10,22 +10,17 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { chromiumArgs, chromiumPath, startGateway, stopGateway } from './lib.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const repo = path.resolve(here, '..', '..');
-const gatewayBin = process.env.SSEGATE_BIN || path.join(repo, 'target', 'debug', 'ssegate');
 const screenshotDir = path.join(here, 'screenshots');
 
-const READY_TIMEOUT_MS = 30_000;
 const WAIT_MS = 10_000; // for anything the page should show
-const READY_LINE = /ssegate listening http=(\S+) admin=(\S+)/;
 
 let gateway = null; // { child, base, stderrTail() }
 let browser = null;
@@ -37,65 +32,6 @@ function randomTag() {
 // Value for a double-quoted CSS attribute selector.
 function cssString(value) {
   return value.replace(/["\\]/g, '\\$&');
-}
-
-function startGateway() {
-  const child = spawn(gatewayBin, [], {
-    env: {
-      ...process.env,
-      SSEGATE_LISTEN: '127.0.0.1:0',
-      SSEGATE_ADMIN_LISTEN: '127.0.0.1:0',
-      SSEGATE_DRAIN_WINDOW: '1s',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-
-  let stderr = '';
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (chunk) => {
-    stderr = (stderr + chunk).slice(-4000);
-  });
-  const stderrTail = () => (stderr.trim() ? `\n--- gateway stderr (tail) ---\n${stderr}` : '');
-
-  return new Promise((resolve, reject) => {
-    let settled = false;
-    const finish = (err, value) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      if (err) {
-        child.kill('SIGKILL');
-        reject(err);
-      } else {
-        resolve(value);
-      }
-    };
-    const timer = setTimeout(() => {
-      finish(new Error(`gateway printed no ready line within ${READY_TIMEOUT_MS} ms${stderrTail()}`));
-    }, READY_TIMEOUT_MS);
-
-    child.on('error', (err) => finish(new Error(`cannot start ${gatewayBin}: ${err.message}`)));
-    child.on('exit', (code, signal) => {
-      finish(new Error(`gateway exited early (code ${code}, signal ${signal})${stderrTail()}`));
-    });
-
-    // Keep reading stdout after the ready line too, so the pipe never fills up.
-    const lines = readline.createInterface({ input: child.stdout });
-    lines.on('line', (line) => {
-      const m = READY_LINE.exec(line);
-      if (m) finish(null, { child, base: `http://${m[1]}`, admin: `http://${m[2]}`, stderrTail });
-    });
-  });
-}
-
-async function stopGateway(gw) {
-  const { child } = gw;
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 3_000);
-  await exited;
-  clearTimeout(timer);
 }
 
 async function publish(channel, body) {
@@ -133,19 +69,7 @@ function eventItem(page, id, text) {
 
 before(async () => {
   // Chromium and the gateway start side by side.
-  const launching = chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  const launching = chromium.launch({ executablePath: chromiumPath, headless: true, args: chromiumArgs });
   const starting = startGateway();
   const [b, g] = await Promise.allSettled([launching, starting]);
   if (b.status === 'fulfilled') browser = b.value;

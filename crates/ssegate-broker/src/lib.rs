@@ -30,6 +30,7 @@ pub mod memory;
 pub mod redis;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ssegate_core::{ChannelName, EntryId, Epoch, NewEvent};
 
@@ -111,6 +112,26 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the broker can serve requests now (for `/readyz`).
     async fn ready(&self) -> Result<(), BrokerError>;
+
+    /// Channels with at least one subscriber on this node.
+    fn local_channels(&self) -> usize;
+
+    /// Puts this node in the cluster view for `ttl` (the caller refreshes it); `info` is
+    /// a JSON object. Without a shared store there is no cluster view to join.
+    async fn announce_node(&self, _id: &str, _info: &str, _ttl: Duration) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// Takes this node out of the cluster view (on shutdown).
+    async fn retire_node(&self, _id: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// The `info` of every node in the cluster view. `None`: this broker has no shared
+    /// view (the caller shows just itself).
+    async fn cluster_nodes(&self) -> Result<Option<Vec<String>>, BrokerError> {
+        Ok(None)
+    }
 }
 
 impl std::fmt::Debug for dyn Broker {

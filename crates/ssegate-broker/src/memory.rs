@@ -355,6 +355,10 @@ impl Broker for MemoryBroker {
     async fn ready(&self) -> Result<(), BrokerError> {
         Ok(())
     }
+
+    fn local_channels(&self) -> usize {
+        self.inner.hub.channels().len()
+    }
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub const SYNC_REASONS: &[&str] = &["history_trimmed", "epoch_changed"];
 /// `class` values of [`PUBLISH_ERRORS`].
 pub const ERROR_CLASSES: &[&str] = &["client", "broker", "internal"];
 /// `op` values of [`BROKER_ERRORS`].
-pub const BROKER_OPS: &[&str] = &["publish", "read", "epoch", "ping", "pubsub"];
+pub const BROKER_OPS: &[&str] = &["publish", "read", "epoch", "ping", "pubsub", "announce"];
 
 /// Histogram buckets (seconds): fine below 10 ms, where a healthy gateway lives, coarse
 /// up to 10 s, where a broken one does.

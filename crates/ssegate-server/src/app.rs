@@ -81,10 +81,14 @@ impl App {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let state = AppState::new(settings, broker);
+        if let Ok(addr) = listener.local_addr() {
+            let _ = state.public_addr.set(addr);
+        }
         Ok(Self {
             listener,
             admin,
-            state: AppState::new(settings, broker),
+            state,
             sweeper: None,
         })
     }
@@ -110,6 +114,7 @@ impl App {
             sweeper,
         } = self;
         let graceful = GracefulShutdown::new();
+        let announcer = crate::cluster::spawn_announcer(state.clone());
         // Histograms need their upkeep (bucket draining) even when nobody scrapes.
         let upkeep = crate::metrics::prometheus().map(|handle| {
             tokio::spawn(async move {
@@ -166,6 +171,10 @@ impl App {
         }
         if let Some(u) = upkeep {
             u.abort();
+        }
+        announcer.abort();
+        if let Err(e) = state.broker.retire_node(&state.settings.node_id).await {
+            tracing::debug!(error = %e, "cannot leave the cluster view");
         }
         tracing::info!("shutdown complete");
     }

@@ -9,6 +9,7 @@
 //! - `router`: path and method dispatch, 404/405.
 //! - `stream`: subscribing; `stream::session` is the per-stream state machine.
 //! - `handlers`: publish (single and batch), history, health, the demo page.
+//! - `cluster`: the cluster view (`/v1/cluster`, its SSE stream, `/dashboard`).
 //! - [`error`]: [`error::ApiError`], the one JSON error shape.
 //! - [`body`]: the response body (a buffer or a stream of shared frames).
 //! - [`metrics`]: the Prometheus recorder and the metric handles the hot paths use.
@@ -17,6 +18,7 @@
 
 pub mod app;
 pub mod body;
+mod cluster;
 pub mod error;
 mod handlers;
 pub mod metrics;

@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
 
 use crate::body::Body;
+use crate::cluster;
 use crate::error::ApiError;
 use crate::handlers::{self, health, history, publish};
 use crate::state::AppState;
@@ -59,6 +60,12 @@ async fn dispatch(
         (_, ["healthz" | "readyz"]) => Err(ApiError::method_not_allowed("GET, HEAD")),
         (Listener::Admin, ["v1", "stats"]) if get => Ok(health::stats(state)),
         (Listener::Admin, ["metrics"]) if get => Ok(health::metrics()),
+        (Listener::Admin, ["v1", "cluster"]) if get => Ok(cluster::cluster(state).await),
+        (Listener::Admin, ["v1", "cluster", "stream"]) if get => Ok(cluster::stream(state.clone())),
+        (Listener::Admin, ["dashboard"]) if get => Ok(cluster::dashboard()),
+        (Listener::Admin, ["v1", "cluster"] | ["v1", "cluster", "stream"] | ["dashboard"]) => {
+            Err(ApiError::method_not_allowed("GET, HEAD"))
+        }
         (Listener::Admin, ["metrics"]) => Err(ApiError::method_not_allowed("GET, HEAD")),
         (Listener::Admin, ["v1", "stats"]) => Err(ApiError::method_not_allowed("GET, HEAD")),
         (Listener::Admin, _) => Err(ApiError::not_found()),

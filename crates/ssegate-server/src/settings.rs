@@ -36,6 +36,9 @@ pub struct Settings {
     /// A client must send its request headers within this time (slowloris).
     pub header_read_timeout: Duration,
     pub history: HistoryConfig,
+    /// How often this node refreshes its cluster-view entry (which expires after three
+    /// of these), and how often the dashboard updates.
+    pub cluster_announce_interval: Duration,
     /// Cluster mode: the Redis broker. `None`: the embedded in-memory broker.
     pub redis: Option<RedisConfig>,
 }
@@ -57,6 +60,7 @@ impl Default for Settings {
             replay_page_size: 256,
             header_read_timeout: Duration::from_secs(10),
             history: HistoryConfig::default(),
+            cluster_announce_interval: Duration::from_secs(2),
             redis: None,
         }
     }

@@ -20,6 +20,9 @@ pub struct AppState {
     pub streams: StreamTracker,
     pub stats: Stats,
     pub metrics: Metrics,
+    /// The bound public address (known once listening), for the cluster view.
+    pub public_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    pub started_at_ms: u64,
 }
 
 /// Node counters shown by `/v1/stats` on the admin listener.
@@ -33,6 +36,8 @@ pub struct Stats {
     pub deliveries: AtomicU64,
     /// Source of stream ids for logs.
     pub next_stream_id: AtomicU64,
+    /// Deliveries per second over the last announce interval (`f64` bits).
+    pub delivery_rate_bits: AtomicU64,
 }
 
 impl Stats {
@@ -60,6 +65,10 @@ impl AppState {
             streams: StreamTracker::default(),
             stats: Stats::default(),
             metrics: Metrics::new(),
+            public_addr: std::sync::OnceLock::new(),
+            started_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
         })
     }
 

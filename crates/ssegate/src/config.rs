@@ -54,6 +54,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "max-event-size", default: "64KiB", help: "Largest event data (413 past it)" },
     Spec { name: "max-body-size", default: "1MiB", help: "Largest request body, e.g. a batch (413 past it)" },
     Spec { name: "idempotency-ttl", default: "24h", help: "How long an Idempotency-Key is remembered" },
+    Spec { name: "cluster-announce-interval", default: "2s", help: "How often a node refreshes its cluster-view entry (it expires after three)" },
     Spec { name: "header-read-timeout", default: "10s", help: "Time a client has to send its request headers" },
     Spec { name: "log-format", default: "human", help: "Log format: human or json" },
     Spec { name: "log", default: "info", help: "Log filter (tracing EnvFilter syntax)" },
@@ -313,6 +314,7 @@ fn from_raw(raw: &HashMap<&'static str, String>) -> Result<Config, ConfigError> 
         max_event_size: r.size("max-event-size")?,
         max_body_size: r.size("max-body-size")?,
         header_read_timeout: r.positive_duration("header-read-timeout")?,
+        cluster_announce_interval: r.positive_duration("cluster-announce-interval")?,
         history: HistoryConfig {
             max_len: r.count("history-max-len")?,
             max_age: r.positive_duration("history-max-age")?,

@@ -9,6 +9,7 @@
 //! | `<prefix>:{<channel>}:m` | hash | `last` (newest id ever added), `del` (newest id trimmed or expired) |
 //! | `<prefix>:{<channel>}:i:<key>` | string | an `Idempotency-Key` record: fingerprint and ids |
 //! | `<prefix>:{<channel>}:live` | pub/sub channel | live events |
+//! | `<prefix>:node:<node id>` | string | a node's entry in the cluster view (JSON), with a short TTL |
 
 use ssegate_core::ChannelName;
 
@@ -26,6 +27,15 @@ impl Keys {
 
     pub(crate) fn epoch(&self) -> String {
         format!("{}:epoch", self.prefix)
+    }
+
+    /// A node's entry in the cluster view (not a channel key: no hash tag).
+    pub(crate) fn node(&self, id: &str) -> String {
+        format!("{}:node:{id}", self.prefix)
+    }
+
+    pub(crate) fn node_pattern(&self) -> String {
+        format!("{}:node:*", self.prefix)
     }
 
     pub(crate) fn stream(&self, ch: &ChannelName) -> String {

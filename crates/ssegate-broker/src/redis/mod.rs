@@ -318,6 +318,59 @@ impl Broker for RedisBroker {
         })
     }
 
+    fn local_channels(&self) -> usize {
+        self.inner.hub.channels().len()
+    }
+
+    async fn announce_node(&self, id: &str, info: &str, ttl: Duration) -> Result<(), BrokerError> {
+        let mut conn = self.conn_for("announce").await?;
+        let cmd = redis::cmd("SET")
+            .arg(self.inner.keys.node(id))
+            .arg(info)
+            .arg("PX")
+            .arg(ms(ttl).max(1))
+            .to_owned();
+        let _: Value = self.timed("announce", cmd.query_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn retire_node(&self, id: &str) -> Result<(), BrokerError> {
+        let mut conn = self.conn_for("announce").await?;
+        let cmd = redis::cmd("DEL").arg(self.inner.keys.node(id)).to_owned();
+        let _: Value = self.timed("announce", cmd.query_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn cluster_nodes(&self) -> Result<Option<Vec<String>>, BrokerError> {
+        let mut conn = self.conn_for("announce").await?;
+        let pattern = self.inner.keys.node_pattern();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        // SCAN in bounded rounds: node entries are few, the keyspace may be large.
+        for _ in 0..1000 {
+            let cmd = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .to_owned();
+            let (next, batch): (u64, Vec<String>) =
+                self.timed("announce", cmd.query_async(&mut conn)).await?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        if keys.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let cmd = redis::cmd("MGET").arg(&keys).to_owned();
+        let values: Vec<Option<String>> = self.timed("announce", cmd.query_async(&mut conn)).await?;
+        Ok(Some(values.into_iter().flatten().collect()))
+    }
+
     async fn ready(&self) -> Result<(), BrokerError> {
         let mut conn = self.conn_for("ping").await?;
         let _: String = self

@@ -100,3 +100,48 @@ async fn metrics_count_exactly_what_a_scripted_scenario_did() {
     assert_eq!(stats["streams"], 3);
     assert_eq!(stats["deliveries"], 21);
 }
+
+async fn cluster_view(node: &TestProcess) -> serde_json::Value {
+    let admin = node.admin.unwrap();
+    json(&HttpClient::new().get(&format!("http://{admin}/v1/cluster")).await.unwrap().body)
+}
+
+/// Polls the cluster view (bounded) until `pred` holds; the view changes on timers.
+async fn view_until(node: &TestProcess, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let view = cluster_view(node).await;
+        if pred(&view) {
+            return view;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "cluster view never got there: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_cluster_view_lists_live_nodes_and_drops_dead_ones() {
+    let redis = crate::redis_server::RedisServer::start(false).await;
+    let mut nodes =
+        crate::cluster::cluster(&redis, 3, &[("SSEGATE_CLUSTER_ANNOUNCE_INTERVAL", "200ms")]).await;
+    let view = view_until(&nodes[0], |v| v["count"] == 3).await;
+    let ids: Vec<&str> = view["nodes"].as_array().unwrap().iter().map(|n| n["node_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["node1", "node2", "node3"]);
+    let n2 = &view["nodes"][1];
+    assert_eq!(n2["broker"], "redis");
+    assert_eq!(n2["address"], nodes[1].addr.to_string());
+    assert!(n2["version"].is_string());
+    // A stream on node2 shows up in its entry.
+    let mut conn = stream(&nodes[1], "/v1/channels/v/events", None).await;
+    opening_id(&mut conn).await;
+    view_until(&nodes[0], |v| v["nodes"][1]["connections"] == 1 && v["nodes"][1]["channels"] == 1).await;
+    // A killed node disappears within its TTL (three intervals).
+    nodes[2].signal("KILL");
+    let view = view_until(&nodes[0], |v| v["count"] == 2).await;
+    assert!(view["nodes"].as_array().unwrap().iter().all(|n| n["node_id"] != "node3"));
+    // A node that shuts down cleanly takes itself out at once.
+    drop(conn);
+    nodes[1].signal("TERM");
+    nodes[1].wait_exit().await;
+    view_until(&nodes[0], |v| v["count"] == 1).await;
+}

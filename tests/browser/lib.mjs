@@ -1,0 +1,113 @@
+// Shared plumbing of the browser tests: real gateway processes and a real redis-server
+// on free loopback ports.
+
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import { mkdtemp } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repo = path.resolve(here, '..', '..');
+export const gatewayBin = process.env.SSEGATE_BIN || path.join(repo, 'target', 'debug', 'ssegate');
+export const chromiumPath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+export const chromiumArgs = [
+  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+
+const READY_TIMEOUT_MS = 30_000;
+const READY_LINE = /ssegate listening http=(\S+) admin=(\S+)/;
+
+export function startGateway(extraEnv = {}) {
+  const child = spawn(gatewayBin, [], {
+    env: {
+      ...process.env,
+      SSEGATE_LISTEN: '127.0.0.1:0',
+      SSEGATE_ADMIN_LISTEN: '127.0.0.1:0',
+      SSEGATE_DRAIN_WINDOW: '1s',
+      ...extraEnv,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+
+  let stderr = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (chunk) => {
+    stderr = (stderr + chunk).slice(-4000);
+  });
+  const stderrTail = () => (stderr.trim() ? `\n--- gateway stderr (tail) ---\n${stderr}` : '');
+
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const finish = (err, value) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (err) {
+        child.kill('SIGKILL');
+        reject(err);
+      } else {
+        resolve(value);
+      }
+    };
+    const timer = setTimeout(() => {
+      finish(new Error(`gateway printed no ready line within ${READY_TIMEOUT_MS} ms${stderrTail()}`));
+    }, READY_TIMEOUT_MS);
+
+    child.on('error', (err) => finish(new Error(`cannot start ${gatewayBin}: ${err.message}`)));
+    child.on('exit', (code, signal) => {
+      finish(new Error(`gateway exited early (code ${code}, signal ${signal})${stderrTail()}`));
+    });
+
+    // Keep reading stdout after the ready line too, so the pipe never fills up.
+    const lines = readline.createInterface({ input: child.stdout });
+    lines.on('line', (line) => {
+      const m = READY_LINE.exec(line);
+      if (m) finish(null, { child, base: `http://${m[1]}`, admin: `http://${m[2]}`, stderrTail });
+    });
+  });
+}
+
+export async function stopGateway(gw) {
+  const { child } = gw;
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 3_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+// A throwaway redis-server; resolves once it logs that it accepts connections.
+export async function startRedis() {
+  const port = await freePort();
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'ssegate-redis-'));
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '',
+    '--appendonly', 'no', '--dir', dir, '--logfile', ''], { stdio: ['ignore', 'pipe', 'ignore'] });
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('redis-server did not start')), READY_TIMEOUT_MS);
+    child.on('error', reject);
+    readline.createInterface({ input: child.stdout }).on('line', (line) => {
+      if (line.includes('Ready to accept connections')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+  return { child, url: `redis://127.0.0.1:${port}` };
+}
