@@ -24,9 +24,16 @@ pub struct StoredEvent {
     pub published_at_ms: u64,
     /// The frame as a single-channel stream sends it; its body serves multi-channel ones.
     pub encoded: EncodedEvent,
+    /// The publish's `traceparent`, when it was traced.
+    pub trace: Option<Box<str>>,
 }
 
 impl StoredEvent {
+    pub fn with_trace(mut self, trace: Option<&str>) -> Self {
+        self.trace = trace.filter(|t| !t.is_empty()).map(Into::into);
+        self
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         epoch: Epoch,
@@ -47,6 +54,7 @@ impl StoredEvent {
             data,
             published_at_ms,
             encoded,
+            trace: None,
         }
     }
 }

@@ -147,6 +147,16 @@ impl Hub {
         }
     }
 
+    /// How many local connections listen to `channel`.
+    pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
+        self.shared
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(channel)
+            .map_or(0, |e| e.subscribers)
+    }
+
     /// Whether any local connection listens to `channel`.
     pub fn has_subscribers(&self, channel: &ChannelName) -> bool {
         self.shared

@@ -17,6 +17,7 @@
 //! - [`hub`]: node-local fan-out, one bounded ring per channel (the backpressure rule).
 //! - [`memory`]: the embedded in-memory broker (the default with no Redis).
 //! - [`redis`]: the Redis broker (cluster mode): Streams for history, pub/sub for live.
+//! - [`trace`]: hooks that link deliveries to the publish's trace.
 //! - [`clock`]: the wall clock, injectable so id and expiry rules can be tested.
 
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ mod fingerprint;
 pub mod hub;
 pub mod memory;
 pub mod redis;
+pub mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,7 +120,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Puts this node in the cluster view for `ttl` (the caller refreshes it); `info` is
     /// a JSON object. Without a shared store there is no cluster view to join.
-    async fn announce_node(&self, _id: &str, _info: &str, _ttl: Duration) -> Result<(), BrokerError> {
+    async fn announce_node(
+        &self,
+        _id: &str,
+        _info: &str,
+        _ttl: Duration,
+    ) -> Result<(), BrokerError> {
         Ok(())
     }
 

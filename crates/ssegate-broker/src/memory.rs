@@ -227,20 +227,16 @@ impl MemoryBroker {
             let now = self.inner.clock.now_ms();
             let prev = log.last;
             let id = prev.next_after(now);
-            let stored = Arc::new(StoredEvent::new(
-                epoch,
-                ev.channel,
-                id,
-                prev,
-                ev.event_type,
-                ev.data,
-                now,
-            ));
+            let stored = Arc::new(
+                StoredEvent::new(epoch, ev.channel, id, prev, ev.event_type, ev.data, now)
+                    .with_trace(ev.trace.as_deref()),
+            );
             log.last = id;
             log.last_activity_ms = now;
             log.events.push_back(stored.clone());
             log.trim(self.inner.config.max_len, self.oldest_allowed_ms(now));
             // Still under the log lock: live order equals history order.
+            crate::trace::delivered(&stored, self.inner.hub.subscriber_count(&stored.channel));
             self.inner.hub.send(stored);
             ids.push(id);
         }
@@ -377,6 +373,7 @@ mod tests {
             channel: ch(c),
             event_type: None,
             data: Data::text(data.into()),
+            trace: None,
         }
     }
 

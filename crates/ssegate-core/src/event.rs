@@ -104,6 +104,9 @@ pub struct NewEvent {
     pub channel: ChannelName,
     pub event_type: Option<EventType>,
     pub data: Data,
+    /// W3C `traceparent` of the publish, when traced: stored with the event so that its
+    /// deliveries on every node join the publisher's trace.
+    pub trace: Option<String>,
 }
 
 #[cfg(test)]

@@ -41,19 +41,32 @@ pub(crate) fn spawn_announcer(state: Arc<AppState>) -> tokio::task::JoinHandle<(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last = (tokio::time::Instant::now(), Stats::get(&state.stats.deliveries));
+        let mut last = (
+            tokio::time::Instant::now(),
+            Stats::get(&state.stats.deliveries),
+        );
         loop {
             tick.tick().await;
-            let now = (tokio::time::Instant::now(), Stats::get(&state.stats.deliveries));
+            let now = (
+                tokio::time::Instant::now(),
+                Stats::get(&state.stats.deliveries),
+            );
             let secs = now.0.duration_since(last.0).as_secs_f64();
             if secs > 0.0 {
                 let rate = now.1.saturating_sub(last.1) as f64 / secs;
-                state.stats.delivery_rate_bits.store(rate.to_bits(), Ordering::Relaxed);
+                state
+                    .stats
+                    .delivery_rate_bits
+                    .store(rate.to_bits(), Ordering::Relaxed);
             }
             last = now;
             let info = node_info(&state).to_string();
             let ttl = every * TTL_INTERVALS;
-            if let Err(e) = state.broker.announce_node(&state.settings.node_id, &info, ttl).await {
+            if let Err(e) = state
+                .broker
+                .announce_node(&state.settings.node_id, &info, ttl)
+                .await
+            {
                 tracing::debug!(error = %e, "cannot refresh the cluster view entry");
             }
         }
@@ -109,7 +122,10 @@ pub(crate) fn stream(state: Arc<AppState>) -> Response<Body> {
             }
             let mut frame = String::new();
             if first {
-                frame.push_str(&format!("retry: {}\n\n", state.settings.jittered_retry_ms()));
+                frame.push_str(&format!(
+                    "retry: {}\n\n",
+                    state.settings.jittered_retry_ms()
+                ));
             }
             frame.push_str(&format!("event: cluster\ndata: {}\n\n", view(&state).await));
             Some((Bytes::from(frame), (state, draining, tick, false)))
@@ -117,8 +133,14 @@ pub(crate) fn stream(state: Arc<AppState>) -> Response<Body> {
     );
     let mut res = Response::new(Body::stream(stream));
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     res
 }

@@ -54,6 +54,11 @@ async fn dispatch(
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let method = req.method().clone();
     let get = method == Method::GET || method == Method::HEAD;
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     match (listener, segments.as_slice()) {
         (_, ["healthz"]) if get => Ok(health::healthz(state)),
         (_, ["readyz"]) if get => Ok(health::readyz(state).await),
@@ -76,7 +81,8 @@ async fn dispatch(
             match method {
                 Method::GET => stream::subscribe_one(state, &req, &ch),
                 Method::POST => {
-                    publish::measured(state, publish::publish_one(state, req, &ch)).await
+                    publish::measured(state, traceparent, publish::publish_one(state, req, &ch))
+                        .await
                 }
                 _ => Err(ApiError::method_not_allowed("GET, POST")),
             }
@@ -93,7 +99,9 @@ async fn dispatch(
             _ => Err(ApiError::method_not_allowed("GET")),
         },
         (_, ["v1", "publish"]) => match method {
-            Method::POST => publish::measured(state, publish::publish_batch(state, req)).await,
+            Method::POST => {
+                publish::measured(state, traceparent, publish::publish_batch(state, req)).await
+            }
             _ => Err(ApiError::method_not_allowed("POST")),
         },
         _ => Err(ApiError::not_found()),

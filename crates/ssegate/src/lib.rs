@@ -4,10 +4,12 @@
 //!
 //! - [`config`]: settings from flags, `SSEGATE_*` environment and a TOML file.
 //! - [`telemetry`]: `tracing` set-up (human or JSON logs).
+//! - [`otel`]: OpenTelemetry trace export over OTLP, and the trace hooks.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod otel;
 pub mod telemetry;
 
 use std::io::Write;

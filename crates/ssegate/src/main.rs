@@ -13,17 +13,18 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    ssegate::telemetry::init(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the runtime");
+            ssegate::report(&format!("ssegate: cannot start the runtime: {e}\n"), false);
             return ExitCode::FAILURE;
         }
     };
+    let telemetry =
+        ssegate::telemetry::init(&config.log, &config.settings.node_id, runtime.handle());
     // Every log line of this node carries its id (spawned tasks inherit the span).
     let span = tracing::info_span!("node", id = %config.settings.node_id);
     let node = async move {
@@ -39,5 +40,7 @@ fn main() -> ExitCode {
         app.run(shutdown).await;
         ExitCode::SUCCESS
     };
-    runtime.block_on(tracing::Instrument::instrument(node, span))
+    let code = runtime.block_on(tracing::Instrument::instrument(node, span));
+    telemetry.shutdown();
+    code
 }

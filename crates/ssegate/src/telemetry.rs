@@ -1,7 +1,15 @@
-//! Logging with `tracing`: human-readable by default, JSON lines with a setting.
-//! `SSEGATE_LOG` takes an `EnvFilter` directive (default `info`).
+//! Logging with `tracing`, human-readable by default or JSON lines with a setting, plus
+//! OpenTelemetry export when configured (see [`crate::otel`]). `SSEGATE_LOG` takes an
+//! `EnvFilter` directive (default `info`); it filters the logs, not the exported spans.
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::otel;
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,14 +24,50 @@ pub struct LogSettings {
     pub filter: String,
 }
 
-pub fn init(log: &LogSettings) {
+/// Keeps the exporter alive; [`Telemetry::shutdown`] flushes it.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports what is still buffered (at exit).
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+pub fn init(log: &LogSettings, node_id: &str, runtime: &tokio::runtime::Handle) -> Telemetry {
     let filter = EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match log.format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = match log.format {
+        LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
     };
+    let provider = otel::provider(node_id, runtime);
+    let traces = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(otel::tracer(p))
+            .with_filter(Targets::new().with_target(otel::TARGET, Level::TRACE))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .try_init();
+    if provider.is_some() {
+        ssegate_broker::trace::set_hook(Box::new(otel::OtelHook));
+        tracing::info!("exporting traces over OTLP");
+    }
+    Telemetry { provider }
 }

@@ -58,7 +58,7 @@ pub(crate) fn stream_entry(
     };
     let id = entry_id(text(id)?)?;
     let fields = array(fields)?;
-    let (mut kind, mut published, mut typ, mut data) = (None, 0u64, None, None);
+    let (mut kind, mut published, mut typ, mut data, mut tp) = (None, 0u64, None, None, None);
     for pair in fields.chunks(2) {
         let [k, v] = pair else {
             return Err(BadReply("odd field list"));
@@ -68,6 +68,7 @@ pub(crate) fn stream_entry(
             "p" => published = text(v)?.parse().unwrap_or(0),
             "t" => typ = Some(EventType::new(text(v)?).map_err(|_| BadReply("bad type"))?),
             "d" => data = Some(text(v)?.to_owned()),
+            "tp" => tp = Some(text(v)?),
             _ => {}
         }
     }
@@ -75,21 +76,13 @@ pub(crate) fn stream_entry(
         kind.ok_or(BadReply("entry without kind"))?,
         data.ok_or(BadReply("entry without data"))?,
     );
-    Ok(StoredEvent::new(
-        epoch,
-        channel.clone(),
-        id,
-        prev,
-        typ,
-        data,
-        published,
-    ))
+    Ok(StoredEvent::new(epoch, channel.clone(), id, prev, typ, data, published).with_trace(tp))
 }
 
 /// A live pub/sub payload (see the scripts module for its format).
 pub(crate) fn live_message(channel: ChannelName, payload: &[u8]) -> Result<StoredEvent, BadReply> {
     let payload = std::str::from_utf8(payload).map_err(|_| BadReply("not UTF-8"))?;
-    let mut it = payload.splitn(7, '\n');
+    let mut it = payload.splitn(8, '\n');
     let mut next = || it.next().ok_or(BadReply("short live message"));
     let epoch = epoch(next()?)?;
     let id = entry_id(next()?)?;
@@ -100,10 +93,9 @@ pub(crate) fn live_message(channel: ChannelName, payload: &[u8]) -> Result<Store
     };
     let kind = DataKind::from_tag(next()?).ok_or(BadReply("bad kind"))?;
     let published = next()?.parse().unwrap_or(0);
+    let trace = next()?;
     let data = Data::from_stored(kind, next()?.to_owned());
-    Ok(StoredEvent::new(
-        epoch, channel, id, prev, typ, data, published,
-    ))
+    Ok(StoredEvent::new(epoch, channel, id, prev, typ, data, published).with_trace(Some(trace)))
 }
 
 #[cfg(test)]
@@ -117,19 +109,24 @@ mod tests {
     #[test]
     fn live_messages_decode_with_data_last() {
         let ch = ChannelName::new("a").unwrap();
-        let ev = live_message(ch.clone(), b"k3x9p2qa\n5-1\n5-0\nupd\nt\n99\nline1\nline2").unwrap();
+        let ev = live_message(
+            ch.clone(),
+            b"k3x9p2qa\n5-1\n5-0\nupd\nt\n99\n00-ab-cd-01\nline1\nline2",
+        )
+        .unwrap();
         assert_eq!((ev.id, ev.prev), (EntryId::new(5, 1), EntryId::new(5, 0)));
         assert_eq!(ev.event_type.unwrap().as_str(), "upd");
         assert_eq!(ev.data.as_str(), "line1\nline2");
         assert_eq!(ev.published_at_ms, 99);
-        let ev = live_message(ch.clone(), b"k3x9p2qa\n5-1\n0-0\n\nj\n1\n").unwrap();
-        assert!(ev.event_type.is_none());
+        assert_eq!(ev.trace.as_deref(), Some("00-ab-cd-01"));
+        let ev = live_message(ch.clone(), b"k3x9p2qa\n5-1\n0-0\n\nj\n1\n\n").unwrap();
+        assert!(ev.event_type.is_none() && ev.trace.is_none());
         assert_eq!(ev.data.as_str(), "");
         for bad in [
             &b""[..],
             b"k3x9p2qa\n5-1",
-            b"nope\n5-1\n0-0\n\nt\n1\nx",
-            b"k3x9p2qa\n5-1\n0-0\n\nq\n1\nx",
+            b"nope\n5-1\n0-0\n\nt\n1\n\nx",
+            b"k3x9p2qa\n5-1\n0-0\n\nq\n1\n\nx",
         ] {
             assert!(live_message(ch.clone(), bad).is_err());
         }

@@ -5,7 +5,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `<prefix>:epoch` | string | the history store's epoch, created once with `SET NX` |
-//! | `<prefix>:{<channel>}:s` | stream | the channel's history, entries `k` (data kind), `p` (published at, ms), `t` (type, when given), `d` (data) |
+//! | `<prefix>:{<channel>}:s` | stream | the channel's history, entries `k` (data kind), `p` (published at, ms), `t` (type, when given), `tp` (traceparent, when traced), `d` (data) |
 //! | `<prefix>:{<channel>}:m` | hash | `last` (newest id ever added), `del` (newest id trimmed or expired) |
 //! | `<prefix>:{<channel>}:i:<key>` | string | an `Idempotency-Key` record: fingerprint and ids |
 //! | `<prefix>:{<channel>}:live` | pub/sub channel | live events |

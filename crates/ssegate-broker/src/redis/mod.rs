@@ -250,7 +250,8 @@ impl Broker for RedisBroker {
                 .arg(e.event_type.as_ref().map_or("", |t| t.as_str()))
                 .arg(e.data.kind().tag())
                 .arg(e.data.as_str())
-                .arg(now);
+                .arg(now)
+                .arg(e.trace.as_deref().unwrap_or(""));
         }
         let mut conn = self.conn_for("publish").await?;
         let reply: Value = self.timed("publish", inv.invoke_async(&mut conn)).await?;
@@ -367,7 +368,8 @@ impl Broker for RedisBroker {
             return Ok(Some(Vec::new()));
         }
         let cmd = redis::cmd("MGET").arg(&keys).to_owned();
-        let values: Vec<Option<String>> = self.timed("announce", cmd.query_async(&mut conn)).await?;
+        let values: Vec<Option<String>> =
+            self.timed("announce", cmd.query_async(&mut conn)).await?;
         Ok(Some(values.into_iter().flatten().collect()))
     }
 

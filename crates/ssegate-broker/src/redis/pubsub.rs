@@ -170,7 +170,10 @@ fn deliver(hub: &Hub, keys: &Keys, live: &str, payload: &[u8]) {
         return;
     };
     match codec::live_message(channel.clone(), payload) {
-        Ok(event) => hub.send(std::sync::Arc::new(event)),
+        Ok(event) => {
+            crate::trace::delivered(&event, hub.subscriber_count(&event.channel));
+            hub.send(std::sync::Arc::new(event));
+        }
         Err(e) => {
             // Never guess: the streams read this channel's history instead.
             tracing::warn!(error = %e, %channel, "undecodable live message");

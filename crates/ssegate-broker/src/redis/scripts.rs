@@ -15,7 +15,8 @@
 //! first node to touch a new store names its epoch and every node agrees.
 //!
 //! Live message format (one pub/sub payload): `epoch \n id \n prev \n type \n kind \n
-//! published_at \n data` — data last, because only it may contain line breaks.
+//! published_at \n traceparent \n data` — data last, because only it may contain line
+//! breaks.
 
 use redis::Script;
 
@@ -44,15 +45,21 @@ local ids = {}
 for i = 1, n do
   local skey = KEYS[1 + 2 * i]
   local mkey = KEYS[2 + 2 * i]
-  local a = 7 + (i - 1) * 5
-  local live, typ, kind, data, pubat = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local a = 7 + (i - 1) * 6
+  local live, typ, kind, data, pubat, tp = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
   local prev = redis.call('HGET', mkey, 'last') or '0-0'
-  local id
-  if typ == '' then
-    id = redis.call('XADD', skey, '*', 'k', kind, 'p', pubat, 'd', data)
-  else
-    id = redis.call('XADD', skey, '*', 'k', kind, 'p', pubat, 't', typ, 'd', data)
+  local fields = {'k', kind, 'p', pubat}
+  if typ ~= '' then
+    fields[#fields + 1] = 't'
+    fields[#fields + 1] = typ
   end
+  if tp ~= '' then
+    fields[#fields + 1] = 'tp'
+    fields[#fields + 1] = tp
+  end
+  fields[#fields + 1] = 'd'
+  fields[#fields + 1] = data
+  local id = redis.call('XADD', skey, '*', unpack(fields))
   -- Record the newest id that trimming removes: Redis' own max-deleted-entry-id only
   -- follows XDEL, not trimming, so it cannot tell a cursor that it missed something.
   local del = nil
@@ -79,7 +86,7 @@ for i = 1, n do
   redis.call('HSET', mkey, 'last', id)
   redis.call('PEXPIRE', skey, expire)
   redis.call('PEXPIRE', mkey, expire)
-  redis.call('PUBLISH', live, epoch .. '\n' .. id .. '\n' .. prev .. '\n' .. typ .. '\n' .. kind .. '\n' .. pubat .. '\n' .. data)
+  redis.call('PUBLISH', live, epoch .. '\n' .. id .. '\n' .. prev .. '\n' .. typ .. '\n' .. kind .. '\n' .. pubat .. '\n' .. tp .. '\n' .. data)
   ids[i] = id
 end
 local all = table.concat(ids, ' ')

@@ -150,6 +150,7 @@ fn event_from_object(
         channel,
         event_type,
         data,
+        trace: ssegate_broker::trace::current_traceparent(),
     })
 }
 
@@ -161,10 +162,18 @@ fn text(bytes: Bytes) -> Result<String, ApiError> {
 /// events published, or the error's class.
 pub(crate) async fn measured(
     state: &AppState,
+    parent: Option<String>,
     publish: impl std::future::Future<Output = Result<(Response<Body>, usize), ApiError>>,
 ) -> Result<Response<Body>, ApiError> {
     let started = std::time::Instant::now();
-    match publish.await {
+    // The publish's span: exported when tracing is configured, and its `traceparent` is
+    // stored with the events so that deliveries on every node join this trace. A
+    // publisher's own `traceparent` header makes it part of the publisher's trace.
+    let span = tracing::info_span!(target: "ssegate_trace", "publish");
+    if let (Some(hook), Some(parent)) = (ssegate_broker::trace::hook(), parent.as_deref()) {
+        hook.adopt_parent(&span, parent);
+    }
+    match tracing::Instrument::instrument(publish, span).await {
         Ok((res, n)) => {
             let m = &state.metrics;
             m.publish_duration.record(started.elapsed().as_secs_f64());
@@ -203,6 +212,7 @@ pub(crate) async fn publish_one(
                 channel: channel.clone(),
                 event_type: event_type(form.get("event").filter(|s| !s.is_empty()))?,
                 data,
+                trace: ssegate_broker::trace::current_traceparent(),
             }
         }
         BodyKind::Text => {
@@ -212,6 +222,7 @@ pub(crate) async fn publish_one(
                 channel: channel.clone(),
                 event_type: event_type(query.get("event").filter(|s| !s.is_empty()))?,
                 data,
+                trace: ssegate_broker::trace::current_traceparent(),
             }
         }
     };

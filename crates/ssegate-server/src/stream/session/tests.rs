@@ -35,6 +35,7 @@ async fn publish(broker: &MemoryBroker, data: &str) {
         channel: ChannelName::new("c").unwrap(),
         event_type: None,
         data: Data::text(data.into()),
+        trace: None,
     };
     broker.publish(vec![ev], None).await.unwrap();
 }
