@@ -120,6 +120,25 @@ impl ChannelSet {
     }
 }
 
+/// Parses the channels of a multi-channel request: every `channel=` value is one name,
+/// every `channels=` value a comma-separated list. The result is canonical (sorted,
+/// de-duplicated); an empty result is the caller's to refuse.
+pub fn parse_channel_list<'a>(
+    single: impl IntoIterator<Item = &'a str>,
+    lists: impl IntoIterator<Item = &'a str>,
+) -> Result<ChannelSet, crate::name::NameError> {
+    let mut names = Vec::new();
+    for raw in single {
+        names.push(ChannelName::new(raw)?);
+    }
+    for list in lists {
+        for raw in list.split(',') {
+            names.push(ChannelName::new(raw)?);
+        }
+    }
+    Ok(ChannelSet::new(names))
+}
+
 /// FNV-1a (32 bit) over the names joined by `\n`: stable across nodes, versions and
 /// platforms, which a std `Hasher` is not guaranteed to be.
 fn checksum(names: &[ChannelName]) -> u32 {
@@ -256,6 +275,16 @@ mod tests {
             Cursor::parse("k3x9p2qa.1f0c33aa.1-0"),
             Err(CursorError::CompositeOnSingle)
         );
+    }
+
+    #[test]
+    fn channel_lists_parse_both_forms() {
+        let set = parse_channel_list(["b", "a"], ["c,a", "d"]).unwrap();
+        let names: Vec<&str> = set.names().iter().map(ChannelName::as_str).collect();
+        assert_eq!(names, ["a", "b", "c", "d"]);
+        assert!(parse_channel_list([], ["a,,b"]).is_err());
+        assert!(parse_channel_list(["a b"], []).is_err());
+        assert!(parse_channel_list([], []).unwrap().is_empty());
     }
 
     #[test]

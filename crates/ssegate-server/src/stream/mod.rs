@@ -11,7 +11,8 @@ mod session;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Request, Response, header};
-use ssegate_core::{ChannelName, ChannelSet, CompositeCursor, Cursor, StartFrom};
+use ssegate_core::cursor::parse_channel_list;
+use ssegate_core::{ChannelName, CompositeCursor, Cursor, StartFrom};
 
 use crate::body::Body;
 use crate::error::{ApiError, channel_error, cursor_error};
@@ -90,16 +91,8 @@ pub(crate) fn subscribe_many(
     req: &Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(req.uri().query());
-    let mut names = Vec::new();
-    for raw in query.all("channel") {
-        names.push(ChannelName::new(raw).map_err(channel_error)?);
-    }
-    for list in query.all("channels") {
-        for raw in list.split(',') {
-            names.push(ChannelName::new(raw).map_err(channel_error)?);
-        }
-    }
-    let set = ChannelSet::new(names);
+    let set = parse_channel_list(query.all("channel"), query.all("channels"))
+        .map_err(channel_error)?;
     if set.is_empty() {
         return Err(ApiError::bad_request(
             "missing_channel",
