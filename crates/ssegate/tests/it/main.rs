@@ -13,6 +13,7 @@ mod config;
 mod drain;
 mod errors;
 mod helpers;
+mod lb;
 mod observability;
 mod protocol;
 mod redis_server;

@@ -1,0 +1,124 @@
+"""docker-compose.yml, validated by Debian's docker-compose (1.29: `config` works offline,
+without an engine), then checked for what the cluster needs: Redis with AOF on a volume,
+three distinct gateway nodes on that Redis, nginx in front on 8080 with the project's own
+templates, health checks everywhere and start-up ordered by health. The nginx templates are
+then rendered exactly as the nginx container renders them and checked with `nginx -t`."""
+
+import re
+import shutil
+
+import pytest
+import yaml
+
+from conftest import ROOT, nginx_test, parse_duration, render_template, require_tool, run
+
+NODES = ["node1", "node2", "node3"]
+
+
+@pytest.fixture(scope="module")
+def compose():
+    """The configuration as docker-compose resolves it (anchors merged, paths absolute)."""
+    exe = require_tool("docker-compose", "apt-get install docker-compose")
+    quiet = run([exe, "config", "-q"], cwd=ROOT)
+    assert quiet.returncode == 0, quiet.stderr
+    full = run([exe, "config"], cwd=ROOT)
+    assert full.returncode == 0, full.stderr
+    return yaml.safe_load(full.stdout)
+
+
+def volumes_of(service):
+    """(source, target) of each volume, in either of compose's notations."""
+    out = []
+    for v in service.get("volumes", []):
+        if isinstance(v, str):
+            parts = v.split(":")
+            out.append((parts[0], parts[1]))
+        else:
+            out.append((v.get("source"), v["target"]))
+    return out
+
+
+def test_services(compose):
+    assert set(compose["services"]) == {"redis", "nginx", *NODES}
+
+
+def test_every_service_has_a_health_check(compose):
+    for name, service in compose["services"].items():
+        check = service.get("healthcheck")
+        assert check and check.get("test") and not check.get("disable"), name
+        assert parse_duration(check["interval"]) <= 10, f"{name}: slow to become healthy"
+
+
+def test_redis_persists_to_a_named_volume_with_aof(compose):
+    redis = compose["services"]["redis"]
+    assert redis["image"].startswith("redis:7"), redis["image"]
+    command = redis["command"]
+    command = command if isinstance(command, list) else command.split()
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    mounts = dict((target, source) for source, target in volumes_of(redis))
+    assert mounts.get("/data") in compose.get("volumes", {}), "a named volume at /data"
+
+
+def test_nodes_share_redis_and_are_distinct(compose):
+    ids = []
+    for name in NODES:
+        node = compose["services"][name]
+        assert node["build"]["context"] == str(ROOT), "built from the repository's Dockerfile"
+        env = node["environment"]
+        assert env["SSEGATE_REDIS_URL"] == "redis://redis:6379"
+        ids.append(env["SSEGATE_NODE_ID"])
+        assert node["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert "/healthz" in " ".join(node["healthcheck"]["test"])
+        # Docker must wait for the drain before it resorts to SIGKILL.
+        drain = parse_duration(env.get("SSEGATE_DRAIN_WINDOW", "10s"))
+        assert parse_duration(node["stop_grace_period"]) > drain + 3
+        assert node["ulimits"]["nofile"]["soft"] >= 65536
+        assert not node.get("ports"), "nodes are reached through nginx"
+    assert ids == NODES, "one distinct node id per node"
+
+
+def test_nginx_fronts_every_node_on_8080(compose):
+    nginx = compose["services"]["nginx"]
+    ports = nginx["ports"]
+    published = [
+        (int(p["published"]), int(p["target"])) if isinstance(p, dict) else
+        tuple(int(x) for x in p.split(":")[-2:])
+        for p in ports
+    ]
+    assert (8080, 8080) in published, ports
+    for name in NODES:
+        assert nginx["depends_on"][name]["condition"] == "service_healthy"
+    upstreams = nginx["environment"]["SSEGATE_LB_UPSTREAMS"]
+    assert re.findall(r"server (\w+):8080;", upstreams) == NODES
+    # The project's templates, not a config of its own.
+    mounted = {target: source for source, target in volumes_of(nginx)}
+    assert mounted["/etc/nginx/templates/nginx.conf.template"] == str(ROOT / "nginx/nginx.conf.template")
+    assert mounted["/etc/nginx/templates/ssegate.conf.template"] == str(ROOT / "nginx/ssegate.conf.template")
+    assert mounted["/etc/nginx/ssegate-proxy.conf"] == str(ROOT / "nginx/ssegate-proxy.conf")
+    assert nginx["environment"]["NGINX_ENVSUBST_OUTPUT_DIR"] == "/etc/nginx"
+    assert nginx["environment"]["SSEGATE_LB_LISTEN"] == "8080"
+
+
+def test_the_nginx_container_config_renders_and_is_valid(compose, tmp_path):
+    """Renders the mounted templates with the container's environment, as the image's
+    entrypoint does, and has nginx check the result. Only what cannot exist here is
+    changed: the node hostnames (resolved by Docker's DNS) become 127.0.0.1, and the
+    container's /var and /dev paths become temp paths."""
+    env = dict(compose["services"]["nginx"]["environment"])
+    env["SSEGATE_LB_UPSTREAMS"] = re.sub(r"node\d", "127.0.0.1", env["SSEGATE_LB_UPSTREAMS"])
+    env["SSEGATE_LB_RUN_DIR"] = str(tmp_path / "run")
+    env["SSEGATE_LB_ERROR_LOG"] = str(tmp_path / "error.log")
+    env["SSEGATE_LB_ACCESS_LOG"] = str(tmp_path / "access.log")
+    (tmp_path / "run").mkdir()
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    for source, target in volumes_of(compose["services"]["nginx"]):
+        text = (ROOT / source).read_text() if not source.startswith("/") else open(source).read()
+        if target.startswith("/etc/nginx/templates/"):
+            name = target.removeprefix("/etc/nginx/templates/").removesuffix(".template")
+            (conf / name).write_text(render_template(text, env))
+        else:
+            shutil.copy(source, conf / target.removeprefix("/etc/nginx/"))
+    result = nginx_test(conf, tmp_path / "run")
+    assert result.returncode == 0, result.stderr
