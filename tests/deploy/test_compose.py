@@ -38,8 +38,31 @@ def volumes_of(service):
     return out
 
 
+MONITORING = {"prometheus", "grafana"}
+
+
 def test_services(compose):
-    assert set(compose["services"]) == {"redis", "nginx", *NODES}
+    assert set(compose["services"]) == {"redis", "nginx", *NODES, *MONITORING}
+    for name in MONITORING:
+        assert compose["services"][name].get("profiles") == ["monitoring"], name
+
+
+def test_prometheus_scrapes_every_node_and_grafana_shows_the_dashboard(compose):
+    prom = yaml.safe_load((ROOT / "deploy/monitoring/prometheus.yml").read_text())
+    targets = {t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    admin = {f"{node}:9090" for node in NODES}
+    assert targets == admin, targets
+    assert all(job["metrics_path"] == "/metrics" for job in prom["scrape_configs"])
+    grafana = compose["services"]["grafana"]
+    mounts = {target: source for source, target in volumes_of(grafana)}
+    assert str(mounts["/var/lib/grafana/dashboards"]).endswith("docs/grafana")
+    # Every metric the dashboard queries exists (names live in one Rust module).
+    import json
+    names = set(re.findall(r'"(ssegate_[a-z_]+)"', (ROOT / "crates/ssegate-core/src/metric_names.rs").read_text()))
+    dashboard = json.loads((ROOT / "docs/grafana/ssegate-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {re.sub(r"_(bucket|count|sum)$", "", m) for e in exprs for m in re.findall(r"ssegate_[a-z_]+", e)}
+    assert used and used <= names, used - names
 
 
 def test_every_service_has_a_health_check(compose):
