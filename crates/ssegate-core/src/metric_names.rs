@@ -39,9 +39,20 @@ pub const PUBSUB_RECONNECTS: &str = "ssegate_pubsub_reconnects_total";
 pub const SUBSCRIBED_CHANNELS: &str = "ssegate_subscribed_channels";
 
 /// `reason` values of [`CONNECTIONS_CLOSED`].
-pub const CLOSE_REASONS: &[&str] = &["client_gone", "drained", "broker_unavailable", "shutdown"];
+pub const CLOSE_REASONS: &[&str] = &[
+    "client_gone",
+    "drained",
+    "broker_unavailable",
+    "shutdown",
+    "token_expired",
+];
 /// `reason` values of [`CONNECTIONS_REFUSED`].
-pub const REFUSE_REASONS: &[&str] = &["connection_limit", "draining"];
+pub const REFUSE_REASONS: &[&str] = &[
+    "connection_limit",
+    "draining",
+    "subject_limit",
+    "rate_limit",
+];
 /// `reason` values of [`SYNC_REQUIRED`].
 pub const SYNC_REASONS: &[&str] = &["history_trimmed", "epoch_changed"];
 /// `class` values of [`PUBLISH_ERRORS`].

@@ -134,6 +134,11 @@ pub fn retry_frame(retry_ms: u64) -> Bytes {
     buf.freeze()
 }
 
+/// The last frame of a stream whose token expired: the client should fetch a new token.
+pub fn token_expired_frame() -> Bytes {
+    Bytes::from_static(b"event: token-expired\ndata: {\"reason\":\"token_expired\"}\n\n")
+}
+
 /// Why a stream had to skip events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncReason {

@@ -29,6 +29,8 @@ const FINAL_GRACE: Duration = Duration::from_secs(3);
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    #[error("invalid auth configuration: {0}")]
+    Auth(String),
     #[error("cannot set up the broker: {0}")]
     Broker(ssegate_broker::BrokerError),
     #[error("cannot listen on {addr}: {source}")]
@@ -81,7 +83,7 @@ impl App {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        let state = AppState::new(settings, broker);
+        let state = AppState::new(settings, broker).map_err(BuildError::Auth)?;
         if let Ok(addr) = listener.local_addr() {
             let _ = state.public_addr.set(addr);
         }
@@ -202,7 +204,7 @@ async fn accept_forever(
     graceful: Option<&GracefulShutdown>,
 ) {
     loop {
-        let (stream, _peer) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -213,7 +215,8 @@ async fn accept_forever(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(crate::state::RemoteAddr(peer));
             let state = state.clone();
             async move { Ok::<_, std::convert::Infallible>(router::route(state, req, which).await) }
         });

@@ -19,6 +19,10 @@ pub struct ApiError {
     pub index: Option<usize>,
     /// For 405: the methods the resource allows.
     pub allow: Option<&'static str>,
+    /// For 401: ask for a bearer token.
+    pub www_authenticate: bool,
+    /// For 429: seconds to wait.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -29,6 +33,8 @@ impl ApiError {
             message: message.into(),
             index: None,
             allow: None,
+            www_authenticate: false,
+            retry_after: None,
         }
     }
 
@@ -80,6 +86,16 @@ impl ApiError {
         );
         res.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.www_authenticate {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ssegate\""),
+            );
+        }
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if let Some(allow) = self.allow {
             res.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));

@@ -10,6 +10,9 @@
 //! - `stream`: subscribing; `stream::session` is the per-stream state machine.
 //! - `handlers`: publish (single and batch), history, health, the demo page.
 //! - `cluster`: the cluster view (`/v1/cluster`, its SSE stream, `/dashboard`).
+//! - [`auth`]: JWT and publisher-key authentication, `POST /v1/tokens`.
+//! - [`cors`]: the CORS policy.
+//! - [`limits`]: per-subject and rate limits.
 //! - [`error`]: [`error::ApiError`], the one JSON error shape.
 //! - [`body`]: the response body (a buffer or a stream of shared frames).
 //! - [`metrics`]: the Prometheus recorder and the metric handles the hot paths use.
@@ -17,10 +20,13 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod auth;
 pub mod body;
 mod cluster;
+pub mod cors;
 pub mod error;
 mod handlers;
+pub mod limits;
 pub mod metrics;
 mod query;
 mod router;

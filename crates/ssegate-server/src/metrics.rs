@@ -46,6 +46,8 @@ pub enum CloseReason {
     BrokerUnavailable = 2,
     /// The node's hub shut down under it.
     Shutdown = 3,
+    /// Its token expired (after an `event: token-expired`).
+    TokenExpired = 4,
 }
 
 /// Why a subscriber got a retry-only stream.
@@ -53,6 +55,8 @@ pub enum CloseReason {
 pub enum RefuseReason {
     ConnectionLimit = 0,
     Draining = 1,
+    SubjectLimit = 2,
+    RateLimit = 3,
 }
 
 /// Handles for every metric the node records.

@@ -35,14 +35,35 @@ pub(crate) async fn route(
 ) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let result = dispatch(&state, req, listener).await;
-    match result {
+    let cors = &state.settings.cors;
+    // CORS applies to the public API; the admin listener is not for browsers of others.
+    let origin = if listener == Listener::Public {
+        match cors.check(req.headers()) {
+            Ok(origin) => origin,
+            Err(e) => {
+                let mut res = e.into_response();
+                cors.decorate(&mut res, None);
+                return res;
+            }
+        }
+    } else {
+        None
+    };
+    if method == Method::OPTIONS {
+        if let Some(origin) = origin {
+            return cors.preflight(req.headers(), origin);
+        }
+    }
+    let mut res = match dispatch(&state, req, listener).await {
         Ok(res) => res,
         Err(e) => {
+            // Paths only: query strings may carry tokens, which are never logged.
             tracing::debug!(%method, %path, status = e.status.as_u16(), code = e.code, "request refused");
             e.into_response()
         }
-    }
+    };
+    cors.decorate(&mut res, origin);
+    res
 }
 
 async fn dispatch(
@@ -90,13 +111,17 @@ async fn dispatch(
         (_, ["v1", "channels", ch, "history"]) => {
             let ch = decode_segment(ch)?;
             match method {
-                Method::GET => history::history(state, &ch, req.uri().query()).await,
+                Method::GET => history::history(state, &req, &ch).await,
                 _ => Err(ApiError::method_not_allowed("GET")),
             }
         }
         (_, ["v1", "events"]) => match method {
             Method::GET => stream::subscribe_many(state, &req),
             _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        (_, ["v1", "tokens"]) => match method {
+            Method::POST => handlers::tokens(state, req).await,
+            _ => Err(ApiError::method_not_allowed("POST")),
         },
         (_, ["v1", "publish"]) => match method {
             Method::POST => {

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use ssegate_broker::{HistoryConfig, RedisConfig};
 
+use crate::auth::AuthSettings;
+use crate::cors::Cors;
+use crate::limits::Cidr;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Public listener: the v1 API, the demo page, `/healthz` and `/readyz`.
@@ -41,6 +45,16 @@ pub struct Settings {
     pub cluster_announce_interval: Duration,
     /// Cluster mode: the Redis broker. `None`: the embedded in-memory broker.
     pub redis: Option<RedisConfig>,
+    pub auth: AuthSettings,
+    pub cors: Cors,
+    /// Streams one subject (token `sub`, else client IP) may hold; 0: no limit.
+    pub max_connections_per_subject: usize,
+    /// New streams per second on this node; 0: no limit.
+    pub max_new_connections_per_second: u32,
+    /// Publish requests per second on this node; 0: no limit.
+    pub max_publishes_per_second: u32,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Default for Settings {
@@ -62,6 +76,12 @@ impl Default for Settings {
             history: HistoryConfig::default(),
             cluster_announce_interval: Duration::from_secs(2),
             redis: None,
+            auth: AuthSettings::default(),
+            cors: Cors::default(),
+            max_connections_per_subject: 0,
+            max_new_connections_per_second: 0,
+            max_publishes_per_second: 0,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use ssegate_broker::Broker;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
+use crate::auth::Auth;
+use crate::limits::{RateLimiter, SubjectCounts, SubjectGuard};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 
@@ -23,7 +25,15 @@ pub struct AppState {
     /// The bound public address (known once listening), for the cluster view.
     pub public_addr: std::sync::OnceLock<std::net::SocketAddr>,
     pub started_at_ms: u64,
+    pub auth: Auth,
+    pub subjects: Arc<SubjectCounts>,
+    pub new_streams: Option<RateLimiter>,
+    pub publishes: Option<RateLimiter>,
 }
+
+/// The client's socket address, attached to every request by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteAddr(pub std::net::SocketAddr);
 
 /// Node counters shown by `/v1/stats` on the admin listener.
 #[derive(Debug, Default)]
@@ -55,9 +65,16 @@ impl Stats {
 }
 
 impl AppState {
-    pub fn new(settings: Settings, broker: Arc<dyn Broker>) -> Arc<Self> {
+    /// Fails only on an unusable auth configuration.
+    pub fn new(settings: Settings, broker: Arc<dyn Broker>) -> Result<Arc<Self>, String> {
         let permits = Arc::new(Semaphore::new(settings.max_connections));
-        Arc::new(Self {
+        let auth = Auth::build(settings.auth.clone())?;
+        let rate = |n: u32| (n > 0).then(|| RateLimiter::new(n));
+        Ok(Arc::new(Self {
+            auth,
+            subjects: SubjectCounts::new(settings.max_connections_per_subject),
+            new_streams: rate(settings.max_new_connections_per_second),
+            publishes: rate(settings.max_publishes_per_second),
             settings,
             broker,
             draining: watch::Sender::new(false),
@@ -69,7 +86,7 @@ impl AppState {
             started_at_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
-        })
+        }))
     }
 
     pub fn is_draining(&self) -> bool {
@@ -101,6 +118,7 @@ impl StreamTracker {
         StreamGuard {
             tracker: self.clone(),
             _permit: permit,
+            subject: None,
         }
     }
 
@@ -125,6 +143,8 @@ impl StreamTracker {
 pub struct StreamGuard {
     tracker: StreamTracker,
     _permit: OwnedSemaphorePermit,
+    /// The subject's slot, when per-subject limits apply.
+    pub(crate) subject: Option<SubjectGuard>,
 }
 
 impl Drop for StreamGuard {

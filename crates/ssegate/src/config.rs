@@ -18,6 +18,9 @@ use std::time::Duration;
 use clap::{Arg, ArgAction, Command};
 use ssegate_broker::{HistoryConfig, RedisConfig};
 use ssegate_server::Settings;
+use ssegate_server::auth::{Auth, AuthSettings, PublishKey};
+use ssegate_server::cors::Cors;
+use ssegate_server::limits::Cidr;
 
 use crate::telemetry::{LogFormat, LogSettings};
 
@@ -58,9 +61,19 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "header-read-timeout", default: "10s", help: "Time a client has to send its request headers" },
     Spec { name: "log-format", default: "human", help: "Log format: human or json" },
     Spec { name: "log", default: "info", help: "Log filter (tracing EnvFilter syntax)" },
-    Spec { name: "auth-jwt-secret", default: "", help: "HS256 secret for subscriber/publisher JWTs; unset: auth off (not available in this version)" },
-    Spec { name: "publish-keys", default: "", help: "Static publisher keys (not available in this version)" },
-    Spec { name: "cors-origins", default: "", help: "Allowed CORS origins; unset: same-origin only (not available in this version)" },
+    Spec { name: "auth-jwt-secret", default: "", help: "HS256 secret (32+ bytes) for JWTs; setting any auth-jwt option turns subscriber auth on" },
+    Spec { name: "auth-jwt-public-key", default: "", help: "PEM file with the RS256 or ES256 public key of JWTs" },
+    Spec { name: "auth-jwks-file", default: "", help: "JWKS file with the public keys of JWTs (chosen by kid)" },
+    Spec { name: "auth-audience", default: "", help: "Required JWT aud claim; unset: not checked" },
+    Spec { name: "auth-issuer", default: "", help: "Required JWT iss claim; unset: not checked" },
+    Spec { name: "auth-cookie-name", default: "ssegate_token", help: "Cookie that carries a subscriber's JWT" },
+    Spec { name: "auth-token-max-ttl", default: "15m", help: "Longest lifetime of a token minted by POST /v1/tokens" },
+    Spec { name: "publish-keys", default: "", help: "Comma-separated publisher keys (16+ characters, or sha256:<hex> of one); set: publishers must authenticate" },
+    Spec { name: "cors-origins", default: "", help: "Comma-separated origins allowed from browsers (https://app.example.com, https://*.example.com); unset: same-origin only" },
+    Spec { name: "trusted-proxies", default: "", help: "Comma-separated addresses/CIDRs whose X-Forwarded-For is believed" },
+    Spec { name: "max-connections-per-subject", default: "0", help: "Streams per subject (token sub, else client IP); 0: no limit" },
+    Spec { name: "max-new-connections-per-second", default: "0", help: "New streams per second per node; 0: no limit" },
+    Spec { name: "max-publishes-per-second", default: "0", help: "Publish requests per second per node (429 past it); 0: no limit" },
 ];
 
 /// The loaded configuration.
@@ -197,6 +210,11 @@ impl Raw<'_> {
         ))
     }
 
+    /// Like [`Raw::fail`] but without echoing the value (for secrets).
+    fn fail_quiet(&self, name: &str, why: impl std::fmt::Display) -> ConfigError {
+        usage(format!("invalid {} (--{name}): {why}", env_name(name)))
+    }
+
     fn addr(&self, name: &str) -> Result<SocketAddr, ConfigError> {
         self.text(name).parse().map_err(|e| self.fail(name, e))
     }
@@ -221,10 +239,67 @@ impl Raw<'_> {
         }
     }
 
+    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.text(name).parse().map_err(|e| self.fail(name, e))
+    }
+
     fn size(&self, name: &str) -> Result<usize, ConfigError> {
         parse_size(self.text(name))
             .ok_or_else(|| self.fail(name, "expected a size like 65536, 64KiB or 1MiB"))
     }
+}
+
+fn list(s: &str) -> impl Iterator<Item = &str> {
+    s.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn read_file_setting(r: &Raw<'_>, name: &str) -> Result<Option<String>, ConfigError> {
+    match r.text(name) {
+        "" => Ok(None),
+        path => std::fs::read_to_string(path)
+            .map(Some)
+            .map_err(|e| r.fail(name, format!("cannot read {path}: {e}"))),
+    }
+}
+
+fn auth_settings(r: &Raw<'_>) -> Result<AuthSettings, ConfigError> {
+    let text = |name: &str| Some(r.text(name).to_owned()).filter(|s| !s.is_empty());
+    let publish_keys = list(r.text("publish-keys"))
+        .map(PublishKey::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| r.fail_quiet("publish-keys", e))?;
+    let cookie = r.text("auth-cookie-name");
+    if cookie.is_empty()
+        || !cookie
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(r.fail(
+            "auth-cookie-name",
+            "a cookie name of A-Z, a-z, 0-9, '_' and '-'",
+        ));
+    }
+    let secret = text("auth-jwt-secret");
+    if secret.as_ref().is_some_and(|s| s.len() < 32) {
+        return Err(r.fail_quiet("auth-jwt-secret", "must be at least 32 bytes"));
+    }
+    let settings = AuthSettings {
+        jwt_secret: secret,
+        jwt_public_key_pem: read_file_setting(r, "auth-jwt-public-key")?,
+        jwks_json: read_file_setting(r, "auth-jwks-file")?,
+        audience: text("auth-audience"),
+        issuer: text("auth-issuer"),
+        cookie_name: cookie.to_owned(),
+        publish_keys,
+        mint_max_ttl: r.positive_duration("auth-token-max-ttl")?,
+        ..AuthSettings::default()
+    };
+    // Build it once here so that a bad key is a configuration error (exit 64).
+    Auth::build(settings.clone()).map_err(|e| usage(format!("invalid auth configuration: {e}")))?;
+    Ok(settings)
 }
 
 /// `65536`, `64KiB`, `64kb`, `1MiB`, `1M`: powers of 1024 (a size limit is about memory).
@@ -251,15 +326,12 @@ fn default_max_connections() -> usize {
 
 fn from_raw(raw: &HashMap<&'static str, String>) -> Result<Config, ConfigError> {
     let r = Raw(raw);
-    for unavailable in ["auth-jwt-secret", "publish-keys", "cors-origins"] {
-        if !r.text(unavailable).is_empty() {
-            return Err(usage(format!(
-                "{} (--{unavailable}) is not available in this version of ssegate; \
-                 refusing to start rather than run without it",
-                env_name(unavailable)
-            )));
-        }
-    }
+    let auth = auth_settings(&r)?;
+    let cors = Cors::parse(r.text("cors-origins")).map_err(|e| r.fail("cors-origins", e))?;
+    let trusted_proxies = list(r.text("trusted-proxies"))
+        .map(Cidr::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| r.fail("trusted-proxies", e))?;
     let admin_listen = match r.text("admin-listen") {
         "off" | "" => None,
         _ => Some(r.addr("admin-listen")?),
@@ -323,6 +395,12 @@ fn from_raw(raw: &HashMap<&'static str, String>) -> Result<Config, ConfigError> 
             ..HistoryConfig::default()
         },
         redis,
+        auth,
+        cors,
+        trusted_proxies,
+        max_connections_per_subject: r.number("max-connections-per-subject")?,
+        max_new_connections_per_second: r.number("max-new-connections-per-second")?,
+        max_publishes_per_second: r.number("max-publishes-per-second")?,
         ..Settings::default()
     };
     Ok(Config {
@@ -391,7 +469,14 @@ mod tests {
         assert_eq!(code_of(&["--listen", "nowhere"]), EXIT_USAGE);
         assert_eq!(code_of(&["--no-such-flag"]), EXIT_USAGE);
         assert_eq!(code_of(&["--log-format", "xml"]), EXIT_USAGE);
-        assert_eq!(code_of(&["--auth-jwt-secret", "s3cret"]), EXIT_USAGE);
+        assert_eq!(code_of(&["--auth-jwt-secret", "too-short"]), EXIT_USAGE);
+        assert_eq!(code_of(&["--publish-keys", "short"]), EXIT_USAGE);
+        assert_eq!(code_of(&["--cors-origins", "example.com"]), EXIT_USAGE);
+        assert_eq!(code_of(&["--trusted-proxies", "10.0.0.0/99"]), EXIT_USAGE);
+        assert_eq!(
+            code_of(&["--auth-jwt-public-key", "/nonexistent.pem"]),
+            EXIT_USAGE
+        );
         assert_eq!(code_of(&["--redis-url", "localhost:6379"]), EXIT_USAGE);
     }
 

@@ -16,11 +16,18 @@ const MAX_LIMIT: usize = 1000;
 
 pub(crate) async fn history(
     state: &AppState,
+    req: &http::Request<hyper::body::Incoming>,
     channel: &str,
-    query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
+    let query = Query::parse(req.uri().query());
+    let principal = state.auth.subscriber(req.headers(), &query)?;
     let channel = ChannelName::new(channel).map_err(channel_error)?;
-    let query = Query::parse(query);
+    if principal
+        .as_ref()
+        .is_some_and(|p| !p.may_subscribe(&channel))
+    {
+        return Err(crate::auth::forbidden(&channel));
+    }
     let limit = match query.get("limit") {
         None => DEFAULT_LIMIT,
         Some(s) => s

@@ -8,6 +8,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::Body;
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// A JSON response.
 pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
@@ -20,6 +22,17 @@ pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Bo
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
+}
+
+/// `POST /v1/tokens`: mint a short-lived subscribe token (see `auth::mint`).
+pub(crate) async fn tokens(
+    state: &AppState,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let publisher = state.auth.publisher(req.headers())?;
+    let body = publish::read_body(req, 64 * 1024).await?;
+    let minted = crate::auth::mint::mint(&state.auth, &publisher, &body)?;
+    Ok(json(StatusCode::CREATED, &minted))
 }
 
 /// `GET /`: the demo page, embedded in the binary.

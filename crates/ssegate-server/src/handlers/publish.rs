@@ -71,7 +71,10 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-async fn read_body(req: Request<hyper::body::Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    req: Request<hyper::body::Incoming>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -166,6 +169,18 @@ pub(crate) async fn measured(
     publish: impl std::future::Future<Output = Result<(Response<Body>, usize), ApiError>>,
 ) -> Result<Response<Body>, ApiError> {
     let started = std::time::Instant::now();
+    if let Some(limit) = &state.publishes {
+        if let Err(secs) = limit.take() {
+            let mut e = ApiError::new(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many publishes on this node; retry later",
+            );
+            e.retry_after = Some(secs);
+            state.metrics.publish_error(e.class());
+            return Err(e);
+        }
+    }
     // The publish's span: exported when tracing is configured, and its `traceparent` is
     // stored with the events so that deliveries on every node join this trace. A
     // publisher's own `traceparent` header makes it part of the publisher's trace.
@@ -193,7 +208,11 @@ pub(crate) async fn publish_one(
     req: Request<hyper::body::Incoming>,
     channel: &str,
 ) -> Result<(Response<Body>, usize), ApiError> {
+    let publisher = state.auth.publisher(req.headers())?;
     let channel = ChannelName::new(channel).map_err(channel_error)?;
+    if !publisher.may_publish(&channel) {
+        return Err(crate::auth::forbidden(&channel));
+    }
     let kind = body_kind(req.headers())?;
     let key = idempotency_key(req.headers())?;
     let query = Query::parse(req.uri().query());
@@ -243,6 +262,7 @@ pub(crate) async fn publish_batch(
     state: &AppState,
     req: Request<hyper::body::Incoming>,
 ) -> Result<(Response<Body>, usize), ApiError> {
+    let publisher = state.auth.publisher(req.headers())?;
     if body_kind(req.headers())? != BodyKind::Json {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -273,6 +293,12 @@ pub(crate) async fn publish_batch(
         .enumerate()
         .map(|(i, v)| event_from_object(v, None, max_event).map_err(|e| e.at_index(i)))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(i) = events
+        .iter()
+        .position(|e| !publisher.may_publish(&e.channel))
+    {
+        return Err(crate::auth::forbidden(&events[i].channel).at_index(i));
+    }
     let published = state.broker.publish(events, key.as_deref()).await?;
     let ids: Vec<String> = published
         .ids

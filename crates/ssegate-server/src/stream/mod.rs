@@ -14,11 +14,13 @@ use http::{HeaderMap, HeaderValue, Request, Response, header};
 use ssegate_core::cursor::parse_channel_list;
 use ssegate_core::{ChannelName, CompositeCursor, Cursor, StartFrom};
 
+use crate::auth::{Principal, forbidden};
 use crate::body::Body;
 use crate::error::{ApiError, channel_error, cursor_error};
+use crate::limits::client_ip;
 use crate::metrics::RefuseReason;
 use crate::query::Query;
-use crate::state::AppState;
+use crate::state::{AppState, RemoteAddr};
 use tracing::Instrument;
 
 pub(crate) use session::{IdForm, Session};
@@ -61,14 +63,54 @@ pub(crate) fn retry_only(state: &AppState, reason: RefuseReason) -> Response<Bod
     sse_response(Body::full(frame))
 }
 
+/// Who is subscribing: the token's grants (auth on) and the subject limits count.
+struct Subscriber {
+    principal: Option<Principal>,
+    subject: String,
+}
+
+impl Subscriber {
+    fn of(
+        state: &AppState,
+        req: &Request<hyper::body::Incoming>,
+        query: &Query,
+    ) -> Result<Self, ApiError> {
+        let principal = state.auth.subscriber(req.headers(), query)?;
+        let subject = match &principal {
+            Some(p) => format!("sub:{}", p.subject),
+            None => {
+                let peer = req
+                    .extensions()
+                    .get::<RemoteAddr>()
+                    .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |r| r.0.ip());
+                let trusted = &state.settings.trusted_proxies;
+                format!("ip:{}", client_ip(peer, req.headers(), trusted))
+            }
+        };
+        Ok(Self { principal, subject })
+    }
+
+    /// 403 unless the token grants every channel.
+    fn check(&self, channels: &[ChannelName]) -> Result<(), ApiError> {
+        if let Some(p) = &self.principal {
+            if let Some(ch) = channels.iter().find(|c| !p.may_subscribe(c)) {
+                return Err(forbidden(ch));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `GET /v1/channels/{channel}/events`.
 pub(crate) fn subscribe_one(
     state: &Arc<AppState>,
     req: &Request<hyper::body::Incoming>,
     channel: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let channel = ChannelName::new(channel).map_err(channel_error)?;
     let query = Query::parse(req.uri().query());
+    let who = Subscriber::of(state, req, &query)?;
+    let channel = ChannelName::new(channel).map_err(channel_error)?;
+    who.check(std::slice::from_ref(&channel))?;
     let (start, echo) = match cursor_text(req.headers(), &query)? {
         Some(text) => (
             Cursor::parse(&text).map_err(cursor_error)?.start(),
@@ -78,6 +120,7 @@ pub(crate) fn subscribe_one(
     };
     Ok(start_stream(
         state,
+        who,
         IdForm::Single,
         vec![channel],
         vec![start],
@@ -91,14 +134,16 @@ pub(crate) fn subscribe_many(
     req: &Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(req.uri().query());
-    let set = parse_channel_list(query.all("channel"), query.all("channels"))
-        .map_err(channel_error)?;
+    let who = Subscriber::of(state, req, &query)?;
+    let set =
+        parse_channel_list(query.all("channel"), query.all("channels")).map_err(channel_error)?;
     if set.is_empty() {
         return Err(ApiError::bad_request(
             "missing_channel",
             "name at least one channel with ?channel=NAME or ?channels=A,B",
         ));
     }
+    who.check(set.names())?;
     let max = state.settings.max_channels_per_connection;
     if set.len() > max {
         return Err(ApiError::bad_request(
@@ -119,11 +164,19 @@ pub(crate) fn subscribe_many(
     let ids = IdForm::Composite {
         checksum: set.checksum(),
     };
-    Ok(start_stream(state, ids, set.names().to_vec(), starts, echo))
+    Ok(start_stream(
+        state,
+        who,
+        ids,
+        set.names().to_vec(),
+        starts,
+        echo,
+    ))
 }
 
 fn start_stream(
     state: &Arc<AppState>,
+    who: Subscriber,
     ids: IdForm,
     channels: Vec<ChannelName>,
     starts: Vec<StartFrom>,
@@ -132,17 +185,32 @@ fn start_stream(
     if state.is_draining() {
         return retry_only(state, RefuseReason::Draining);
     }
-    let Some(guard) = state.admit_stream() else {
+    if state
+        .new_streams
+        .as_ref()
+        .is_some_and(|r| r.take().is_err())
+    {
+        return retry_only(state, RefuseReason::RateLimit);
+    }
+    let Some(subject) = state.subjects.enter(who.subject) else {
+        return retry_only(state, RefuseReason::SubjectLimit);
+    };
+    let Some(mut guard) = state.admit_stream() else {
         tracing::debug!("connection limit reached: told to retry");
         return retry_only(state, RefuseReason::ConnectionLimit);
     };
+    guard.subject = Some(subject);
+    let expires_at = who.principal.as_ref().map(|p| p.expires_at);
     let id = state
         .stats
         .next_stream_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // One span per stream; the node's span (with its id) is its parent.
     let span = tracing::info_span!("stream", id, channels = channels.len());
-    let session = Session::new(state.clone(), guard, ids, channels, starts, echo);
+    let mut session = Session::new(state.clone(), guard, ids, channels, starts, echo);
+    if let Some(exp) = expires_at {
+        session.expire_at_unix(exp);
+    }
     let stream = futures_util::stream::unfold(session, move |mut s| {
         let span = span.clone();
         async move { s.next_frame().await.map(|frame| (frame, s)) }.instrument(span)

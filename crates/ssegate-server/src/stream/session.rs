@@ -80,6 +80,8 @@ pub(crate) struct Session {
     /// Set after a failed history read: the next try waits for it (heartbeats go on).
     backoff: Option<Pin<Box<Sleep>>>,
     backoff_step: Duration,
+    /// When the subscriber's token expires: the stream ends there.
+    expiry: Option<Pin<Box<Sleep>>>,
     /// Events per history read, adapted to the event sizes seen (see `REPLAY_BUDGET`).
     page_limit: usize,
     close_reason: CloseReason,
@@ -144,6 +146,7 @@ impl Session {
             close_at: None,
             backoff: None,
             backoff_step: BACKOFF_MIN,
+            expiry: None,
             page_limit: state.settings.replay_page_size.max(1),
             close_reason: CloseReason::ClientGone,
             finished: false,
@@ -152,6 +155,15 @@ impl Session {
             _guard: guard,
             state,
         }
+    }
+
+    /// Ends the stream at `exp` (Unix seconds), after an `event: token-expired`.
+    pub(crate) fn expire_at_unix(&mut self, exp: u64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let left = Duration::from_secs(exp).saturating_sub(now);
+        self.expiry = Some(Box::pin(tokio::time::sleep(left)));
     }
 
     /// The next chunk of the stream, or `None` when it ends.
@@ -381,6 +393,7 @@ impl Session {
             Draining,
             Close,
             Backoff,
+            Expired,
         }
         let n = self.chans.len();
         let start = self.next_poll;
@@ -389,7 +402,14 @@ impl Session {
         let draining = &mut self.draining;
         let heartbeat = &mut self.heartbeat;
         let backoff = &mut self.backoff;
+        let expiry = &mut self.expiry;
         let woke = tokio::select! {
+            () = async {
+                match expiry.as_mut() {
+                    Some(s) => s.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => Woke::Expired,
             (i, recv) = poll_fn(|cx| {
                 for k in 0..n {
                     let i = (start + k) % n;
@@ -453,6 +473,11 @@ impl Session {
             }
             Woke::Draining => self.start_drain(),
             Woke::Backoff => self.backoff = None,
+            Woke::Expired => {
+                self.pending.push_back(sse::token_expired_frame());
+                self.close_reason = CloseReason::TokenExpired;
+                self.finished = true;
+            }
         }
     }
 }

@@ -54,7 +54,7 @@ fn invalid_configuration_exits_64_with_a_clear_message() {
         ),
         (
             vec![],
-            vec![("SSEGATE_AUTH_JWT_SECRET", "x")],
+            vec![("SSEGATE_AUTH_JWT_SECRET", "short-secret")],
             "SSEGATE_AUTH_JWT_SECRET",
         ),
     ] {

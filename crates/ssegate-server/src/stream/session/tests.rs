@@ -15,7 +15,10 @@ fn state(tweak: impl FnOnce(&mut Settings)) -> (Arc<AppState>, MemoryBroker) {
     let mut settings = Settings::default();
     tweak(&mut settings);
     let broker = MemoryBroker::new(settings.history.clone());
-    (AppState::new(settings, Arc::new(broker.clone())), broker)
+    (
+        AppState::new(settings, Arc::new(broker.clone())).unwrap(),
+        broker,
+    )
 }
 
 fn session(state: &Arc<AppState>, start: StartFrom) -> Session {
