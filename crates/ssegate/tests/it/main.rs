@@ -6,6 +6,7 @@
 
 #![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+mod abuse;
 mod api;
 mod cluster;
 mod cluster_failures;
@@ -18,4 +19,5 @@ mod observability;
 mod protocol;
 mod redis_server;
 mod resume;
+mod security;
 mod slow_consumer;
