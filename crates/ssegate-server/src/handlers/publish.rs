@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use ssegate_core::{ChannelName, Data, EventType, NewEvent, Position};
 
@@ -71,6 +71,25 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
+/// How much of an over-limit body is read and thrown away before answering 413, so that
+/// a proxy still sending it gets the answer instead of a reset (and answers 502).
+const DRAIN_MAX: u64 = 8 * 1024 * 1024;
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and discards the rest of a body, up to `budget` bytes.
+async fn drain(body: &mut hyper::body::Incoming, mut budget: u64) {
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            if n >= budget {
+                break;
+            }
+            budget -= n;
+        }
+    })
+    .await;
+}
+
 pub(crate) async fn read_body(
     req: Request<hyper::body::Incoming>,
     limit: usize,
@@ -80,17 +99,30 @@ pub(crate) async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    let mut body = req.into_body();
+    if let Some(n) = declared.filter(|n| *n > limit as u64) {
+        if n <= DRAIN_MAX {
+            drain(&mut body, n).await;
+        }
         return Err(too_large(limit));
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
-        Err(_) => Err(ApiError::bad_request(
-            "invalid_body",
-            "the request body could not be read",
-        )),
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "the request body could not be read",
+            ));
+        };
+        if let Some(data) = frame.data_ref() {
+            if buf.len() + data.len() > limit {
+                drain(&mut body, DRAIN_MAX).await;
+                return Err(too_large(limit));
+            }
+            buf.extend_from_slice(data);
+        }
     }
+    Ok(buf.freeze())
 }
 
 fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {

@@ -478,3 +478,30 @@ async fn garbage_requests_do_not_hurt_the_node() {
     assert_eq!(res.status, StatusCode::OK, "node still serves");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_over_limit_body_is_answered_413_not_reset_while_the_client_sends_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let body = vec![b'x'; 7 * 1024 * 1024];
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/channels/big/events HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The whole body goes out (a proxy forwarding it would do the same) ...
+    s.write_all(&body)
+        .await
+        .expect("the node reads the body instead of resetting");
+    // ... and the answer is the JSON 413.
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(crate::helpers::WAIT, s.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("body_too_large"), "{text}");
+    app.stop().await;
+}
