@@ -131,18 +131,7 @@ pub(crate) fn stream(state: Arc<AppState>) -> Response<Body> {
             Some((Bytes::from(frame), (state, draining, tick, false)))
         },
     );
-    let mut res = Response::new(Body::stream(stream));
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-transform"),
-    );
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    res
+    crate::stream::sse_response(Body::stream(stream))
 }
 
 /// `GET /dashboard`.

@@ -41,7 +41,8 @@ fn cursor_text(headers: &HeaderMap, query: &Query) -> Result<Option<String>, Api
         .map(str::to_owned))
 }
 
-fn sse_response(body: Body) -> Response<Body> {
+/// A `text/event-stream` response with the headers every stream needs.
+pub(crate) fn sse_response(body: Body) -> Response<Body> {
     let mut res = Response::new(body);
     let h = res.headers_mut();
     h.insert(

@@ -7,7 +7,7 @@ use http::StatusCode;
 use ssegate_client::{HttpClient, Item};
 
 use crate::cluster::{cluster, publish, stream};
-use crate::helpers::{WAIT, events, json, next_item, opening_id};
+use crate::helpers::{WAIT, events, json, next_item, opening_id, sync_reasons_then_event};
 use crate::redis_server::RedisServer;
 
 #[tokio::test]
@@ -142,41 +142,11 @@ async fn a_redis_that_lost_its_data_is_an_epoch_change_never_a_silent_gap() {
 
     // A client resuming from before the wipe is told.
     let mut resumed = stream(&nodes[0], "/v1/channels/w/events", Some(&first)).await;
-    let mut reasons = Vec::new();
-    let after = loop {
-        match next_item(&mut resumed).await {
-            Some(Item::Event(e)) if e.event == "sync-required" => {
-                reasons.push(
-                    json(e.data.as_bytes())["reason"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned(),
-                );
-            }
-            Some(Item::Event(e)) => break e,
-            Some(_) => {}
-            None => panic!("ended"),
-        }
-    };
+    let (reasons, after) = sync_reasons_then_event(&mut resumed).await;
     assert_eq!(reasons, ["epoch_changed"]);
     assert_eq!(after.data, "new");
     // So is the client that was connected through it.
-    let mut live_reasons = Vec::new();
-    let next = loop {
-        match next_item(&mut live).await {
-            Some(Item::Event(e)) if e.event == "sync-required" => {
-                live_reasons.push(
-                    json(e.data.as_bytes())["reason"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned(),
-                );
-            }
-            Some(Item::Event(e)) => break e,
-            Some(_) => {}
-            None => panic!("ended"),
-        }
-    };
+    let (live_reasons, next) = sync_reasons_then_event(&mut live).await;
     assert_eq!(live_reasons, ["epoch_changed"]);
     assert_eq!(next.data, "new");
 }

@@ -257,3 +257,19 @@ impl TestProcess {
             .unwrap()
     }
 }
+
+/// Reads up to the next event, collecting the reasons of any `sync-required` before it.
+pub async fn sync_reasons_then_event(conn: &mut Connection) -> (Vec<String>, Event) {
+    let mut reasons = Vec::new();
+    loop {
+        match next_item(conn).await {
+            Some(Item::Event(e)) if e.event == "sync-required" => {
+                let data = json(e.data.as_bytes());
+                reasons.push(data["reason"].as_str().unwrap_or_default().to_owned());
+            }
+            Some(Item::Event(e)) => return (reasons, e),
+            Some(_) => {}
+            None => panic!("stream ended before an event"),
+        }
+    }
+}
