@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
@@ -26,6 +26,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::event::StoredEvent;
+use crate::lock;
 
 /// Told when a channel gains its first or loses its last local subscriber, so that a
 /// cluster broker can SUBSCRIBE / UNSUBSCRIBE upstream.
@@ -77,11 +78,7 @@ impl Hub {
 
     /// Subscribes to a channel's live events from now on.
     pub fn subscribe(&self, channel: &ChannelName) -> LiveSubscription {
-        let mut channels = self
-            .shared
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut channels = lock(&self.shared.channels);
         let first;
         let rx = match channels.get_mut(channel) {
             Some(entry) => {
@@ -112,11 +109,7 @@ impl Hub {
 
     /// Hands an event to every local subscriber of its channel. Never blocks.
     pub fn send(&self, event: Arc<StoredEvent>) {
-        let channels = self
-            .shared
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let channels = lock(&self.shared.channels);
         if let Some(entry) = channels.get(&event.channel) {
             // An error only means no receiver is left, which the guard is about to fix.
             let _ = entry.tx.send(HubMsg::Event(event));
@@ -125,11 +118,7 @@ impl Hub {
 
     /// Tells every local subscriber of `channel` to catch up from history.
     pub fn resync(&self, channel: &ChannelName) {
-        let channels = self
-            .shared
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let channels = lock(&self.shared.channels);
         if let Some(entry) = channels.get(channel) {
             let _ = entry.tx.send(HubMsg::Resync);
         }
@@ -137,11 +126,7 @@ impl Hub {
 
     /// Tells every local subscriber of every channel to catch up from history.
     pub fn resync_all(&self) {
-        let channels = self
-            .shared
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let channels = lock(&self.shared.channels);
         for entry in channels.values() {
             let _ = entry.tx.send(HubMsg::Resync);
         }
@@ -149,40 +134,28 @@ impl Hub {
 
     /// How many local connections listen to `channel`.
     pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
-        self.shared
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.shared.channels)
             .get(channel)
             .map_or(0, |e| e.subscribers)
     }
 
     /// Whether any local connection listens to `channel`.
     pub fn has_subscribers(&self, channel: &ChannelName) -> bool {
-        self.shared
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(channel)
+        lock(&self.shared.channels).contains_key(channel)
+    }
+
+    /// How many channels have local subscribers.
+    pub fn channel_count(&self) -> usize {
+        lock(&self.shared.channels).len()
     }
 
     /// The channels with local subscribers.
     pub fn channels(&self) -> Vec<ChannelName> {
-        self.shared
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect()
+        lock(&self.shared.channels).keys().cloned().collect()
     }
 
     fn release(&self, channel: &ChannelName) {
-        let mut channels = self
-            .shared
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut channels = lock(&self.shared.channels);
         let last = match channels.get_mut(channel) {
             Some(entry) if entry.subscribers > 1 => {
                 entry.subscribers -= 1;

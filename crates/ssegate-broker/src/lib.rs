@@ -141,6 +141,12 @@ pub trait Broker: Send + Sync + 'static {
     }
 }
 
+/// Locks a mutex, also after a panic elsewhere poisoned it: every structure guarded here
+/// stays consistent between statements, so its data is still good.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl std::fmt::Debug for dyn Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Broker({})", self.kind())

@@ -13,7 +13,7 @@
 //! Lock order: a channel's log, then the hub (publish). Nothing awaits under a lock.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use ssegate_core::{ChannelName, EntryId, Epoch, NewEvent};
@@ -22,7 +22,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::event::StoredEvent;
 use crate::fingerprint::fingerprint;
 use crate::hub::Hub;
-use crate::{Broker, BrokerError, LiveSubscription, Published, ReadFrom, ReadPage};
+use crate::{Broker, BrokerError, LiveSubscription, Published, ReadFrom, ReadPage, lock};
 
 /// History and fan-out limits.
 #[derive(Debug, Clone)]
@@ -107,10 +107,6 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct MemoryBroker {
     inner: Arc<Inner>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl MemoryBroker {
@@ -353,7 +349,7 @@ impl Broker for MemoryBroker {
     }
 
     fn local_channels(&self) -> usize {
-        self.inner.hub.channels().len()
+        self.inner.hub.channel_count()
     }
 }
 

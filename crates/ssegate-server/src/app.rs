@@ -137,7 +137,7 @@ impl App {
         });
 
         tokio::select! {
-            () = accept_forever(listener_ref(&listener), state.clone(), builder.clone(), Listener::Public, Some(&graceful)) => {}
+            () = accept_forever(&listener, state.clone(), builder.clone(), Listener::Public, Some(&graceful)) => {}
             () = shutdown => {}
         }
 
@@ -152,7 +152,7 @@ impl App {
         // Keep answering (politely) while the streams drain: new subscribers are told to
         // retry elsewhere, publishes and history still work.
         tokio::select! {
-            () = accept_forever(listener_ref(&listener), state.clone(), builder, Listener::Public, Some(&graceful)) => {}
+            () = accept_forever(&listener, state.clone(), builder, Listener::Public, Some(&graceful)) => {}
             () = state.streams.wait_idle() => {}
             () = tokio::time::sleep_until(deadline) => {
                 tracing::warn!(streams = state.streams.open(), "drain window over with streams open");
@@ -180,10 +180,6 @@ impl App {
         }
         tracing::info!("shutdown complete");
     }
-}
-
-fn listener_ref(l: &TcpListener) -> &TcpListener {
-    l
 }
 
 fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::body::Body;
@@ -136,12 +136,5 @@ pub(crate) fn stream(state: Arc<AppState>) -> Response<Body> {
 
 /// `GET /dashboard`.
 pub(crate) fn dashboard() -> Response<Body> {
-    let mut res = Response::new(Body::full(Bytes::from_static(
-        include_str!("demo/dashboard.html").as_bytes(),
-    )));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    res
+    crate::handlers::html(include_str!("demo/dashboard.html"))
 }

@@ -18,7 +18,7 @@ mod keys;
 mod pubsub;
 mod scripts;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use crate::clock::{Clock, SystemClock};
 use crate::fingerprint::fingerprint;
 use crate::hub::Hub;
+use crate::lock;
 use crate::memory::HistoryConfig;
 use crate::{Broker, BrokerError, LiveSubscription, Published, ReadFrom, ReadPage};
 
@@ -167,11 +168,7 @@ impl RedisBroker {
     }
 
     fn remember_epoch(&self, epoch: Epoch) {
-        let mut cached = self
-            .inner
-            .epoch
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut cached = lock(&self.inner.epoch);
         if cached.is_some_and(|e| e != epoch) {
             tracing::warn!(%epoch, "the Redis history epoch changed: Redis lost its data");
         }
@@ -186,12 +183,7 @@ impl Broker for RedisBroker {
     }
 
     async fn epoch(&self) -> Result<Epoch, BrokerError> {
-        if let Some(e) = *self
-            .inner
-            .epoch
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-        {
+        if let Some(e) = *lock(&self.inner.epoch) {
             return Ok(e);
         }
         let key = self.inner.keys.epoch();
@@ -320,7 +312,7 @@ impl Broker for RedisBroker {
     }
 
     fn local_channels(&self) -> usize {
-        self.inner.hub.channels().len()
+        self.inner.hub.channel_count()
     }
 
     async fn announce_node(&self, id: &str, info: &str, ttl: Duration) -> Result<(), BrokerError> {

@@ -20,12 +20,24 @@
 
 use redis::Script;
 
-pub(crate) const PUBLISH: &str = r"
+/// Both scripts begin the same way: `KEYS[1]` is the epoch key, `ARGV[1]` a fresh candidate
+/// epoch that becomes the store's epoch if it has none (`SET NX`: the first writer wins).
+macro_rules! with_epoch {
+    ($body:literal) => {
+        concat!(
+            r"
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   redis.call('SET', KEYS[1], ARGV[1], 'NX')
   epoch = redis.call('GET', KEYS[1])
-end
+end",
+            $body
+        )
+    };
+}
+
+pub(crate) const PUBLISH: &str = with_epoch!(
+    r"
 local fp = ARGV[6]
 if fp ~= '' then
   local done = redis.call('GET', KEYS[2])
@@ -94,14 +106,11 @@ if fp ~= '' then
   redis.call('SET', KEYS[2], fp .. ' ' .. all, 'PX', ARGV[5])
 end
 return {'ok', epoch, all}
-";
+"
+);
 
-pub(crate) const READ: &str = r"
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  redis.call('SET', KEYS[1], ARGV[1], 'NX')
-  epoch = redis.call('GET', KEYS[1])
-end
+pub(crate) const READ: &str = with_epoch!(
+    r"
 local m = redis.call('HMGET', KEYS[3], 'last', 'del')
 local last = m[1] or '0-0'
 local del = m[2] or '0-0'
@@ -136,7 +145,8 @@ if count > 0 and less(start, last) then
   entries = redis.call('XRANGE', KEYS[2], '(' .. start, '+', 'COUNT', count)
 end
 return {epoch, last, start, gap, entries}
-";
+"
+);
 
 /// The scripts, hashed once (EVALSHA, loading them on `NOSCRIPT`).
 #[derive(Debug)]

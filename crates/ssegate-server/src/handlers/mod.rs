@@ -37,9 +37,12 @@ pub(crate) async fn tokens(
 
 /// `GET /`: the demo page, embedded in the binary.
 pub(crate) fn demo_page() -> Response<Body> {
-    let mut res = Response::new(Body::full(Bytes::from_static(
-        include_str!("../demo/index.html").as_bytes(),
-    )));
+    html(include_str!("../demo/index.html"))
+}
+
+/// A page embedded in the binary (the demo page, the cluster dashboard).
+pub(crate) fn html(page: &'static str) -> Response<Body> {
+    let mut res = Response::new(Body::full(Bytes::from_static(page.as_bytes())));
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
