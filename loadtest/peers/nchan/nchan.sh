@@ -44,29 +44,7 @@ install_missing() {
   fi
 }
 
-# A port on 127.0.0.1 that nothing listens on (random, checked, outside the ephemeral range
-# so that no outgoing connection holds it).
-free_port() {
-  local p
-  for _ in $(seq 1 200); do
-    p=$((20000 + RANDOM % 12000)) # below the ephemeral range (32768+)
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "$p"
-      return 0
-    fi
-  done
-  echo "no free port found" >&2
-  return 1
-}
-
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on 127.0.0.1:$1" >&2
-  return 1
-}
+source "$(dirname "$0")/../ports.sh"
 
 conf() {
   local i=$1 port=$2 redis=$3

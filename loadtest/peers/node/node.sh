@@ -11,23 +11,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 NODES=${NODE_NODES:-1}
 DIR=${NODE_DIR:-/tmp/ssegate-node-peer}
 
-free_port() {
-  local p
-  for _ in $(seq 1 200); do
-    p=$((20000 + RANDOM % 12000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
-  done
-  return 1
-}
-
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on 127.0.0.1:$1" >&2
-  return 1
-}
+source "$(dirname "$0")/../ports.sh"
 
 up() {
   command -v node >/dev/null || { echo "node is needed (apt install nodejs npm)" >&2; exit 1; }
