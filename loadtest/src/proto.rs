@@ -72,10 +72,9 @@ pub(crate) struct Progress {
     pub(crate) received: u64,
 }
 
-/// The final numbers of one worker.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct WorkerReport {
-    pub(crate) progress: Progress,
+/// What subscribers count: kept by each worker, reported, and combined over workers.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(crate) struct Counters {
     pub(crate) gaps: u64,
     pub(crate) duplicates: u64,
     /// Acknowledged events a subscriber had not received when the grace time ran out.
@@ -91,6 +90,29 @@ pub(crate) struct WorkerReport {
     pub(crate) max_down_us: u64,
     /// Streams not live when the worker stopped.
     pub(crate) down_at_end: u64,
+}
+
+impl Counters {
+    /// Adds another worker's counts (for the two times: the later and the longer).
+    pub(crate) fn absorb(&mut self, other: &Counters) {
+        self.gaps += other.gaps;
+        self.duplicates += other.duplicates;
+        self.missing += other.missing;
+        self.sync_required += other.sync_required;
+        self.foreign += other.foreign;
+        self.reconnects += other.reconnects;
+        self.last_relive_us = self.last_relive_us.max(other.last_relive_us);
+        self.max_down_us = self.max_down_us.max(other.max_down_us);
+        self.down_at_end += other.down_at_end;
+    }
+}
+
+/// The final numbers of one worker.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct WorkerReport {
+    pub(crate) progress: Progress,
+    #[serde(flatten)]
+    pub(crate) counts: Counters,
     pub(crate) latency_us: Vec<(u64, u64)>,
     pub(crate) connect_us: Vec<(u64, u64)>,
     pub(crate) cpu_s: f64,

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use crate::payload::now_us;
 use crate::pool::Pool;
 use crate::procstat::{self, Sample};
-use crate::proto::{self, ToWorker, WorkerReport};
+use crate::proto::{self, Counters, ToWorker, WorkerReport};
 use crate::publisher::{self, PublishOutcome, PublishPlan};
 use crate::result::{
     ConnectStats, Deliveries, KernelStats, LoadgenStats, NodeStats, Params, Percentiles, Recovery,
@@ -182,7 +182,7 @@ fn assemble(
     let mut live = 0;
     let mut failures = 0;
     let mut errors = Vec::new();
-    let (mut relive, mut max_down, mut reconnects, mut down_at_end) = (0u64, 0u64, 0, 0);
+    let mut counts = Counters::default();
     let mut loadgen = LoadgenStats {
         workers: reports.len(),
         cpu_s: coordinator_cpu,
@@ -192,21 +192,25 @@ fn assemble(
         proto::merge(&mut latency, &w.latency_us);
         proto::merge(&mut connect, &w.connect_us);
         d.received += w.progress.received;
-        d.gaps += w.gaps;
-        d.duplicates += w.duplicates;
-        d.missing += w.missing;
-        d.sync_required += w.sync_required;
-        d.foreign += w.foreign;
+        counts.absorb(&w.counts);
         live += w.progress.ever_live;
         failures += w.progress.connect_failures;
-        relive = relive.max(w.last_relive_us);
-        max_down = max_down.max(w.max_down_us);
-        reconnects += w.reconnects;
-        down_at_end += w.down_at_end;
         loadgen.cpu_s += w.cpu_s;
         loadgen.worker_peak_rss_kib = loadgen.worker_peak_rss_kib.max(w.peak_rss_kib);
         errors.extend(w.errors.iter().cloned());
     }
+    d.gaps = counts.gaps;
+    d.duplicates = counts.duplicates;
+    d.missing = counts.missing;
+    d.sync_required = counts.sync_required;
+    d.foreign = counts.foreign;
+    let Counters {
+        last_relive_us: relive,
+        max_down_us: max_down,
+        reconnects,
+        down_at_end,
+        ..
+    } = counts;
     d.expected = (0..setup.channels)
         .map(|k| publisher.last_seq.get(k).copied().unwrap_or(0) * setup.subscribers_on(k))
         .sum();

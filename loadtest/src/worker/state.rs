@@ -7,7 +7,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::time::{Instant, sleep_until};
 
-use crate::proto::{self, Progress, WorkerReport};
+use crate::proto::{self, Counters, Progress, WorkerReport};
 
 /// Where the run is; subscribers watch it through a `watch` channel.
 #[derive(Debug, Clone, Default)]
@@ -35,15 +35,7 @@ impl Phase {
 #[derive(Debug)]
 pub(crate) struct Stats {
     pub(crate) progress: Progress,
-    pub(crate) gaps: u64,
-    pub(crate) duplicates: u64,
-    pub(crate) missing: u64,
-    pub(crate) sync_required: u64,
-    pub(crate) foreign: u64,
-    pub(crate) reconnects: u64,
-    pub(crate) last_relive_us: u64,
-    pub(crate) max_down_us: u64,
-    pub(crate) down_at_end: u64,
+    pub(crate) counts: Counters,
     latency: Histogram<u64>,
     connect: Histogram<u64>,
     errors: Vec<String>,
@@ -57,15 +49,7 @@ impl Default for Stats {
     fn default() -> Self {
         Self {
             progress: Progress::default(),
-            gaps: 0,
-            duplicates: 0,
-            missing: 0,
-            sync_required: 0,
-            foreign: 0,
-            reconnects: 0,
-            last_relive_us: 0,
-            max_down_us: 0,
-            down_at_end: 0,
+            counts: Counters::default(),
             latency: proto::histogram(),
             connect: proto::histogram(),
             errors: Vec::new(),
@@ -86,9 +70,9 @@ impl Stats {
 
     /// A subscriber is live again after `down` without a stream.
     pub(crate) fn relive(&mut self, down: Duration) {
-        self.last_relive_us = crate::payload::now_us();
+        self.counts.last_relive_us = crate::payload::now_us();
         let us = u64::try_from(down.as_micros()).unwrap_or(u64::MAX);
-        self.max_down_us = self.max_down_us.max(us);
+        self.counts.max_down_us = self.counts.max_down_us.max(us);
     }
 
     pub(crate) fn error(&mut self, e: String) {
@@ -106,15 +90,7 @@ impl Stats {
         let me = std::process::id();
         WorkerReport {
             progress: self.progress,
-            gaps: self.gaps,
-            duplicates: self.duplicates,
-            missing: self.missing,
-            sync_required: self.sync_required,
-            foreign: self.foreign,
-            reconnects: self.reconnects,
-            last_relive_us: self.last_relive_us,
-            max_down_us: self.max_down_us,
-            down_at_end: self.down_at_end,
+            counts: self.counts,
             latency_us: proto::flatten(&self.latency),
             connect_us: proto::flatten(&self.connect),
             cpu_s: crate::procstat::self_cpu_seconds(),

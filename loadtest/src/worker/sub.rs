@@ -151,10 +151,10 @@ pub(crate) async fn run(ctx: Rc<Ctx>, index: usize, mut phase: watch::Receiver<P
     let mut stats = ctx.stats.borrow_mut();
     let ph = phase.borrow();
     if let Some(last) = ph.last_seq(track.channel) {
-        stats.missing += (last + 1).saturating_sub(track.next_seq);
+        stats.counts.missing += (last + 1).saturating_sub(track.next_seq);
     }
     if down_since.is_some() || !ever_live {
-        stats.down_at_end += 1;
+        stats.counts.down_at_end += 1;
     }
 }
 
@@ -280,7 +280,7 @@ impl Stream<'_> {
             stats.progress.ever_live += 1;
             stats.record_connect(now - self.started);
         } else {
-            stats.reconnects += 1;
+            stats.counts.reconnects += 1;
         }
         if let Some(since) = self.down_since.take() {
             stats.relive(now - since);
@@ -307,20 +307,20 @@ impl Stream<'_> {
                     }
                     let mut stats = self.ctx.stats.borrow_mut();
                     if ev.event == "sync-required" {
-                        stats.sync_required += 1;
+                        stats.counts.sync_required += 1;
                         continue;
                     }
                     let Some(stamp) = payload::decode(&ev.data).filter(|s| s.ch == track.channel)
                     else {
-                        stats.foreign += 1;
+                        stats.counts.foreign += 1;
                         continue;
                     };
                     stats.progress.received += 1;
                     stats.record_latency(now_us.saturating_sub(stamp.ts_us));
                     if stamp.seq < track.next_seq {
-                        stats.duplicates += 1;
+                        stats.counts.duplicates += 1;
                     } else {
-                        stats.gaps += stamp.seq - track.next_seq;
+                        stats.counts.gaps += stamp.seq - track.next_seq;
                         track.next_seq = stamp.seq + 1;
                     }
                 }
