@@ -11,15 +11,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use ssegate_broker::{Broker, MemoryBroker, RedisBroker};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use crate::router::{self, Listener};
+use crate::conn;
+use crate::router::Listener;
 use crate::settings::Settings;
 use crate::state::AppState;
 
@@ -127,17 +127,21 @@ impl App {
                 }
             })
         });
-        let builder = builder(&state.settings);
+        let front = |which| {
+            Arc::new(conn::Front {
+                state: state.clone(),
+                builder: builder(&state.settings),
+                which,
+            })
+        };
+        let public = front(Listener::Public);
         let admin_task = admin.map(|l| {
-            let state = state.clone();
-            let builder = builder.clone();
-            tokio::spawn(
-                async move { accept_forever(&l, state, builder, Listener::Admin, None).await },
-            )
+            let front = front(Listener::Admin);
+            tokio::spawn(async move { accept_forever(&l, front, None).await })
         });
 
         tokio::select! {
-            () = accept_forever(&listener, state.clone(), builder.clone(), Listener::Public, Some(&graceful)) => {}
+            () = accept_forever(&listener, public.clone(), Some(&graceful)) => {}
             () = shutdown => {}
         }
 
@@ -152,7 +156,7 @@ impl App {
         // Keep answering (politely) while the streams drain: new subscribers are told to
         // retry elsewhere, publishes and history still work.
         tokio::select! {
-            () = accept_forever(&listener, state.clone(), builder, Listener::Public, Some(&graceful)) => {}
+            () = accept_forever(&listener, public, Some(&graceful)) => {}
             () = state.streams.wait_idle() => {}
             () = tokio::time::sleep_until(deadline) => {
                 tracing::warn!(streams = state.streams.open(), "drain window over with streams open");
@@ -194,9 +198,7 @@ fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
 
 async fn accept_forever(
     listener: &TcpListener,
-    state: Arc<AppState>,
-    builder: auto::Builder<TokioExecutor>,
-    which: Listener,
+    front: Arc<conn::Front>,
     graceful: Option<&GracefulShutdown>,
 ) {
     loop {
@@ -210,26 +212,8 @@ async fn accept_forever(
             }
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(crate::state::RemoteAddr(peer));
-            let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(router::route(state, req, which).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let fut: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match graceful {
-            Some(g) => Box::pin(g.watch(conn)),
-            None => Box::pin(conn),
-        };
-        tokio::spawn(
-            async move {
-                if let Err(e) = fut.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            }
-            .in_current_span(),
-        );
+        let watcher = graceful.map(GracefulShutdown::watcher);
+        let conn = conn::serve(stream, peer, front.clone(), watcher);
+        tokio::spawn(conn.in_current_span());
     }
 }

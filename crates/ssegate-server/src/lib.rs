@@ -6,6 +6,8 @@
 //! - [`app`]: [`App::build`] binds the listeners; [`App::run`] serves until a shutdown
 //!   future resolves, then drains.
 //! - [`settings`]: [`Settings`], the validated runtime settings with their defaults.
+//! - `conn`: the public listener's connections: a lean HTTP/1.1 front that serves SSE
+//!   streams straight on the socket, hyper for everything else.
 //! - `router`: path and method dispatch, 404/405.
 //! - `stream`: subscribing; `stream::session` is the per-stream state machine.
 //! - `handlers`: publish (single and batch), history, health, the demo page.
@@ -23,6 +25,7 @@ pub mod app;
 pub mod auth;
 pub mod body;
 mod cluster;
+mod conn;
 pub mod cors;
 pub mod error;
 mod handlers;

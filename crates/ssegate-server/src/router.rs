@@ -1,6 +1,7 @@
 //! A small router: the v1 API has a handful of routes, so a match on path segments is
 //! clearer than a framework. Known paths with the wrong method answer 405 with `Allow`.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use http::{Method, Request, Response};
@@ -33,28 +34,91 @@ pub(crate) async fn route(
     req: Request<Incoming>,
     listener: Listener,
 ) -> Response<Body> {
+    let origin = match cors_gate(&state, &req, listener) {
+        ControlFlow::Continue(origin) => origin,
+        ControlFlow::Break(res) => return res,
+    };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let result = dispatch(&state, req, listener).await;
+    finish(&state, result, origin, &method, &path)
+}
+
+/// A subscribe request read by the connection's own HTTP/1.1 front (see `conn`): the
+/// same CORS policy and handlers as [`route`], for the two stream routes only.
+pub(crate) fn route_stream<B>(state: &Arc<AppState>, req: &Request<B>) -> Response<Body> {
+    let origin = match cors_gate(state, req, Listener::Public) {
+        ControlFlow::Continue(origin) => origin,
+        ControlFlow::Break(res) => return res,
+    };
+    let result = match stream_route(req.uri().path()) {
+        Some(StreamRoute::One(ch)) => {
+            decode_segment(ch).and_then(|ch| stream::subscribe_one(state, req, &ch))
+        }
+        Some(StreamRoute::Many) => stream::subscribe_many(state, req),
+        None => Err(ApiError::not_found()),
+    };
+    finish(state, result, origin, req.method(), req.uri().path())
+}
+
+/// The two subscribe routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamRoute<'a> {
+    /// `/v1/channels/{channel}/events`, with the channel still percent-encoded.
+    One(&'a str),
+    /// `/v1/events`.
+    Many,
+}
+
+/// Which subscribe route `path` names, if any.
+pub(crate) fn stream_route(path: &str) -> Option<StreamRoute<'_>> {
+    let mut it = path.strip_prefix('/')?.split('/');
+    match (it.next(), it.next(), it.next(), it.next(), it.next()) {
+        (Some("v1"), Some("channels"), Some(ch), Some("events"), None) => {
+            Some(StreamRoute::One(ch))
+        }
+        (Some("v1"), Some("events"), None, None, None) => Some(StreamRoute::Many),
+        _ => None,
+    }
+}
+
+/// The CORS check before a handler runs: the request's allowed origin, or the answer
+/// already (a refused origin, or a preflight).
+fn cors_gate<B>(
+    state: &AppState,
+    req: &Request<B>,
+    listener: Listener,
+) -> ControlFlow<Response<Body>, Option<http::HeaderValue>> {
     let cors = &state.settings.cors;
     // CORS applies to the public API; the admin listener is not for browsers of others.
-    let origin = if listener == Listener::Public {
-        match cors.check(req.headers()) {
-            Ok(origin) => origin,
-            Err(e) => {
-                let mut res = e.into_response();
-                cors.decorate(&mut res, None);
-                return res;
-            }
+    if listener != Listener::Public {
+        return ControlFlow::Continue(None);
+    }
+    let origin = match cors.check(req.headers()) {
+        Ok(origin) => origin,
+        Err(e) => {
+            let mut res = e.into_response();
+            cors.decorate(&mut res, None);
+            return ControlFlow::Break(res);
         }
-    } else {
-        None
     };
-    if method == Method::OPTIONS {
+    if req.method() == Method::OPTIONS {
         if let Some(origin) = origin {
-            return cors.preflight(req.headers(), origin);
+            return ControlFlow::Break(cors.preflight(req.headers(), origin));
         }
     }
-    let mut res = match dispatch(&state, req, listener).await {
+    ControlFlow::Continue(origin)
+}
+
+/// A handler's result as a response, with the CORS headers.
+fn finish(
+    state: &AppState,
+    result: Result<Response<Body>, ApiError>,
+    origin: Option<http::HeaderValue>,
+    method: &Method,
+    path: &str,
+) -> Response<Body> {
+    let mut res = match result {
         Ok(res) => res,
         Err(e) => {
             // Paths only: query strings may carry tokens, which are never logged.
@@ -62,7 +126,7 @@ pub(crate) async fn route(
             e.into_response()
         }
     };
-    cors.decorate(&mut res, origin);
+    state.settings.cors.decorate(&mut res, origin);
     res
 }
 

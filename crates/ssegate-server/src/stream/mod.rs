@@ -71,11 +71,7 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    fn of(
-        state: &AppState,
-        req: &Request<hyper::body::Incoming>,
-        query: &Query,
-    ) -> Result<Self, ApiError> {
+    fn of<B>(state: &AppState, req: &Request<B>, query: &Query) -> Result<Self, ApiError> {
         let principal = state.auth.subscriber(req.headers(), query)?;
         let subject = match &principal {
             Some(p) => format!("sub:{}", p.subject),
@@ -103,9 +99,9 @@ impl Subscriber {
 }
 
 /// `GET /v1/channels/{channel}/events`.
-pub(crate) fn subscribe_one(
+pub(crate) fn subscribe_one<B>(
     state: &Arc<AppState>,
-    req: &Request<hyper::body::Incoming>,
+    req: &Request<B>,
     channel: &str,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(req.uri().query());
@@ -130,9 +126,9 @@ pub(crate) fn subscribe_one(
 }
 
 /// `GET /v1/events?channel=a&channel=b` (or `channels=a,b`).
-pub(crate) fn subscribe_many(
+pub(crate) fn subscribe_many<B>(
     state: &Arc<AppState>,
-    req: &Request<hyper::body::Incoming>,
+    req: &Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(req.uri().query());
     let who = Subscriber::of(state, req, &query)?;

@@ -16,7 +16,7 @@
 //! history read, never an event.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -27,7 +27,6 @@ use ssegate_broker::{LiveRecv, LiveSubscription, ReadFrom, StoredEvent};
 use ssegate_core::cursor::write_composite;
 use ssegate_core::sse::{self, SyncReason};
 use ssegate_core::{ChannelName, EntryId, Epoch, Position, StartFrom};
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::metrics::CloseReason;
@@ -74,8 +73,17 @@ pub(crate) struct Session {
     chans: Vec<Chan>,
     opening: Option<Opening>,
     pending: VecDeque<Bytes>,
+    /// Fires at the next moment a heartbeat may be due; re-armed from `last_write` when
+    /// it fires rather than reset on every frame (a timer-wheel update per delivery).
     heartbeat: Pin<Box<Sleep>>,
-    draining: watch::Receiver<bool>,
+    /// When the last frame was handed to the connection.
+    last_write: Instant,
+    /// Resolves once, when the node starts draining. Kept across waits: a fresh
+    /// `watch::Receiver::changed()` per wait would take a waiter-list lock shared with
+    /// every other stream on every delivery.
+    draining: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Whether the drain has been seen (the future above is not polled again).
+    drain_seen: bool,
     close_at: Option<Pin<Box<Sleep>>>,
     /// Set after a failed history read: the next try waits for it (heartbeats go on).
     backoff: Option<Pin<Box<Sleep>>>,
@@ -134,7 +142,11 @@ impl Session {
         state.metrics.connections_opened.increment(1);
         tracing::debug!("stream opened");
         let heartbeat = Box::pin(tokio::time::sleep(state.settings.heartbeat_interval));
-        let draining = state.draining.subscribe();
+        let mut rx = state.draining.subscribe();
+        let draining = Box::pin(async move {
+            // An error means the node state is gone, which only happens at exit.
+            let _ = rx.wait_for(|draining| *draining).await;
+        });
         Self {
             ids,
             epoch: None,
@@ -142,7 +154,9 @@ impl Session {
             opening: Some(Opening { starts, echo }),
             pending: VecDeque::new(),
             heartbeat,
+            last_write: Instant::now(),
             draining,
+            drain_seen: false,
             close_at: None,
             backoff: None,
             backoff_step: BACKOFF_MIN,
@@ -171,8 +185,7 @@ impl Session {
         loop {
             if let Some(frame) = self.pending.pop_front() {
                 self.state.metrics.bytes.increment(frame.len() as u64);
-                let interval = self.state.settings.heartbeat_interval;
-                self.heartbeat.as_mut().reset(Instant::now() + interval);
+                self.last_write = Instant::now();
                 return Some(frame);
             }
             if self.finished {
@@ -245,7 +258,8 @@ impl Session {
         };
         let retry = self.state.settings.jittered_retry_ms();
         self.pending.push_back(sse::open_frame(retry, &id));
-        if *self.draining.borrow_and_update() {
+        if self.state.is_draining() {
+            self.drain_seen = true;
             self.start_drain();
         }
     }
@@ -400,27 +414,22 @@ impl Session {
         let chans = &mut self.chans;
         let close_at = &mut self.close_at;
         let draining = &mut self.draining;
+        let drain_seen = self.drain_seen;
         let heartbeat = &mut self.heartbeat;
         let backoff = &mut self.backoff;
         let expiry = &mut self.expiry;
+        // Fixed order, live last: the timers are cheap to poll, and a channel that is
+        // always ready cannot starve the drain or the token's expiry.
         let woke = tokio::select! {
+            biased;
             () = async {
                 match expiry.as_mut() {
                     Some(s) => s.as_mut().await,
                     None => std::future::pending().await,
                 }
             } => Woke::Expired,
-            (i, recv) = poll_fn(|cx| {
-                for k in 0..n {
-                    let i = (start + k) % n;
-                    if let Poll::Ready(r) = chans[i].live.poll_recv(cx) {
-                        return Poll::Ready((i, r));
-                    }
-                }
-                Poll::Pending
-            }) => Woke::Live(i, recv),
             () = heartbeat.as_mut() => Woke::Heartbeat,
-            _ = draining.changed(), if close_at.is_none() => Woke::Draining,
+            () = draining.as_mut(), if !drain_seen => Woke::Draining,
             () = async {
                 match close_at.as_mut() {
                     Some(s) => s.as_mut().await,
@@ -433,6 +442,15 @@ impl Session {
                     None => std::future::pending().await,
                 }
             } => Woke::Backoff,
+            (i, recv) = poll_fn(|cx| {
+                for k in 0..n {
+                    let i = (start + k) % n;
+                    if let Poll::Ready(r) = chans[i].live.poll_recv(cx) {
+                        return Poll::Ready((i, r));
+                    }
+                }
+                Poll::Pending
+            }) => Woke::Live(i, recv),
         };
         match woke {
             Woke::Live(i, LiveRecv::Event(ev)) => {
@@ -468,10 +486,23 @@ impl Session {
             Woke::Live(_, LiveRecv::Closed) => self.finish_with_retry(CloseReason::Shutdown),
             Woke::Close => self.finish_with_retry(CloseReason::Drained),
             Woke::Heartbeat => {
-                self.state.metrics.heartbeats.increment(1);
-                self.pending.push_back(HEARTBEAT.clone());
+                let interval = self.state.settings.heartbeat_interval;
+                let due = self.last_write + interval;
+                let now = Instant::now();
+                if now >= due {
+                    self.state.metrics.heartbeats.increment(1);
+                    self.pending.push_back(HEARTBEAT.clone());
+                    self.heartbeat.as_mut().reset(now + interval);
+                } else {
+                    self.heartbeat.as_mut().reset(due);
+                }
             }
-            Woke::Draining => self.start_drain(),
+            Woke::Draining => {
+                self.drain_seen = true;
+                if self.close_at.is_none() {
+                    self.start_drain();
+                }
+            }
             Woke::Backoff => self.backoff = None,
             Woke::Expired => {
                 self.pending.push_back(sse::token_expired_frame());

@@ -1,0 +1,134 @@
+//! The public listener's connections: a lean HTTP/1.1 front for SSE streams, hyper for
+//! everything else.
+//!
+//! A subscriber holds its connection for hours and receives small frames; hyper's
+//! per-connection machinery (read and write buffers of several KiB each, its dispatcher
+//! and protocol sniffing) is sized for request/response traffic and would be most of
+//! what an idle stream costs. So each connection starts here: its first request head is
+//! read into a small buffer and parsed with `httparse`. A complete, bodiless HTTP/1.1
+//! `GET` of a stream route is answered by [`write::respond`] straight on the socket,
+//! through the same router function, CORS policy and session as hyper's path; the
+//! buffer is freed before the stream starts. Anything else (publishes, history, h2c, a
+//! head this front does not take) is handed to hyper with the bytes already read, and
+//! hyper serves the connection from then on.
+//!
+//! After a stream or a refusal ends the connection stays open for the next request
+//! (keep-alive), unless the client asked to close or the node is draining.
+//!
+//! # Layout
+//!
+//! - `head`: reading and classifying the request head.
+//! - `write`: writing a response (head, whole body or chunked stream) with vectored writes.
+//! - `prefixed`: a socket with its first bytes already read, for the hand-off to hyper.
+
+mod head;
+mod prefixed;
+mod write;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::Response;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+
+use crate::router::{self, Listener};
+use crate::state::{AppState, RemoteAddr};
+
+use head::Head;
+use prefixed::Prefixed;
+
+/// What every connection of one listener shares (one `Arc` per connection task, so that
+/// an idle stream's task stays small).
+#[derive(Debug)]
+pub(crate) struct Front {
+    pub(crate) state: Arc<AppState>,
+    pub(crate) builder: auto::Builder<TokioExecutor>,
+    pub(crate) which: Listener,
+}
+
+/// Serves one connection until it ends.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    front: Arc<Front>,
+    graceful: Option<Watcher>,
+) {
+    if front.which == Listener::Admin {
+        return serve_hyper(stream, peer, &front, graceful).await;
+    }
+    loop {
+        let (res, close) = match next_request(&stream, peer, &front).await {
+            Next::Gone => return,
+            Next::Hyper(buf) => {
+                let io = Prefixed::new(buf, stream);
+                return serve_hyper(io, peer, &front, graceful).await;
+            }
+            Next::Respond(res, close) => (res, close),
+        };
+        let ended = write::respond(&stream, res, close).await;
+        if ended == write::Ended::Gone || close || front.state.is_draining() {
+            return;
+        }
+    }
+}
+
+/// What to do with a connection's next request.
+enum Next {
+    /// The client left, or was too slow with its head.
+    Gone,
+    /// Hyper serves the connection from here, starting with these bytes.
+    Hyper(Vec<u8>),
+    /// The SSE front answers, closing the connection after if `true`.
+    Respond(Response<Body>, bool),
+}
+
+/// Reads the next request head; for a stream request, routes it. A function of its own
+/// so that an open stream's task does not keep the head-reading state.
+async fn next_request(stream: &TcpStream, peer: SocketAddr, front: &Front) -> Next {
+    let state = &front.state;
+    let mut buf = Vec::new();
+    let read = std::future::poll_fn(|cx| head::poll_read(stream, &mut buf, cx));
+    match tokio::time::timeout(state.settings.header_read_timeout, read).await {
+        // Slowloris (or an idle keep-alive connection): cut it.
+        Err(_) | Ok(Head::Gone) => Next::Gone,
+        Ok(Head::Other) => Next::Hyper(buf),
+        Ok(Head::Stream { mut req, close }) => {
+            req.extensions_mut().insert(RemoteAddr(peer));
+            let res = router::route_stream(state, &req);
+            Next::Respond(res, close || state.is_draining())
+        }
+    }
+}
+
+/// Serves a connection with hyper (HTTP/1.1 or h2c) until it ends.
+async fn serve_hyper<I>(io: I, peer: SocketAddr, front: &Front, graceful: Option<Watcher>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let state = front.state.clone();
+    let which = front.which;
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(RemoteAddr(peer));
+        let state = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(router::route(state, req, which).await) }
+    });
+    let conn = front
+        .builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
+    let fut: Pin<Box<dyn Future<Output = _> + Send>> = match graceful {
+        Some(g) => Box::pin(g.watch(conn)),
+        None => Box::pin(conn),
+    };
+    if let Err(e) = fut.await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}

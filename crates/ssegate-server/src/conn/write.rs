@@ -1,0 +1,322 @@
+//! Writing a response on a raw HTTP/1.1 connection: the head, then the body, a whole
+//! buffer with `Content-Length` or a stream as chunks.
+//!
+//! # Backpressure rule
+//!
+//! **The next frame is pulled from the stream only once the previous write has gone
+//! into the socket.** Nothing is queued here: a client that stops reading leaves the
+//! session unpolled, so its live ring laps it and it is caught up from history later
+//! (the hub's rule). Frames that are already waiting when a write starts go out
+//! together, as one chunk in one vectored write (up to [`GATHER`] frames).
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http::Response;
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+
+/// Frames gathered into one write at most: enough for an opening frame plus a replay
+/// page plus a few live events, small enough to live in every connection's task.
+const GATHER: usize = 4;
+/// Bytes gathered into one write at most.
+const GATHER_BYTES: usize = 256 * 1024;
+
+const CRLF: &[u8] = b"\r\n";
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// How a response ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// Completely written: the connection may carry another request.
+    Complete,
+    /// The client went away, or a write failed.
+    Gone,
+}
+
+/// Writes `res`; with `close`, says `Connection: close`. The head goes out at once,
+/// before a stream's first frame is ready.
+pub(super) fn respond(stream: &TcpStream, res: Response<Body>, close: bool) -> Respond<'_> {
+    let (parts, body) = res.into_parts();
+    let mut head = encode_head(&parts, &body, close);
+    let frames = match body {
+        // Whole bodies are small (errors, refusals): one buffer, one write.
+        Body::Full(bytes) => {
+            head.extend_from_slice(&bytes.unwrap_or_default());
+            None
+        }
+        Body::Stream(frames) => Some(frames),
+    };
+    Respond {
+        stream,
+        head,
+        frames,
+        batch: Default::default(),
+        n: 0,
+        size: ChunkSize::new(0),
+        written: 0,
+        last: false,
+        busy: false,
+    }
+}
+
+fn encode_head(parts: &http::response::Parts, body: &Body, close: bool) -> Vec<u8> {
+    let mut head = Vec::with_capacity(320);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    let reason = parts.status.canonical_reason().unwrap_or("Unknown");
+    head.extend_from_slice(reason.as_bytes());
+    head.extend_from_slice(CRLF);
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(CRLF);
+    }
+    head.extend_from_slice(b"date: ");
+    head.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+    head.extend_from_slice(CRLF);
+    if close {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    match body {
+        Body::Full(bytes) => {
+            let len = bytes.as_ref().map_or(0, Bytes::len);
+            head.extend_from_slice(format!("content-length: {len}\r\n\r\n").as_bytes());
+        }
+        Body::Stream(_) => head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n"),
+    }
+    head
+}
+
+/// Writing one response: the head (with a whole body), then, for a stream, frames
+/// pulled from the session and written as chunks until the session ends or the client
+/// goes away. A hand-written future rather than an `async fn` so that what an idle
+/// stream keeps is exactly these fields.
+pub(super) struct Respond<'a> {
+    stream: &'a TcpStream,
+    /// The head still to write (with a whole body appended); emptied once written.
+    head: Vec<u8>,
+    /// A stream's frames; `None` for a whole body.
+    frames: Option<Pin<Box<dyn Stream<Item = Bytes> + Send>>>,
+    /// The frames of the chunk being written (`n` of them).
+    batch: [Bytes; GATHER],
+    n: usize,
+    size: ChunkSize,
+    /// Bytes of the current write (head, or size line, frames, CRLF, last chunk)
+    /// already written.
+    written: usize,
+    /// The session has ended: the last chunk follows, and `frames` is not polled again.
+    last: bool,
+    /// A chunk is being written.
+    busy: bool,
+}
+
+impl std::fmt::Debug for Respond<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Respond")
+            .field("streaming", &self.frames.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Respond<'_> {
+    /// Whether the client has closed its side (or the socket failed). Anything a
+    /// client sends while its stream runs is read and dropped.
+    fn peer_gone(&self, cx: &mut Context<'_>) -> bool {
+        let mut scratch = [0u8; 64];
+        for _ in 0..16 {
+            match self.stream.poll_read_ready(cx) {
+                Poll::Pending => return false,
+                Poll::Ready(Err(_)) => return true,
+                Poll::Ready(Ok(())) => match self.stream.try_read(&mut scratch) {
+                    Ok(0) => return true,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return true,
+                },
+            }
+        }
+        false
+    }
+
+    /// Takes the frames that are ready (at least one, or the end) into the batch.
+    fn fill(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(frames) = self.frames.as_mut() else {
+            return false;
+        };
+        let mut total = 0;
+        while !self.last && self.n < GATHER && total < GATHER_BYTES {
+            match frames.as_mut().poll_next(cx) {
+                Poll::Ready(Some(frame)) if frame.is_empty() => {}
+                Poll::Ready(Some(frame)) => {
+                    total += frame.len();
+                    self.batch[self.n] = frame;
+                    self.n += 1;
+                }
+                Poll::Ready(None) => self.last = true,
+                Poll::Pending => break,
+            }
+        }
+        self.size = ChunkSize::new(total);
+        self.written = 0;
+        self.n > 0 || self.last
+    }
+
+    /// Writes what is left of the head, or of the current batch.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut parts: [&[u8]; GATHER + 3] = [&[]; GATHER + 3];
+        let mut count = 0;
+        if !self.head.is_empty() {
+            parts[0] = &self.head;
+            count = 1;
+        } else if self.n > 0 {
+            parts[0] = self.size.as_bytes();
+            for (slot, frame) in parts[1..].iter_mut().zip(&self.batch[..self.n]) {
+                *slot = frame;
+            }
+            parts[self.n + 1] = CRLF;
+            count = self.n + 2;
+        }
+        if self.last {
+            parts[count] = LAST_CHUNK;
+            count += 1;
+        }
+        let mut skip = self.written;
+        let mut slices = [IoSlice::new(&[]); GATHER + 3];
+        let mut used = 0;
+        for part in &parts[..count] {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            slices[used] = IoSlice::new(&part[skip..]);
+            skip = 0;
+            used += 1;
+        }
+        let before: usize = slices[..used].iter().map(|s| s.len()).sum();
+        let mut bufs = &mut slices[..used];
+        let result = poll_write_all(self.stream, cx, &mut bufs);
+        let left: usize = bufs.iter().map(|s| s.len()).sum();
+        self.written += before - left;
+        result
+    }
+}
+
+/// Writes every slice, waiting for the socket as needed; `bufs` is left at what is still
+/// unwritten. Poll-style, so that a waiting connection stores no readiness future.
+fn poll_write_all(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    bufs: &mut &mut [IoSlice<'_>],
+) -> Poll<io::Result<()>> {
+    loop {
+        if bufs.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        match stream.try_write_vectored(bufs) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => IoSlice::advance_slices(bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ready!(stream.poll_write_ready(cx))?;
+            }
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl Future for Respond<'_> {
+    type Output = Ended;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let this = self.get_mut();
+        if !this.head.is_empty() {
+            if ready!(this.poll_flush(cx)).is_err() {
+                return Poll::Ready(Ended::Gone);
+            }
+            this.head = Vec::new();
+            this.written = 0;
+            if this.frames.is_none() {
+                return Poll::Ready(Ended::Complete);
+            }
+        }
+        loop {
+            if !this.busy {
+                if this.peer_gone(cx) {
+                    return Poll::Ready(Ended::Gone);
+                }
+                if !this.fill(cx) {
+                    return Poll::Pending;
+                }
+                this.busy = true;
+            }
+            match ready!(this.poll_flush(cx)) {
+                Ok(()) => {
+                    for frame in &mut this.batch[..this.n] {
+                        *frame = Bytes::new();
+                    }
+                    this.n = 0;
+                    this.busy = false;
+                    if this.last {
+                        return Poll::Ready(Ended::Complete);
+                    }
+                }
+                Err(_) => return Poll::Ready(Ended::Gone),
+            }
+        }
+    }
+}
+
+/// A chunk-size line (`1a2b\r\n`) without an allocation.
+struct ChunkSize {
+    buf: [u8; 18],
+    start: usize,
+}
+
+impl ChunkSize {
+    fn new(mut n: usize) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 18];
+        buf[16] = b'\r';
+        buf[17] = b'\n';
+        let mut start = 16;
+        loop {
+            start -= 1;
+            buf[start] = HEX[n & 0xf];
+            n >>= 4;
+            if n == 0 {
+                break;
+            }
+        }
+        Self { buf, start }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_lowercase_hex_lines() {
+        for (n, text) in [
+            (0, "0\r\n"),
+            (10, "a\r\n"),
+            (255, "ff\r\n"),
+            (4096, "1000\r\n"),
+            (usize::MAX, "ffffffffffffffff\r\n"),
+        ] {
+            assert_eq!(ChunkSize::new(n).as_bytes(), text.as_bytes());
+        }
+    }
+}
