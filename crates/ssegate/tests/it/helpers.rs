@@ -19,6 +19,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub http: HttpClient,
+    /// The node's shared state, for waiting on its stream count.
+    pub state: std::sync::Arc<ssegate_server::state::AppState>,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -43,6 +45,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let app = App::build(settings).await.expect("node starts");
     let addr = app.local_addr().unwrap();
     let admin = app.admin_addr();
+    let state = app.state().clone();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         app.run(async {
@@ -54,6 +57,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         addr,
         admin,
         http: HttpClient::new(),
+        state,
         shutdown: Some(tx),
         task: Some(task),
     }

@@ -13,6 +13,7 @@ mod cluster_failures;
 mod config;
 mod drain;
 mod errors;
+mod front;
 mod helpers;
 mod lb;
 mod observability;
