@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use crate::router::stream_route;
 
 /// A head larger than this goes to hyper, which has its own (larger) limit.
-pub(super) const HEAD_MAX: usize = 16 * 1024;
+const HEAD_MAX: usize = 16 * 1024;
 /// What a first read gets room for: an `EventSource` request with cookies fits.
 const HEAD_START: usize = 2048;
 /// More headers than this also go to hyper.

@@ -62,7 +62,6 @@ pub(super) fn respond(stream: &TcpStream, res: Response<Body>, close: bool) -> R
         size: ChunkSize::new(0),
         written: 0,
         last: false,
-        busy: false,
     }
 }
 
@@ -114,9 +113,8 @@ pub(super) struct Respond<'a> {
     /// already written.
     written: usize,
     /// The session has ended: the last chunk follows, and `frames` is not polled again.
+    /// A chunk is being written exactly when `n > 0 || last`.
     last: bool,
-    /// A chunk is being written.
-    busy: bool,
 }
 
 impl std::fmt::Debug for Respond<'_> {
@@ -248,14 +246,13 @@ impl Future for Respond<'_> {
             }
         }
         loop {
-            if !this.busy {
+            if this.n == 0 && !this.last {
                 if this.peer_gone(cx) {
                     return Poll::Ready(Ended::Gone);
                 }
                 if !this.fill(cx) {
                     return Poll::Pending;
                 }
-                this.busy = true;
             }
             match ready!(this.poll_flush(cx)) {
                 Ok(()) => {
@@ -263,7 +260,6 @@ impl Future for Respond<'_> {
                         *frame = Bytes::new();
                     }
                     this.n = 0;
-                    this.busy = false;
                     if this.last {
                         return Poll::Ready(Ended::Complete);
                     }
