@@ -181,9 +181,12 @@ impl Hub {
 #[derive(Debug)]
 pub enum LiveRecv {
     Event(Arc<StoredEvent>),
-    /// Events may have been missed (this subscriber fell behind the ring, or upstream
-    /// delivery was interrupted): catch up from history.
+    /// This subscriber fell behind the ring (a slow consumer): catch up from history.
     Lagged,
+    /// Upstream delivery may have missed events (the node's subscription just became
+    /// active, or was re-established): catch up from history. Not the subscriber's fault,
+    /// so it is counted apart from [`LiveRecv::Lagged`].
+    Resync,
     /// The hub is gone (node shutting down).
     Closed,
 }
@@ -212,7 +215,7 @@ impl LiveSubscription {
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<LiveRecv> {
         match Pin::new(&mut self.stream).poll_next(cx) {
             Poll::Ready(Some(Ok(HubMsg::Event(ev)))) => Poll::Ready(LiveRecv::Event(ev)),
-            Poll::Ready(Some(Ok(HubMsg::Resync))) => Poll::Ready(LiveRecv::Lagged),
+            Poll::Ready(Some(Ok(HubMsg::Resync))) => Poll::Ready(LiveRecv::Resync),
             Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
                 Poll::Ready(LiveRecv::Lagged)
             }

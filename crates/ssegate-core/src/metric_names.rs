@@ -22,6 +22,9 @@ pub const REPLAYED_EVENTS: &str = "ssegate_replayed_events_total";
 pub const SYNC_REQUIRED: &str = "ssegate_sync_required_total";
 /// Streams that fell behind live and were caught up from history (counter).
 pub const SLOW_CONSUMER_CATCHUPS: &str = "ssegate_slow_consumer_catchups_total";
+/// Streams told to re-read history because this node's upstream subscription to their
+/// channel became active or was re-established (counter).
+pub const LIVE_RESYNCS: &str = "ssegate_live_resyncs_total";
 /// Heartbeat comments sent (counter).
 pub const HEARTBEATS: &str = "ssegate_heartbeats_total";
 /// Bytes of stream frames handed to connections (counter).
@@ -92,6 +95,10 @@ pub const HELP: &[(&str, &str)] = &[
     (
         SLOW_CONSUMER_CATCHUPS,
         "Streams caught up from history after falling behind live",
+    ),
+    (
+        LIVE_RESYNCS,
+        "Streams told to re-read history because the node's subscription to their channel became active",
     ),
     (HEARTBEATS, "Heartbeat comments sent"),
     (

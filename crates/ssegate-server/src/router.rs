@@ -1,6 +1,7 @@
 //! A small router: the v1 API has a handful of routes, so a match on path segments is
 //! clearer than a framework. Known paths with the wrong method answer 405 with `Allow`.
 
+use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -45,20 +46,34 @@ pub(crate) async fn route(
 }
 
 /// A subscribe request read by the connection's own HTTP/1.1 front (see `conn`): the
-/// same CORS policy and handlers as [`route`], for the two stream routes only.
-pub(crate) fn route_stream<B>(state: &Arc<AppState>, req: &Request<B>) -> Response<Body> {
-    let origin = match cors_gate(state, req, Listener::Public) {
-        ControlFlow::Continue(origin) => origin,
-        ControlFlow::Break(res) => return res,
-    };
-    let result = match stream_route(req.uri().path()) {
+/// same CORS policy and handlers as [`route`], for the two stream routes only. The
+/// request is parsed before anything is awaited, so the future does not borrow it.
+pub(crate) fn route_stream<B>(
+    state: &Arc<AppState>,
+    req: &Request<B>,
+) -> impl Future<Output = Response<Body>> + Send + 'static {
+    let gate = cors_gate(state, req, Listener::Public);
+    let parsed = match stream_route(req.uri().path()) {
         Some(StreamRoute::One(ch)) => {
             decode_segment(ch).and_then(|ch| stream::subscribe_one(state, req, &ch))
         }
         Some(StreamRoute::Many) => stream::subscribe_many(state, req),
         None => Err(ApiError::not_found()),
     };
-    finish(state, result, origin, req.method(), req.uri().path())
+    let state = state.clone();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    async move {
+        let origin = match gate {
+            ControlFlow::Continue(origin) => origin,
+            ControlFlow::Break(res) => return res,
+        };
+        let result = match parsed {
+            Ok(sub) => Ok(sub.start().await),
+            Err(e) => Err(e),
+        };
+        finish(&state, result, origin, &method, &path)
+    }
 }
 
 /// The two subscribe routes.
@@ -164,7 +179,10 @@ async fn dispatch(
         (_, ["v1", "channels", ch, "events"]) => {
             let ch = decode_segment(ch)?;
             match method {
-                Method::GET => stream::subscribe_one(state, &req, &ch),
+                Method::GET => match stream::subscribe_one(state, &req, &ch) {
+                    Ok(sub) => Ok(sub.start().await),
+                    Err(e) => Err(e),
+                },
                 Method::POST => {
                     publish::measured(state, traceparent, publish::publish_one(state, req, &ch))
                         .await
@@ -180,7 +198,10 @@ async fn dispatch(
             }
         }
         (_, ["v1", "events"]) => match method {
-            Method::GET => stream::subscribe_many(state, &req),
+            Method::GET => match stream::subscribe_many(state, &req) {
+                Ok(sub) => Ok(sub.start().await),
+                Err(e) => Err(e),
+            },
             _ => Err(ApiError::method_not_allowed("GET")),
         },
         (_, ["v1", "tokens"]) => match method {

@@ -24,7 +24,6 @@ use std::time::Duration;
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 use redis::Value;
 use ssegate_core::{ChannelName, Epoch, NewEvent};
-use tokio::sync::mpsc;
 
 use crate::clock::{Clock, SystemClock};
 use crate::fingerprint::fingerprint;
@@ -113,12 +112,12 @@ impl RedisBroker {
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|e| BrokerError::Internal(format!("cannot build the Redis pool: {e}")))?;
         let keys = Keys::new(&config.key_prefix);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let changes = Arc::new(pubsub::Changes::default());
         let hub = Hub::new(
             history.live_backlog,
-            Some(Arc::new(pubsub::Observer::new(tx))),
+            Some(Arc::new(pubsub::Observer::new(changes.clone()))),
         );
-        let handle = pubsub::spawn(client, hub.clone(), keys.clone(), rx, config.timeout);
+        let handle = pubsub::spawn(client, hub.clone(), keys.clone(), changes, config.timeout);
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,

@@ -1,51 +1,93 @@
 //! The node's one pub/sub connection.
 //!
-//! The hub tells this task when a channel gains its first local subscriber or loses its
-//! last one ([`Observer`]); the task SUBSCRIBEs / UNSUBSCRIBEs accordingly. Every message
-//! is decoded once and its `Arc` handed to the hub.
+//! # Bounding rule
+//!
+//! **What the node holds for subscription changes is bounded by its channels, not by how
+//! often they change.** The hub tells this task when a channel gains its first local
+//! subscriber or loses its last one ([`Observer`]); that only marks the channel in a set
+//! of *changed* channels and wakes the task. The task then compares each marked channel
+//! with the hub (does it have subscribers now?) and with what it is subscribed to, and
+//! sends one `SUBSCRIBE` and one `UNSUBSCRIBE` for the whole difference (in batches of
+//! [`BATCH`] names). A channel subscribed and released before the task looks costs
+//! nothing upstream; a client churning streams over fresh channels makes the set no
+//! larger than the distinct channels it touched during one round trip, and new channels
+//! keep getting their subscriptions within one round trip of the churn.
+//!
+//! Every message is decoded once and its `Arc` handed to the hub.
 //!
 //! Nothing here has to be perfectly timed, because live delivery checks itself (each event
 //! carries its channel's previous id, and a stream that sees a hole reads history): after
 //! a SUBSCRIBE is confirmed the channel's streams are told to re-read history from their
 //! cursors (anything published before the subscription was active comes from there), and
-//! after a reconnect every stream on the node is. A lost connection (Redis restart,
-//! `CLIENT KILL TYPE pubsub`, network) is retried with jittered exponential backoff.
+//! after a reconnect every stream on the node is. Any failure (a lost connection after a
+//! Redis restart or `CLIENT KILL TYPE pubsub`, a refused or timed-out (UN)SUBSCRIBE) drops
+//! the connection and reconnects after a jittered exponential backoff; a subscription is
+//! never assumed that Redis did not confirm.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use redis::aio::PubSubSink;
 use ssegate_core::ChannelName;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use super::codec;
 use super::keys::Keys;
 use crate::hub::{Hub, HubObserver};
+use crate::lock;
 
-#[derive(Debug)]
-pub(crate) enum Cmd {
-    Subscribe(ChannelName),
-    Unsubscribe(ChannelName),
+/// Channel names per (UN)SUBSCRIBE command: a re-subscribe after a reconnect over many
+/// channels goes out in commands of this size.
+const BATCH: usize = 512;
+
+/// Channels whose local subscription changed since the task last looked.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    changed: Mutex<HashSet<ChannelName>>,
+    wake: Notify,
+}
+
+impl Changes {
+    fn mark(&self, channel: &ChannelName) {
+        let inserted = lock(&self.changed).insert(channel.clone());
+        if inserted {
+            // A permit is stored when the task is busy, so no change goes unseen.
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self) -> HashSet<ChannelName> {
+        std::mem::take(&mut *lock(&self.changed))
+    }
+
+    /// How many channels wait to be looked at (for tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.changed).len()
+    }
 }
 
 /// Feeds hub subscription changes to the pub/sub task.
 #[derive(Debug)]
 pub(crate) struct Observer {
-    tx: mpsc::UnboundedSender<Cmd>,
+    changes: Arc<Changes>,
 }
 
 impl Observer {
-    pub(crate) fn new(tx: mpsc::UnboundedSender<Cmd>) -> Self {
-        Self { tx }
+    pub(crate) fn new(changes: Arc<Changes>) -> Self {
+        Self { changes }
     }
 }
 
 impl HubObserver for Observer {
     fn first_subscriber(&self, channel: &ChannelName) {
-        let _ = self.tx.send(Cmd::Subscribe(channel.clone()));
+        self.changes.mark(channel);
     }
 
     fn last_unsubscribed(&self, channel: &ChannelName) {
-        let _ = self.tx.send(Cmd::Unsubscribe(channel.clone()));
+        self.changes.mark(channel);
     }
 }
 
@@ -66,13 +108,19 @@ pub(crate) fn spawn(
     client: redis::Client,
     hub: Hub,
     keys: Keys,
-    cmds: mpsc::UnboundedReceiver<Cmd>,
+    changes: Arc<Changes>,
     timeout: Duration,
 ) -> Handle {
     use tracing::Instrument;
-    Handle(tokio::spawn(
-        run(client, hub, keys, cmds, timeout).in_current_span(),
-    ))
+    let task = Task {
+        client,
+        hub,
+        keys,
+        changes,
+        timeout,
+        subscribed: HashSet::new(),
+    };
+    Handle(tokio::spawn(task.run().in_current_span()))
 }
 
 fn jittered(d: Duration) -> Duration {
@@ -80,83 +128,152 @@ fn jittered(d: Duration) -> Duration {
     Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2))
 }
 
-async fn run(
+/// Why a connection was given up (for the log line).
+#[derive(Debug)]
+enum Lost {
+    Connect(String),
+    Command(&'static str, String),
+    Closed,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(e) => write!(f, "connecting failed: {e}"),
+            Self::Command(op, e) => write!(f, "{op} failed: {e}"),
+            Self::Closed => f.write_str("connection closed"),
+        }
+    }
+}
+
+struct Task {
     client: redis::Client,
     hub: Hub,
     keys: Keys,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    changes: Arc<Changes>,
     timeout: Duration,
-) {
-    let mut backoff = BACKOFF_MIN;
-    let mut connected_before = false;
-    loop {
-        let conn = match tokio::time::timeout(timeout, client.get_async_pubsub()).await {
+    /// Channels Redis confirmed on the current connection.
+    subscribed: HashSet<ChannelName>,
+}
+
+impl Task {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut connected_before = false;
+        loop {
+            let lost = self.connection(&mut backoff, &mut connected_before).await;
+            self.subscribed.clear();
+            broker_error("pubsub");
+            tracing::warn!(reason = %lost, retry_in = ?backoff, "pub/sub connection given up; reconnecting");
+            tokio::time::sleep(jittered(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One connection, from connecting until it is lost. `backoff` is reset once the
+    /// connection carries every wanted subscription.
+    async fn connection(&mut self, backoff: &mut Duration, connected_before: &mut bool) -> Lost {
+        let conn = match tokio::time::timeout(self.timeout, self.client.get_async_pubsub()).await {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "pub/sub connection failed");
-                tokio::time::sleep(jittered(backoff)).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-            Err(_) => {
-                tracing::warn!(retry_in = ?backoff, "pub/sub connection timed out");
-                tokio::time::sleep(jittered(backoff)).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
+            Ok(Err(e)) => return Lost::Connect(e.to_string()),
+            Err(_) => return Lost::Connect("timed out".into()),
         };
         let (mut sink, mut stream) = conn.split();
-        let wanted: Vec<String> = hub.channels().iter().map(|c| keys.live(c)).collect();
-        if !wanted.is_empty() {
-            if let Err(e) = tokio::time::timeout(timeout, sink.subscribe(&wanted)).await {
-                tracing::warn!(error = %e, "re-subscribing failed; reconnecting");
-                continue;
-            }
+        // Everything wanted now, from the hub itself: the changes marked so far are
+        // covered by it.
+        self.changes.take();
+        let wanted = self.hub.channels();
+        if let Err(lost) = self.send(&mut sink, Op::Subscribe, &wanted).await {
+            return lost;
         }
-        if connected_before {
+        self.subscribed.extend(wanted.iter().cloned());
+        if *connected_before {
+            metrics::counter!(ssegate_core::metric_names::PUBSUB_RECONNECTS).increment(1);
             tracing::info!(
                 channels = wanted.len(),
                 "pub/sub reconnected; catching streams up"
             );
         }
         // Whatever was published while we were not subscribed is in the streams.
-        hub.resync_all();
-        connected_before = true;
-        backoff = BACKOFF_MIN;
+        self.hub.resync_all();
+        *connected_before = true;
+        *backoff = BACKOFF_MIN;
 
         loop {
             tokio::select! {
                 msg = stream.next() => {
-                    let Some(msg) = msg else {
-                        broker_error("pubsub");
-                        tracing::warn!("pub/sub connection lost; reconnecting");
-                        break;
-                    };
-                    deliver(&hub, &keys, msg.get_channel_name(), msg.get_payload_bytes());
+                    let Some(msg) = msg else { return Lost::Closed };
+                    deliver(&self.hub, &self.keys, msg.get_channel_name(), msg.get_payload_bytes());
                 }
-                cmd = cmds.recv() => {
-                    let Some(cmd) = cmd else { return };
-                    let ok = match cmd {
-                        Cmd::Subscribe(ch) => {
-                            let res = tokio::time::timeout(timeout, sink.subscribe(keys.live(&ch))).await;
-                            let ok = matches!(res, Ok(Ok(())));
-                            if ok {
-                                // Events published before the subscription was active.
-                                hub.resync(&ch);
-                            }
-                            ok
-                        }
-                        Cmd::Unsubscribe(ch) => {
-                            let res = tokio::time::timeout(timeout, sink.unsubscribe(keys.live(&ch))).await;
-                            matches!(res, Ok(Ok(())))
-                        }
-                    };
-                    if !ok {
-                        tracing::warn!("pub/sub (un)subscribe failed; reconnecting");
-                        break;
+                () = self.changes.wake.notified() => {
+                    if let Err(lost) = self.apply_changes(&mut sink).await {
+                        return lost;
                     }
                 }
             }
+        }
+    }
+
+    /// Brings the subscriptions in line with the hub for every channel marked changed.
+    async fn apply_changes(&mut self, sink: &mut PubSubSink) -> Result<(), Lost> {
+        let mut add = Vec::new();
+        let mut remove = Vec::new();
+        for ch in self.changes.take() {
+            match (self.hub.has_subscribers(&ch), self.subscribed.contains(&ch)) {
+                (true, false) => add.push(ch),
+                (false, true) => remove.push(ch),
+                _ => {}
+            }
+        }
+        self.send(sink, Op::Subscribe, &add).await?;
+        for ch in add {
+            // Events published before the subscription was active.
+            self.hub.resync(&ch);
+            self.subscribed.insert(ch);
+        }
+        self.send(sink, Op::Unsubscribe, &remove).await?;
+        for ch in &remove {
+            self.subscribed.remove(ch);
+        }
+        Ok(())
+    }
+
+    /// Sends one (UN)SUBSCRIBE per [`BATCH`] channels and waits for Redis to confirm each.
+    async fn send(
+        &self,
+        sink: &mut PubSubSink,
+        op: Op,
+        channels: &[ChannelName],
+    ) -> Result<(), Lost> {
+        for batch in channels.chunks(BATCH) {
+            let names: Vec<String> = batch.iter().map(|c| self.keys.live(c)).collect();
+            let res = match op {
+                Op::Subscribe => tokio::time::timeout(self.timeout, sink.subscribe(&names)).await,
+                Op::Unsubscribe => {
+                    tokio::time::timeout(self.timeout, sink.unsubscribe(&names)).await
+                }
+            };
+            match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Lost::Command(op.name(), e.to_string())),
+                Err(_) => return Err(Lost::Command(op.name(), "timed out".into())),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Subscribe,
+    Unsubscribe,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Subscribe => "SUBSCRIBE",
+            Self::Unsubscribe => "UNSUBSCRIBE",
         }
     }
 }
@@ -179,5 +296,24 @@ fn deliver(hub: &Hub, keys: &Keys, live: &str, payload: &[u8]) {
             tracing::warn!(error = %e, %channel, "undecodable live message");
             hub.resync(&channel);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_coalesce_per_channel() {
+        let changes = Arc::new(Changes::default());
+        let obs = Observer::new(changes.clone());
+        let a = ChannelName::new("a").unwrap();
+        for _ in 0..1000 {
+            obs.first_subscriber(&a);
+            obs.last_unsubscribed(&a);
+        }
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes.take().len(), 1);
+        assert_eq!(changes.len(), 0);
     }
 }

@@ -102,7 +102,7 @@ async fn next_request(stream: &TcpStream, peer: SocketAddr, front: &Front) -> Ne
         Ok(Head::Other) => Next::Hyper(buf),
         Ok(Head::Stream { mut req, close }) => {
             req.extensions_mut().insert(RemoteAddr(peer));
-            let res = router::route_stream(state, &req);
+            let res = router::route_stream(state, &req).await;
             Next::Respond(res, close || state.is_draining())
         }
     }

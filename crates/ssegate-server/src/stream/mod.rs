@@ -2,6 +2,10 @@
 //!
 //! Everything a request can get wrong (names, cursors, too many channels) is answered
 //! with a JSON error *before* the stream starts, so a stream is never half-written.
+//! Parsing a request ([`subscribe_one`], [`subscribe_many`]) is synchronous and yields a
+//! [`Subscribe`]; [`Subscribe::start`] then opens the session, which fixes every
+//! channel's start position before the response (and so its head) exists: a stream
+//! starts at its head (see `session`).
 //! Admission control answers with a `200` stream that carries only a jittered `retry:`
 //! and ends: browsers' `EventSource` gives up for good on a 503, but reconnects after a
 //! stream ends.
@@ -103,7 +107,7 @@ pub(crate) fn subscribe_one<B>(
     state: &Arc<AppState>,
     req: &Request<B>,
     channel: &str,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Subscribe, ApiError> {
     let query = Query::parse(req.uri().query());
     let who = Subscriber::of(state, req, &query)?;
     let channel = ChannelName::new(channel).map_err(channel_error)?;
@@ -115,21 +119,21 @@ pub(crate) fn subscribe_one<B>(
         ),
         None => (StartFrom::Now, None),
     };
-    Ok(start_stream(
-        state,
+    Ok(Subscribe {
+        state: state.clone(),
         who,
-        IdForm::Single,
-        vec![channel],
-        vec![start],
+        ids: IdForm::Single,
+        channels: vec![channel],
+        starts: vec![start],
         echo,
-    ))
+    })
 }
 
 /// `GET /v1/events?channel=a&channel=b` (or `channels=a,b`).
 pub(crate) fn subscribe_many<B>(
     state: &Arc<AppState>,
     req: &Request<B>,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Subscribe, ApiError> {
     let query = Query::parse(req.uri().query());
     let who = Subscriber::of(state, req, &query)?;
     let set =
@@ -161,17 +165,43 @@ pub(crate) fn subscribe_many<B>(
     let ids = IdForm::Composite {
         checksum: set.checksum(),
     };
-    Ok(start_stream(
-        state,
+    Ok(Subscribe {
+        state: state.clone(),
         who,
         ids,
-        set.names().to_vec(),
+        channels: set.names().to_vec(),
         starts,
         echo,
-    ))
+    })
 }
 
-fn start_stream(
+/// A valid subscribe request, not yet admitted or opened.
+pub(crate) struct Subscribe {
+    state: Arc<AppState>,
+    who: Subscriber,
+    ids: IdForm,
+    channels: Vec<ChannelName>,
+    starts: Vec<StartFrom>,
+    echo: Option<String>,
+}
+
+impl Subscribe {
+    /// Admits and opens the stream: the response (a stream whose start is fixed, or the
+    /// retry-only refusal) is ready to be written once this returns.
+    pub(crate) async fn start(self) -> Response<Body> {
+        let Self {
+            state,
+            who,
+            ids,
+            channels,
+            starts,
+            echo,
+        } = self;
+        start_stream(&state, who, ids, channels, starts, echo).await
+    }
+}
+
+async fn start_stream(
     state: &Arc<AppState>,
     who: Subscriber,
     ids: IdForm,
@@ -204,7 +234,8 @@ fn start_stream(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // One span per stream; the node's span (with its id) is its parent.
     let span = tracing::info_span!("stream", id, channels = channels.len());
-    let mut session = Session::new(state.clone(), guard, ids, channels, starts, echo);
+    let open = Session::open(state.clone(), guard, ids, channels, starts, echo);
+    let mut session = open.instrument(span.clone()).await;
     if let Some(exp) = expires_at {
         session.expire_at_unix(exp);
     }

@@ -4,6 +4,16 @@
 //! client is not reading, so a stalled client costs its cursor and nothing more (see the
 //! hub's backpressure rule: its live ring laps it, and it is caught up from history).
 //!
+//! # When a stream starts
+//!
+//! **A stream starts at its response head.** [`Session::open`] takes the live
+//! subscriptions and fixes every channel's start position (the store's epoch, and for a
+//! fresh subscriber the channel's newest id) *before* the caller writes the `200` head.
+//! So every event whose publish starts after a client has the head (`EventSource`'s
+//! `open`) is after the stream's cursor and is delivered, live or from history. Were the
+//! position read after the head (lazily, on the body's first poll), an event published
+//! in between would count as "before the stream" and be lost without a trace.
+//!
 //! Per channel a session keeps the id of the last event it wrote (its cursor) and whether
 //! it is *catching up* (reading history) or *live*. Joining without loss: the live
 //! subscriptions are taken when the session is built, before any history is read; a
@@ -59,19 +69,11 @@ struct Chan {
     resync: Option<Resync>,
 }
 
-#[derive(Debug)]
-struct Opening {
-    starts: Vec<StartFrom>,
-    /// The client's cursor, echoed in the first frame when resuming.
-    echo: Option<String>,
-}
-
 pub(crate) struct Session {
     state: Arc<AppState>,
     ids: IdForm,
     epoch: Option<Epoch>,
     chans: Vec<Chan>,
-    opening: Option<Opening>,
     pending: VecDeque<Bytes>,
     /// Fires at the next moment a heartbeat may be due; re-armed from `last_write` when
     /// it fires rather than reset on every frame (a timer-wheel update per delivery).
@@ -119,14 +121,29 @@ const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl Session {
-    /// Builds a session and takes its live subscriptions (before any history is read).
-    pub(crate) fn new(
+    /// Builds a session: takes its live subscriptions, then fixes where each channel
+    /// starts (reading the broker), so that the caller may write the response head once
+    /// this returns. When the broker cannot be read the session is already finished with
+    /// a jittered `retry:` (the client comes back later, see [`Session::next_frame`]).
+    /// `echo` is the client's cursor, echoed in the first frame when resuming.
+    pub(crate) async fn open(
         state: Arc<AppState>,
         guard: StreamGuard,
         ids: IdForm,
         channels: Vec<ChannelName>,
         starts: Vec<StartFrom>,
         echo: Option<String>,
+    ) -> Self {
+        let mut session = Self::new(state, guard, ids, channels);
+        session.start(starts, echo).await;
+        session
+    }
+
+    fn new(
+        state: Arc<AppState>,
+        guard: StreamGuard,
+        ids: IdForm,
+        channels: Vec<ChannelName>,
     ) -> Self {
         let chans = channels
             .into_iter()
@@ -151,7 +168,6 @@ impl Session {
             ids,
             epoch: None,
             chans,
-            opening: Some(Opening { starts, echo }),
             pending: VecDeque::new(),
             heartbeat,
             last_write: Instant::now(),
@@ -191,10 +207,6 @@ impl Session {
             if self.finished {
                 return None;
             }
-            if let Some(opening) = self.opening.take() {
-                self.open(opening).await;
-                continue;
-            }
             if self.backoff.is_none() {
                 if let Some(i) = self.chans.iter().position(|c| c.catching_up) {
                     self.catch_up(i).await;
@@ -213,7 +225,9 @@ impl Session {
         self.finished = true;
     }
 
-    async fn open(&mut self, opening: Opening) {
+    /// Fixes each channel's start (see the module docs: before the head is written) and
+    /// queues the opening frame.
+    async fn start(&mut self, starts: Vec<StartFrom>, echo: Option<String>) {
         let broker = self.state.broker.clone();
         let epoch = match broker.epoch().await {
             Ok(e) => e,
@@ -222,21 +236,41 @@ impl Session {
                 return self.finish_with_retry(CloseReason::BrokerUnavailable);
             }
         };
-        let mut epoch = epoch;
-        for (chan, start) in self.chans.iter_mut().zip(opening.starts) {
+        // A fresh subscriber starts at each channel's newest id; the reads run together,
+        // as they all stand between the request and its head.
+        let fresh = starts
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, StartFrom::Now));
+        let reads = fresh.map(|(i, _)| {
+            let broker = &broker;
+            let name = &self.chans[i].name;
+            async move { (i, broker.read(name, ReadFrom::Oldest, 0).await) }
+        });
+        let mut read_epoch = None;
+        for (i, read) in futures_util::future::join_all(reads).await {
+            match read {
+                // A read reports the store's epoch at that moment; it wins over a cached
+                // one (a store that started over since).
+                Ok(page) if *read_epoch.get_or_insert(page.epoch) == page.epoch => {
+                    self.chans[i].cursor = page.last;
+                }
+                Ok(_) => {
+                    // The store started over between two of these reads: the positions
+                    // do not belong together, so the client retries and starts afresh.
+                    tracing::info!("history epoch changed while a stream was opening");
+                    return self.finish_with_retry(CloseReason::BrokerUnavailable);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open stream: broker unavailable");
+                    return self.finish_with_retry(CloseReason::BrokerUnavailable);
+                }
+            }
+        }
+        let epoch = read_epoch.unwrap_or(epoch);
+        for (chan, start) in self.chans.iter_mut().zip(starts) {
             match start {
-                StartFrom::Now => match broker.read(&chan.name, ReadFrom::Oldest, 0).await {
-                    Ok(page) => {
-                        // The read reports the store's epoch at that moment; it wins over
-                        // a cached one (a store that started over since).
-                        epoch = page.epoch;
-                        chan.cursor = page.last;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot open stream: broker unavailable");
-                        return self.finish_with_retry(CloseReason::BrokerUnavailable);
-                    }
-                },
+                StartFrom::Now => {}
                 StartFrom::Oldest => {
                     chan.catching_up = true;
                     chan.resync = Some(Resync::Oldest);
@@ -252,7 +286,7 @@ impl Session {
             }
         }
         self.epoch = Some(epoch);
-        let id = match opening.echo {
+        let id = match echo {
             Some(echo) => echo,
             None => self.current_id(epoch),
         };
@@ -481,6 +515,10 @@ impl Session {
             Woke::Live(i, LiveRecv::Lagged) => {
                 Stats::add(&self.state.stats.slow_consumer_catchups);
                 self.state.metrics.catchups.increment(1);
+                self.chans[i].catching_up = true;
+            }
+            Woke::Live(i, LiveRecv::Resync) => {
+                self.state.metrics.resyncs.increment(1);
                 self.chans[i].catching_up = true;
             }
             Woke::Live(_, LiveRecv::Closed) => self.finish_with_retry(CloseReason::Shutdown),

@@ -20,7 +20,7 @@ use crate::redis_server::RedisServer;
 
 /// A real nginx on a free loopback port, running the project's config rendered for the
 /// given nodes into a temp dir (config, pid, logs, scratch files). Stopped on drop.
-struct Nginx {
+pub struct Nginx {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
@@ -51,7 +51,7 @@ fn render(template: &str, vars: &[(&str, String)]) -> String {
 }
 
 impl Nginx {
-    async fn start(nodes: &[TestProcess]) -> Self {
+    pub async fn start(nodes: &[TestProcess]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("conf");
         let run = dir.path().join("run");
@@ -143,7 +143,7 @@ impl Nginx {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 

@@ -21,9 +21,9 @@ fn state(tweak: impl FnOnce(&mut Settings)) -> (Arc<AppState>, MemoryBroker) {
     )
 }
 
-fn session(state: &Arc<AppState>, start: StartFrom) -> Session {
+async fn session(state: &Arc<AppState>, start: StartFrom) -> Session {
     let guard = state.admit_stream().unwrap();
-    Session::new(
+    Session::open(
         state.clone(),
         guard,
         IdForm::Single,
@@ -31,6 +31,7 @@ fn session(state: &Arc<AppState>, start: StartFrom) -> Session {
         vec![start],
         None,
     )
+    .await
 }
 
 async fn publish(broker: &MemoryBroker, data: &str) {
@@ -50,7 +51,7 @@ fn text(b: &bytes::Bytes) -> String {
 #[tokio::test(start_paused = true)]
 async fn heartbeats_come_after_an_idle_interval() {
     let (state, _) = state(|s| s.heartbeat_interval = Duration::from_secs(15));
-    let mut s = session(&state, StartFrom::Now);
+    let mut s = session(&state, StartFrom::Now).await;
     assert!(text(&s.next_frame().await.unwrap()).starts_with("retry: "));
     let start = Instant::now();
     for n in 1..=3 {
@@ -62,7 +63,7 @@ async fn heartbeats_come_after_an_idle_interval() {
 #[tokio::test(start_paused = true)]
 async fn an_event_postpones_the_heartbeat() {
     let (state, broker) = state(|s| s.heartbeat_interval = Duration::from_secs(15));
-    let mut s = session(&state, StartFrom::Now);
+    let mut s = session(&state, StartFrom::Now).await;
     s.next_frame().await.unwrap();
     let start = Instant::now();
     let b = broker.clone();
@@ -82,7 +83,10 @@ async fn drain_ends_each_stream_within_the_window_after_a_retry() {
         s.drain_window = Duration::from_secs(10);
         s.heartbeat_interval = Duration::from_secs(3600);
     });
-    let mut sessions: Vec<Session> = (0..20).map(|_| session(&state, StartFrom::Now)).collect();
+    let mut sessions = Vec::new();
+    for _ in 0..20 {
+        sessions.push(session(&state, StartFrom::Now).await);
+    }
     for s in &mut sessions {
         s.next_frame().await.unwrap();
     }
@@ -114,7 +118,7 @@ async fn a_lagging_session_catches_up_from_history_in_order() {
         };
         s.replay_page_size = 3;
     });
-    let mut s = session(&state, StartFrom::Now);
+    let mut s = session(&state, StartFrom::Now).await;
     s.next_frame().await.unwrap();
     for n in 0..10 {
         publish(&broker, &format!("e{n}")).await;
@@ -130,4 +134,38 @@ async fn a_lagging_session_catches_up_from_history_in_order() {
     let want: Vec<String> = (0..10).map(|n| format!("e{n}")).collect();
     assert_eq!(data, want);
     assert!(crate::state::Stats::get(&state.stats.slow_consumer_catchups) >= 1);
+}
+
+/// The head is written once `Session::open` returns, before the body is polled: an event
+/// published in between belongs to the stream (it starts at its head).
+#[tokio::test]
+async fn an_event_published_between_open_and_the_first_poll_is_delivered() {
+    let (state, broker) = state(|_| {});
+    publish(&broker, "before").await;
+    let mut s = session(&state, StartFrom::Now).await;
+    publish(&broker, "after").await;
+    let first = text(&s.next_frame().await.unwrap());
+    assert!(first.starts_with("retry: "), "{first}");
+    assert!(
+        !first.contains("data:"),
+        "the opening frame carries no event: {first}"
+    );
+    let next = text(&s.next_frame().await.unwrap());
+    assert!(next.ends_with("data: after\n\n"), "{next}");
+}
+
+/// A Resync (the node's subscription became active) re-reads history, and is not counted
+/// as a slow consumer.
+#[tokio::test]
+async fn a_resync_is_not_a_slow_consumer() {
+    let (state, broker) = state(|_| {});
+    let mut s = session(&state, StartFrom::Now).await;
+    s.next_frame().await.unwrap();
+    broker.hub().resync(&ChannelName::new("c").unwrap());
+    publish(&broker, "x").await;
+    assert!(text(&s.next_frame().await.unwrap()).ends_with("data: x\n\n"));
+    assert_eq!(
+        crate::state::Stats::get(&state.stats.slow_consumer_catchups),
+        0
+    );
 }
