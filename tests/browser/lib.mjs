@@ -1,9 +1,10 @@
 // Shared plumbing of the browser tests: real gateway processes and a real redis-server
-// on free loopback ports.
+// on free loopback ports, or a whole local cluster (scripts/cluster: redis-server, nodes
+// and nginx in front).
 
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createServer } from 'node:net';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -110,4 +111,79 @@ export async function startRedis() {
     });
   });
   return { child, url: `redis://127.0.0.1:${port}` };
+}
+
+function portFree(port) {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+  });
+}
+
+// Runs scripts/cluster with `env`; resolves with its output, rejects with it on failure.
+function clusterCli(env, args, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    execFile(path.join(repo, 'scripts', 'cluster'), args, { env, cwd: repo, timeout: timeoutMs },
+      (err, stdout, stderr) => {
+        if (err) {
+          reject(new Error(`scripts/cluster ${args.join(' ')} failed (${err.message.split('\n')[0]})\n` +
+            `--- stdout ---\n${stdout}\n--- stderr ---\n${stderr}`));
+        } else {
+          resolve(stdout);
+        }
+      });
+  });
+}
+
+// The local cluster of scripts/cluster (real redis-server, `nodes` gateway nodes running
+// gatewayBin, nginx rendered from nginx/) on a free, non-default port range, with the
+// TLS + HTTP/2 listener (self-signed certificate) unless `tls` is false, in a temp state
+// directory. Resolves with { port, tlsPort, base, tlsBase, dir, env }; stopCluster ends it.
+export async function startCluster({ nodes = 3, tls = true, env = {} } = {}) {
+  // nginx on BASE, node k on BASE+k (admin BASE+1000+k), Redis on BASE+1000, TLS BASE+2000.
+  // A range of its own, away from the default 8080 and from tests/deploy's (28080 up).
+  let port = null;
+  for (let base = 41080; base < 60000; base += 89) {
+    const ports = [base, base + 1000, base + 2000];
+    for (let k = 1; k <= nodes; k++) ports.push(base + k, base + 1000 + k);
+    const free = await Promise.all(ports.map(portFree));
+    if (free.every(Boolean)) {
+      port = base;
+      break;
+    }
+  }
+  if (port === null) throw new Error('no free port range for the cluster');
+  const tlsPort = tls ? port + 2000 : null;
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'ssegate-cluster-'));
+  const clusterEnv = {
+    ...process.env,
+    SSEGATE_BIN: gatewayBin, // never let the script build one of its own
+    SSEGATE_CLUSTER_DIR: dir,
+    SSEGATE_CLUSTER_PORT: String(port),
+    SSEGATE_CLUSTER_NODES: String(nodes),
+    SSEGATE_CLUSTER_TLS_PORT: tls ? String(tlsPort) : '',
+    ...env,
+  };
+  const cluster = {
+    port,
+    tlsPort,
+    base: `http://127.0.0.1:${port}`,
+    tlsBase: tls ? `https://127.0.0.1:${tlsPort}` : null,
+    dir,
+    env: clusterEnv,
+  };
+  try {
+    await clusterCli(clusterEnv, ['up'], 120_000);
+  } catch (err) {
+    await stopCluster(cluster).catch(() => {});
+    throw err;
+  }
+  return cluster;
+}
+
+// `scripts/cluster down` (which leaves no process behind), then the state directory goes.
+export async function stopCluster(cluster) {
+  await clusterCli(cluster.env, ['down'], 120_000);
+  await rm(cluster.dir, { recursive: true, force: true });
 }

@@ -200,6 +200,43 @@ def test_tls_listener_speaks_http2_and_streams(cluster):
         curl.wait()
 
 
+def publish_with_origin(port, host, origin):
+    """A browser's same-origin publish: Host and Origin as a browser sends them."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE_S)
+    conn.request(
+        "POST",
+        "/v1/channels/origin/events",
+        body=json.dumps({"data": "same origin"}),
+        headers={"Content-Type": "application/json", "Host": host, "Origin": origin},
+    )
+    res = conn.getresponse()
+    body = res.read()
+    conn.close()
+    return res.status, body
+
+
+def test_same_origin_publish_through_nginx_keeps_the_port(cluster):
+    # A page from http://localhost:PORT/ (the demo page) POSTs with that Origin; nginx must
+    # hand the node the Host with its port, or the node's same-origin check says 403.
+    base = cluster["base"]
+    for host in [f"localhost:{base}", f"127.0.0.1:{base}"]:
+        status, body = publish_with_origin(base, host, f"http://{host}")
+        assert status == 201, body
+    # Still a check: another port is another origin.
+    status, body = publish_with_origin(base, f"localhost:{base}", f"http://localhost:{base + 1}")
+    assert status == 403 and b"origin_not_allowed" in body, body
+    # The same over the TLS listener (HTTP/2: the browser's :authority is the Host).
+    tls = cluster["tls"]
+    for flag, want in [("--http2", "2 201"), ("--http1.1", "1.1 201")]:
+        result = run(
+            ["curl", "-sk", flag, "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+             "-H", f"Origin: https://localhost:{tls}", "--resolve", f"localhost:{tls}:127.0.0.1",
+             "-H", "Content-Type: application/json", "-d", '{"data": "same origin, TLS"}',
+             f"https://localhost:{tls}/v1/channels/origin/events"]
+        )
+        assert result.stdout == want, result.stdout + result.stderr
+
+
 def read_lines_until(pipe, done):
     """Lines from a pipe until `done(line)`, failing after DEADLINE_S."""
     sel = selectors.DefaultSelector()

@@ -141,6 +141,8 @@ def test_ingress_is_set_up_for_sse(docs):
     # No stickiness and no hiding of the pods behind the Service IP.
     assert not any(k.startswith(prefix + "affinity") or k.startswith(prefix + "session-cookie") for k in a)
     assert a.get(prefix + "service-upstream", "false") == "false"
+    # The client's Host (with its port) reaches the pods: same-origin POSTs depend on it.
+    assert prefix + "upstream-vhost" not in a
     # Everything goes to the gateway Service's http port.
     service = one(docs, "Service", "ssegate")
     for rule in ingress["spec"]["rules"]:

@@ -57,6 +57,13 @@ def test_streams_are_unbuffered_uncompressed_and_outlive_heartbeats():
     for header in ["X-Forwarded-For", "X-Forwarded-Proto", "X-Real-IP"]:
         assert any(l.startswith(f"proxy_set_header {header} ") for l in top), header
     assert not any("non_idempotent" in l for l in top), "POSTs are not resent by nginx"
+    # The nodes get the Host the browser sent, port included: their same-origin check
+    # compares it with Origin ("http://localhost:8080"); nginx's $host has no port.
+    assert "proxy_set_header Host $ssegate_host;" in top
+    assert "proxy_set_header X-Forwarded-Host $ssegate_host;" in top
+    assert not any(l.startswith("proxy_set_header") and "$host" in l for l in top)
+    host_map = block((NGINX / "ssegate.conf.template").read_text(), "map $http_host $ssegate_host")
+    assert "default $http_host;" in host_map and '"" $host;' in host_map
     # No location sets its own headers (that would drop the inherited ones).
     assert sum(l.startswith("proxy_set_header") for l in stream) == 0
 

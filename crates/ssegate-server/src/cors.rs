@@ -1,8 +1,10 @@
 //! CORS. `SSEGATE_CORS_ORIGINS` lists the origins allowed to call the API from a browser:
 //! exact (`https://app.example.com`) or a wildcard subdomain (`https://*.example.com`,
-//! which does not match the bare domain). Same-origin requests (the `Origin` names this
-//! host) and requests without `Origin` (curl, backends) are always allowed; any other
-//! origin gets `403 origin_not_allowed`. Allowed origins get credentials support (cookies
+//! which does not match the bare domain). Same-origin requests (the `Origin`'s host and
+//! port are exactly the request's `Host`; behind a proxy that is the `Host` it passes on,
+//! which must be the client's, port included: `X-Forwarded-Host` is not read) and requests
+//! without `Origin` (curl, backends) are always allowed; any other origin gets
+//! `403 origin_not_allowed`. Allowed origins get credentials support (cookies
 //! reach `EventSource` with `withCredentials`) and `Vary: Origin`.
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
@@ -192,6 +194,18 @@ mod tests {
                 .unwrap()
                 .is_none(),
             "same origin"
+        );
+        assert!(
+            Cors::default()
+                .check(&headers("http://localhost:8080", "localhost"))
+                .is_err(),
+            "the port is part of the origin: a proxy must pass Host on with it (nginx: $http_host)"
+        );
+        let mut forwarded = headers("http://other.io:8080", "gw:8080");
+        forwarded.insert("x-forwarded-host", "other.io:8080".parse().unwrap());
+        assert!(
+            Cors::default().check(&forwarded).is_err(),
+            "X-Forwarded-Host is not believed"
         );
         assert!(
             c.check(&HeaderMap::new()).unwrap().is_none(),
