@@ -3,13 +3,15 @@
 //! cookie or `?token=`), because `EventSource` cannot send an `Authorization` header.
 //!
 //! Only publisher keys may mint (a token's own grants are not a licence to create others),
-//! and only with an HS256 secret configured (ssegate signs with it).
+//! and only with an HS256 secret configured (ssegate signs with it). The `sub` must be a
+//! single channel-name segment (`invalid_sub` otherwise), the only kind `{sub}` expands to.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use serde_json::{Value, json};
 
+use super::claims::{MAX_SUB_LEN, is_sub_segment};
 use super::{Auth, Publisher, unauthorized};
 use crate::error::ApiError;
 
@@ -43,8 +45,16 @@ pub(crate) fn mint(auth: &Auth, publisher: &Publisher, body: &[u8]) -> Result<Va
         )
     })?;
     let sub = req["sub"].as_str().unwrap_or_default();
-    if sub.is_empty() || sub.len() > 128 || !sub.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(bad("\"sub\" must be 1 to 128 visible ASCII characters"));
+    if !is_sub_segment(sub) {
+        // Never mint a token whose `{sub}` grants would match nothing (or, read carelessly,
+        // too much): see `claims`.
+        return Err(ApiError::bad_request(
+            "invalid_sub",
+            format!(
+                "\"sub\" must be 1 to {MAX_SUB_LEN} characters of A-Z, a-z, 0-9, '_', '.' and '-' \
+                 (a single channel-name segment: no ':' or '*')"
+            ),
+        ));
     }
     let Some(patterns) = req["subscribe"].as_array().filter(|a| !a.is_empty()) else {
         return Err(bad(
@@ -107,7 +117,51 @@ pub(crate) fn mint(auth: &Auth, publisher: &Publisher, body: &[u8]) -> Result<Va
 
 #[cfg(test)]
 mod tests {
-    use super::valid_pattern;
+    use http::StatusCode;
+
+    use super::{mint, valid_pattern};
+    use crate::auth::{Auth, AuthSettings, Publisher};
+
+    fn minter() -> Auth {
+        Auth::build(AuthSettings {
+            jwt_secret: Some("an-hs256-secret-of-at-least-32-bytes!".into()),
+            ..AuthSettings::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_single_name_segment_is_minted_as_sub() {
+        let auth = minter();
+        let body = |sub: serde_json::Value| {
+            serde_json::json!({ "sub": sub, "subscribe": ["user:{sub}:*", "news"] }).to_string()
+        };
+        for ok in ["alice", "42", "a.b-c_D", &"x".repeat(128)] {
+            let minted = mint(&auth, &Publisher::Key, body(ok.into()).as_bytes()).unwrap();
+            assert_eq!(minted["sub"], ok);
+        }
+        let too_long = "x".repeat(129);
+        let refused = [
+            "*", "bo*", "*bob", "bob:x", ":", "", "a b", "a@b.c", "auth0|1", "{sub}", "é",
+            &too_long,
+        ];
+        for sub in refused.map(serde_json::Value::from).into_iter().chain([
+            serde_json::Value::Null,
+            42.into(),
+            serde_json::json!(["bob"]),
+        ]) {
+            let e = mint(&auth, &Publisher::Key, body(sub.clone()).as_bytes()).unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::BAD_REQUEST, "invalid_sub"),
+                "{sub}"
+            );
+            assert!(e.message.contains("\"sub\""), "{sub}: {}", e.message);
+        }
+        // A missing `sub` too.
+        let e = mint(&auth, &Publisher::Key, br#"{"subscribe": ["news"]}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_sub");
+    }
 
     #[test]
     fn patterns() {

@@ -695,3 +695,223 @@ async fn every_limit_refuses_the_next_connection_the_documented_way() {
     assert!(refused >= 4, "a burst of 10 at 5/s: {refused} refused");
     app.stop().await;
 }
+
+/// Issue 12.1: what a token may read of `channel`, as (stream status, history status).
+async fn reads(app: &TestApp, token: &str, channel: &str) -> (u16, u16) {
+    let bearer = format!("Bearer {token}");
+    let headers = [("authorization", bearer.as_str())];
+    let stream = open_with(app, &format!("/v1/channels/{channel}/events"), &headers).await;
+    let history = get(app, &format!("/v1/channels/{channel}/history"), &headers).await;
+    (stream.status().as_u16(), history.0.as_u16())
+}
+
+/// Issue 12.1: the status of a publish to `channel` with `token`.
+async fn publishes(app: &TestApp, token: &str, channel: &str) -> u16 {
+    let bearer = format!("Bearer {token}");
+    let res = app
+        .request(
+            Method::POST,
+            &format!("/v1/channels/{channel}/events"),
+            &[("authorization", &bearer)],
+            r#"{"data":1}"#,
+        )
+        .await;
+    res.status.as_u16()
+}
+
+#[tokio::test]
+async fn a_star_in_sub_never_acts_as_a_wildcard() {
+    // Issue 12.1: `{sub}` was substituted before the final `*` was read, so a `sub` ending
+    // in `*` turned `user:{sub}` into `user:*` (and `{sub}` into `*`).
+    let app = secured().await;
+    let token = |sub: &str, grants: &[&str]| hs256(&claims(sub, grants, grants), SECRET);
+    // The grants work for a real subject.
+    let bob = token("bob", &["user:{sub}", "{sub}"]);
+    assert_eq!(reads(&app, &bob, "user:bob").await, (200, 200));
+    assert_eq!(reads(&app, &bob, "bob").await, (200, 200));
+    assert_eq!(publishes(&app, &bob, "user:bob").await, 201);
+
+    let cases: [(&str, &[&str], &[&str]); 4] = [
+        ("*", &["user:{sub}"], &["user:bob", "user:alice", "user:bo"]),
+        (
+            "bo*",
+            &["user:{sub}"],
+            &["user:bob", "user:bongo", "user:bo"],
+        ),
+        ("*", &["{sub}"], &["news", "user:bob", "bob", "anything"]),
+        (
+            "*",
+            &["{sub}*", "user:{sub}:*"],
+            &["news", "user:bob:inbox"],
+        ),
+    ];
+    for (sub, grants, victims) in cases {
+        let t = token(sub, grants);
+        for victim in victims {
+            let why = format!("sub {sub:?}, grants {grants:?}, channel {victim}");
+            assert_eq!(reads(&app, &t, victim).await, (403, 403), "{why}");
+            assert_eq!(publishes(&app, &t, victim).await, 403, "{why}: publish");
+        }
+        let bearer = format!("Bearer {t}");
+        let path = format!("/v1/events?channels={}", victims.join(","));
+        let c = open_with(&app, &path, &[("authorization", &bearer)]).await;
+        assert_eq!(c.status(), StatusCode::FORBIDDEN, "sub {sub:?}: {path}");
+    }
+    // Patterns without `{sub}` do not depend on it.
+    let star = token("*", &["news", "feed:*"]);
+    assert_eq!(reads(&app, &star, "news").await, (200, 200));
+    assert_eq!(reads(&app, &star, "feed:x").await, (200, 200));
+    assert_eq!(reads(&app, &star, "user:bob").await, (403, 403));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_colon_in_sub_cannot_reach_into_another_subjects_channels() {
+    // Issue 12.1: `sub: "bob:x"` with `user:{sub}:*` read `user:bob:x:inbox`, which is
+    // `bob`'s (his `user:{sub}:*` covers it).
+    let app = secured().await;
+    let grants = ["user:{sub}:*", "user:{sub}"];
+    let bob = hs256(&claims("bob", &grants, &grants), SECRET);
+    assert_eq!(reads(&app, &bob, "user:bob:x:inbox").await, (200, 200));
+    assert_eq!(publishes(&app, &bob, "user:bob:x:inbox").await, 201);
+    for (sub, victim) in [
+        ("bob:x", "user:bob:x:inbox"),
+        ("bob:x", "user:bob:x"),
+        ("bob:inbox", "user:bob:inbox"),
+    ] {
+        let t = hs256(&claims(sub, &grants, &grants), SECRET);
+        assert_eq!(reads(&app, &t, victim).await, (403, 403), "{sub} {victim}");
+        assert_eq!(publishes(&app, &t, victim).await, 403, "{sub} {victim}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn identity_provider_tokens_follow_the_same_sub_rule() {
+    // Issue 12.1 for RS256, ES256 and JWKS tokens: one set of claims code for every source.
+    let rsa = key_file("rsa_private.pem");
+    let ec = key_file("ec_private.pem");
+    let grants = ["user:{sub}", "{sub}", "user:{sub}:*"];
+    let sign: [(&str, AuthSettings, Algorithm, &str, Option<&str>); 4] = [
+        (
+            "RS256 PEM",
+            auth(|a| {
+                a.jwt_secret = None;
+                a.jwt_public_key_pem = Some(key_file("rsa_public.pem"));
+            }),
+            Algorithm::RS256,
+            &rsa,
+            None,
+        ),
+        (
+            "ES256 PEM",
+            auth(|a| {
+                a.jwt_secret = None;
+                a.jwt_public_key_pem = Some(key_file("ec_public.pem"));
+            }),
+            Algorithm::ES256,
+            &ec,
+            None,
+        ),
+        (
+            "JWKS RS256",
+            auth(|a| {
+                a.jwt_secret = None;
+                a.jwks_json = Some(key_file("jwks.json"));
+            }),
+            Algorithm::RS256,
+            &rsa,
+            Some("rsa-1"),
+        ),
+        (
+            "JWKS ES256",
+            auth(|a| {
+                a.jwt_secret = None;
+                a.jwks_json = Some(key_file("jwks.json"));
+            }),
+            Algorithm::ES256,
+            &ec,
+            Some("ec-1"),
+        ),
+    ];
+    for (mode, settings, alg, pem, kid) in sign {
+        let app = spawn_app_with(|s| s.auth = settings).await;
+        let token = |sub: &str| signed(&claims(sub, &grants, &grants), alg, pem, kid);
+        let bob = token("bob");
+        assert_eq!(reads(&app, &bob, "user:bob").await, (200, 200), "{mode}");
+        for (sub, victim) in [
+            ("*", "user:bob"),
+            ("bo*", "user:bob"),
+            ("*", "news"),
+            ("bob:x", "user:bob:x:inbox"),
+        ] {
+            let t = token(sub);
+            let why = format!("{mode}: sub {sub:?}, channel {victim}");
+            assert_eq!(reads(&app, &t, victim).await, (403, 403), "{why}");
+            assert_eq!(publishes(&app, &t, victim).await, 403, "{why}: publish");
+        }
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn minting_refuses_a_sub_that_is_not_a_single_name_segment() {
+    // Issue 12.1: `POST /v1/tokens` minted `sub: "*"`, whose `user:{sub}` then read
+    // `user:bob`.
+    let app = secured().await;
+    let key = format!("Bearer {PUBLISHER_KEY}");
+    let mint = |sub: Value| {
+        let body = json!({ "sub": sub, "subscribe": ["user:{sub}", "user:{sub}:*", "{sub}"] });
+        let app = &app;
+        let key = &key;
+        async move {
+            app.request(
+                Method::POST,
+                "/v1/tokens",
+                &[("authorization", key)],
+                &body.to_string(),
+            )
+            .await
+        }
+    };
+    let res = mint("bob".into()).await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    let token = json(&res.body)["token"].as_str().unwrap().to_owned();
+    assert_eq!(reads(&app, &token, "user:bob").await, (200, 200));
+    assert_eq!(reads(&app, &token, "user:bobby").await, (403, 403));
+
+    let too_long = "x".repeat(129);
+    for sub in [
+        "*",
+        "bo*",
+        "bob:x",
+        ":",
+        "",
+        "a b",
+        "a@b.example",
+        "{sub}",
+        too_long.as_str(),
+    ] {
+        let res = mint(sub.into()).await;
+        assert_eq!(
+            res.status,
+            StatusCode::BAD_REQUEST,
+            "{sub:?}: {}",
+            res.text()
+        );
+        assert_eq!(res.header("content-type"), Some("application/json"));
+        let body = json(&res.body);
+        assert_eq!(body["error"]["code"], "invalid_sub", "{sub:?}");
+        assert!(body.get("token").is_none(), "{sub:?}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("\"sub\""),
+            "{sub:?}: {body}"
+        );
+    }
+    let res = mint(Value::Null).await;
+    assert_eq!(json(&res.body)["error"]["code"], "invalid_sub");
+    app.stop().await;
+}
