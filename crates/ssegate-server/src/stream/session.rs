@@ -112,9 +112,17 @@ impl std::fmt::Debug for Session {
 
 static HEARTBEAT: Bytes = Bytes::from_static(sse::HEARTBEAT);
 
-/// What one catch-up page may hold, roughly: the page size shrinks for large events so
-/// that a slow consumer being caught up never pins more than this (plus one event).
+/// What one catch-up chunk may hold: a stream being replayed or caught up pins at most
+/// this plus one event's frame, whatever its client does. The first read of a stream is
+/// sized for the largest possible events (see [`first_page_limit`]); later reads adapt to
+/// the sizes seen, so small events still replay in large pages.
 const REPLAY_BUDGET: usize = 128 * 1024;
+
+/// Events in a stream's first history read: before any size is known, as many as fit in
+/// the budget if every event had the largest allowed data.
+fn first_page_limit(settings: &crate::settings::Settings) -> usize {
+    (REPLAY_BUDGET / settings.max_event_size.max(1)).clamp(1, settings.replay_page_size.max(1))
+}
 
 /// Retry delays for history reads while the broker is unreachable.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -177,7 +185,7 @@ impl Session {
             backoff: None,
             backoff_step: BACKOFF_MIN,
             expiry: None,
-            page_limit: state.settings.replay_page_size.max(1),
+            page_limit: first_page_limit(&state.settings),
             close_reason: CloseReason::ClientGone,
             finished: false,
             next_poll: 0,
@@ -363,9 +371,16 @@ impl Session {
             self.pending
                 .push_back(sse::sync_required_frame(&id, name.as_str(), reason));
         }
-        // One coalesced chunk per page: replay is about throughput, not sharing.
+        // One coalesced chunk per page: replay is about throughput, not sharing. The chunk
+        // stops at the budget (plus the event that crossed it); the rest of the page is
+        // read again next time rather than held for a client that may not be reading.
         let mut replayed = 0u64;
+        let mut cut = false;
         for ev in &page.events {
+            if self.buf.len() >= REPLAY_BUDGET {
+                cut = true;
+                break;
+            }
             if ev.id > self.chans[i].cursor {
                 self.chans[i].cursor = ev.id;
                 self.write_event(i, ev, true);
@@ -379,14 +394,13 @@ impl Session {
             Stats::add_n(&self.state.stats.deliveries, replayed);
         }
         if !self.buf.is_empty() {
-            let bytes = self.buf.len();
-            let per_event = bytes / page.events.len().max(1);
+            let per_event = self.buf.len() / usize::try_from(replayed).unwrap_or(1).max(1);
             self.page_limit = (REPLAY_BUDGET / per_event.max(1))
                 .clamp(1, self.state.settings.replay_page_size.max(1));
             let chunk = self.buf.split().freeze();
             self.pending.push_back(chunk);
         }
-        if !page.has_more() {
+        if !cut && !page.has_more() {
             self.chans[i].catching_up = false;
         }
     }

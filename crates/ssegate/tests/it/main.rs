@@ -21,6 +21,7 @@ mod open_race;
 mod protocol;
 mod pubsub_recovery;
 mod redis_server;
+mod replay_bounds;
 mod resume;
 mod security;
 mod slow_consumer;

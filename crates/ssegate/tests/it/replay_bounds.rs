@@ -1,0 +1,81 @@
+//! A resuming stream whose client never reads pins one bounded replay chunk, not a page
+//! sized by event count (256 events of 64 KiB were 16 MiB per stream).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use ssegate_client::HttpClient;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::helpers::{TestProcess, WAIT, json, spawn_process};
+
+const EVENTS: usize = 600;
+const DATA: usize = 60_000;
+const STREAMS: usize = 40;
+
+async fn publish_big(node: &TestProcess) {
+    let http = HttpClient::new();
+    let data = "x".repeat(DATA);
+    for batch in 0..EVENTS / 15 {
+        let events: Vec<_> = (0..15)
+            .map(|i| serde_json::json!({"channel": "big", "data": format!("{batch}-{i} {data}")}))
+            .collect();
+        let body = serde_json::json!({ "events": events }).to_string();
+        let res = http
+            .post(&node.url("/v1/publish"), "application/json", Bytes::from(body))
+            .await
+            .unwrap();
+        assert!(res.status.is_success(), "{}", res.text());
+    }
+}
+
+async fn stats(node: &TestProcess) -> serde_json::Value {
+    let admin = node.admin.unwrap();
+    let res = HttpClient::new()
+        .get(&format!("http://{admin}/v1/stats"))
+        .await
+        .unwrap();
+    assert_eq!(res.status, StatusCode::OK);
+    json(&res.body)
+}
+
+#[tokio::test]
+async fn unread_resuming_streams_pin_one_bounded_chunk_each() {
+    let node = spawn_process(&[]).await;
+    publish_big(&node).await;
+    let before = node.rss_kib();
+    // Streams that ask for everything retained and never read a byte.
+    let mut socks = Vec::new();
+    for _ in 0..STREAMS {
+        let mut s = TcpStream::connect(node.addr).await.unwrap();
+        s.write_all(b"GET /v1/channels/big/events?lastEventId=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        socks.push(s);
+    }
+    // Wait until every stream is open and the node has stopped writing (the sockets'
+    // buffers are full and every session holds what it could not write).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last = None;
+    loop {
+        let s = stats(&node).await;
+        let now = (s["streams"].as_u64(), s["deliveries"].as_u64());
+        if now.0 == Some(STREAMS as u64) && last == Some(now) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "stats: {s}");
+        last = Some(now);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let grown = node.rss_kib().saturating_sub(before);
+    let per_stream = grown / STREAMS as u64;
+    // The budget is 128 KiB plus one event; allow for allocator slack and the stream's
+    // own state. A page sized by count alone was ~16 MiB per stream.
+    assert!(
+        per_stream < 1024,
+        "each unread resuming stream grew the node by {per_stream} KiB ({grown} KiB for {STREAMS})"
+    );
+    drop(socks);
+}
