@@ -186,13 +186,37 @@ impl App {
     }
 }
 
+/// Streams one HTTP/2 connection may carry at once (what nginx and browsers expect).
+pub const H2_MAX_STREAMS: u32 = 100;
+/// What hyper buffers for one HTTP/2 stream's response beyond the chunk it is writing.
+/// With the session's own bound (one replay chunk, see `stream::session`), an h2 stream
+/// whose client reads nothing pins about 128 KiB + one event + this, and an h2 connection
+/// at most [`H2_MAX_STREAMS`] times that.
+pub const H2_SEND_BUFFER: usize = 16 * 1024;
+/// An HTTP/1.1 connection's read buffer (so the largest request head hyper takes) and
+/// write queue: a stream that hyper serves over HTTP/1.1 pins at most this beyond its
+/// session's chunk. Four times the front's head limit, hyper's is the one heads past
+/// the front's buffer meet.
+pub const H1_BUFFER: usize = 64 * 1024;
+/// Flow-control windows for what clients send (publish bodies): a connection holds at
+/// most this much that the node has not read yet.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
 fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(H1_BUFFER)
         .keep_alive(true);
-    b.http2().timer(TokioTimer::new());
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_send_buf_size(H2_SEND_BUFFER)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_header_list_size(64 * 1024);
     b
 }
 

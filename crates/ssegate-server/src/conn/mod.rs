@@ -29,6 +29,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::Response;
 use hyper::service::service_fn;
@@ -36,6 +37,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::body::Body;
 
@@ -62,14 +64,14 @@ pub(crate) async fn serve(
     graceful: Option<Watcher>,
 ) {
     if front.which == Listener::Admin {
-        return serve_hyper(stream, peer, &front, graceful).await;
+        return serve_hyper(stream, peer, &front, graceful, None).await;
     }
     loop {
         let (res, close) = match next_request(&stream, peer, &front).await {
             Next::Gone => return,
-            Next::Hyper(buf) => {
+            Next::Hyper(buf, head_deadline) => {
                 let io = Prefixed::new(buf, stream);
-                return serve_hyper(io, peer, &front, graceful).await;
+                return serve_hyper(io, peer, &front, graceful, Some(head_deadline)).await;
             }
             Next::Respond(res, close) => (res, close),
         };
@@ -84,8 +86,9 @@ pub(crate) async fn serve(
 enum Next {
     /// The client left, or was too slow with its head.
     Gone,
-    /// Hyper serves the connection from here, starting with these bytes.
-    Hyper(Vec<u8>),
+    /// Hyper serves the connection from here, starting with these bytes; its first
+    /// request head must be complete by the deadline (the front's own, not a new one).
+    Hyper(Vec<u8>, Instant),
     /// The SSE front answers, closing the connection after if `true`.
     Respond(Response<Body>, bool),
 }
@@ -95,11 +98,12 @@ enum Next {
 async fn next_request(stream: &TcpStream, peer: SocketAddr, front: &Front) -> Next {
     let state = &front.state;
     let mut buf = Vec::new();
+    let deadline = Instant::now() + state.settings.header_read_timeout;
     let read = std::future::poll_fn(|cx| head::poll_read(stream, &mut buf, cx));
-    match tokio::time::timeout(state.settings.header_read_timeout, read).await {
+    match tokio::time::timeout_at(deadline, read).await {
         // Slowloris (or an idle keep-alive connection): cut it.
         Err(_) | Ok(Head::Gone) => Next::Gone,
-        Ok(Head::Other) => Next::Hyper(buf),
+        Ok(Head::Other) => Next::Hyper(buf, deadline),
         Ok(Head::Stream { mut req, close }) => {
             req.extensions_mut().insert(RemoteAddr(peer));
             let res = router::route_stream(state, &req).await;
@@ -108,14 +112,25 @@ async fn next_request(stream: &TcpStream, peer: SocketAddr, front: &Front) -> Ne
     }
 }
 
-/// Serves a connection with hyper (HTTP/1.1 or h2c) until it ends.
-async fn serve_hyper<I>(io: I, peer: SocketAddr, front: &Front, graceful: Option<Watcher>)
-where
+/// Serves a connection with hyper (HTTP/1.1 or h2c) until it ends. With `head_deadline`
+/// (a connection the front began reading), the connection is cut unless its first request
+/// reaches the service by then: hyper's own header timeout starts when it takes over, so a
+/// slowloris head handed over just in time would otherwise get the whole timeout again.
+async fn serve_hyper<I>(
+    io: I,
+    peer: SocketAddr,
+    front: &Front,
+    graceful: Option<Watcher>,
+    head_deadline: Option<Instant>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let state = front.state.clone();
     let which = front.which;
+    let first_seen = Arc::new(AtomicBool::new(false));
+    let seen = first_seen.clone();
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        seen.store(true, Ordering::Relaxed);
         req.extensions_mut().insert(RemoteAddr(peer));
         let state = state.clone();
         async move { Ok::<_, std::convert::Infallible>(router::route(state, req, which).await) }
@@ -128,7 +143,21 @@ where
         Some(g) => Box::pin(g.watch(conn)),
         None => Box::pin(conn),
     };
-    if let Err(e) = fut.await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    let head_late = async {
+        match head_deadline {
+            Some(at) => {
+                tokio::time::sleep_until(at).await;
+                if first_seen.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        res = fut => if let Err(e) = res {
+            tracing::debug!(error = %e, "connection ended with an error");
+        },
+        () = head_late => tracing::debug!("request head not complete in time: connection cut"),
     }
 }

@@ -36,7 +36,8 @@ const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 pub(super) enum Ended {
     /// Completely written: the connection may carry another request.
     Complete,
-    /// The client went away, or a write failed.
+    /// The client went away, a write failed, or the client sent bytes during its stream:
+    /// the connection closes.
     Gone,
 }
 
@@ -62,6 +63,7 @@ pub(super) fn respond(stream: &TcpStream, res: Response<Body>, close: bool) -> R
         size: ChunkSize::new(0),
         written: 0,
         last: false,
+        discarded: false,
     }
 }
 
@@ -115,6 +117,12 @@ pub(super) struct Respond<'a> {
     /// The session has ended: the last chunk follows, and `frames` is not polled again.
     /// A chunk is being written exactly when `n > 0 || last`.
     last: bool,
+    /// The client sent bytes while its stream ran. They were read and dropped (a stream
+    /// request has no body, and nothing can answer a pipelined request meanwhile), so the
+    /// connection must not carry another request: whatever follows them would be read
+    /// from the middle of something (request smuggling), and a pipelined request would
+    /// never be answered.
+    discarded: bool,
 }
 
 impl std::fmt::Debug for Respond<'_> {
@@ -127,8 +135,8 @@ impl std::fmt::Debug for Respond<'_> {
 
 impl Respond<'_> {
     /// Whether the client has closed its side (or the socket failed). Anything a
-    /// client sends while its stream runs is read and dropped.
-    fn peer_gone(&self, cx: &mut Context<'_>) -> bool {
+    /// client sends while its stream runs is read and dropped (see `discarded`).
+    fn peer_gone(&mut self, cx: &mut Context<'_>) -> bool {
         let mut scratch = [0u8; 64];
         for _ in 0..16 {
             match self.stream.poll_read_ready(cx) {
@@ -136,7 +144,7 @@ impl Respond<'_> {
                 Poll::Ready(Err(_)) => return true,
                 Poll::Ready(Ok(())) => match self.stream.try_read(&mut scratch) {
                     Ok(0) => return true,
-                    Ok(_) => {}
+                    Ok(_) => self.discarded = true,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => return true,
                 },
@@ -261,7 +269,11 @@ impl Future for Respond<'_> {
                     }
                     this.n = 0;
                     if this.last {
-                        return Poll::Ready(Ended::Complete);
+                        return Poll::Ready(if this.discarded {
+                            Ended::Gone
+                        } else {
+                            Ended::Complete
+                        });
                     }
                 }
                 Err(_) => return Poll::Ready(Ended::Gone),

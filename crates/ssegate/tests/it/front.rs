@@ -94,8 +94,13 @@ async fn a_stream_is_a_well_formed_chunked_response() {
     ] {
         assert!(head.contains(h), "{h} in {head}");
     }
-    // Each chunk: its hex size line, exactly that many bytes, CRLF.
-    for expect in ["retry: ", "id: "] {
+    // Publish right after the head, as a client would (never waiting for the opening
+    // frame). Frames that are ready together may share a chunk.
+    let id = app.publish("wire", "hello").await;
+    let mut body = String::new();
+    let mut chunks = 0;
+    while !body.ends_with("data: hello\n\n") {
+        // Each chunk: its hex size line, exactly that many bytes, CRLF.
         let size = raw.until(b"\r\n").await;
         let size = usize::from_str_radix(size.trim_end(), 16).unwrap();
         while raw.buf.len() < size + 2 {
@@ -103,13 +108,24 @@ async fn a_stream_is_a_well_formed_chunked_response() {
         }
         let chunk: Vec<u8> = raw.buf.drain(..size + 2).collect();
         let chunk = String::from_utf8(chunk).unwrap();
-        assert!(chunk.starts_with(expect), "{chunk:?}");
-        assert!(chunk.ends_with("\n\n\r\n"), "{chunk:?}");
-        if expect == "retry: " {
-            // A published event arrives as the next chunk.
-            app.publish("wire", "hello").await;
+        if chunks == 0 {
+            assert!(chunk.starts_with("retry: "), "{chunk:?}");
         }
+        assert!(chunk.ends_with("\n\n\r\n"), "{chunk:?}");
+        body.push_str(&chunk[..size]);
+        chunks += 1;
     }
+    // The opening frame (retry + id only), then the event, as its own frame.
+    let frames: Vec<&str> = body.split_terminator("\n\n").collect();
+    assert_eq!(frames.len(), 2, "{body:?}");
+    let opening: Vec<&str> = frames[0].lines().collect();
+    assert!(opening[0].starts_with("retry: "), "{body:?}");
+    assert!(opening[1].starts_with("id: "), "{body:?}");
+    assert_eq!(opening.len(), 2, "{body:?}");
+    assert!(
+        frames[1].starts_with(&format!("id: {id}\n")),
+        "the published event: {body:?}"
+    );
     app.stop().await;
 }
 
@@ -198,5 +214,108 @@ async fn heads_the_front_does_not_take_are_served_by_hyper() {
     let text = raw.until(b"\n\n").await.to_ascii_lowercase();
     assert!(text.starts_with("http/1.0 200 ok\r\n"), "{text}");
     assert!(!text.contains("transfer-encoding"), "{text}");
+    app.stop().await;
+}
+
+const SECRET: &str = "a-secret-for-the-front-tests-of-32-bytes";
+
+/// A token for every channel that expires `secs` from now. With auth on, a stream ends at
+/// its token's `exp` (`token-expired`) and keeps the connection: a stream that ends by
+/// itself.
+fn token(secs: u64) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + secs;
+    let claims = serde_json::json!({"sub": "f", "exp": exp, "ssegate": {"subscribe": ["*"]}});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn bytes_sent_during_a_stream_close_the_connection_after_it() {
+    // A header timeout longer than the test's patience: a connection kept after the
+    // stream would be seen waiting, not cut by the timeout.
+    let app = spawn_app_with(|s| {
+        s.auth.jwt_secret = Some(SECRET.into());
+        s.header_read_timeout = WAIT * 2;
+    })
+    .await;
+    let token = token(1);
+    let mut raw = Raw::connect(app.addr).await;
+    raw.send(
+        format!(
+            "GET /v1/channels/p/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let head = raw.until(b"\r\n\r\n").await.to_ascii_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    // While the stream runs: a pipelined request, and one whose body carries another
+    // request (smuggling). The stream cannot answer them, so neither may ever run.
+    let inner = "POST /v1/channels/smuggled/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{\"data\":\"x\"}";
+    let outer = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nPOST /v1/channels/p/events HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{inner}",
+        inner.len()
+    );
+    raw.send(outer.as_bytes()).await;
+    // The stream ends (token-expired, last chunk) and then the connection closes at once:
+    // it is not kept for a next request whose first bytes were dropped (the pipelined
+    // `/healthz` would wait for an answer forever).
+    let end = raw.until(b"0\r\n\r\n").await;
+    assert!(end.contains("event: token-expired"), "{end}");
+    let rest = raw.eof().await;
+    assert!(
+        rest.is_empty(),
+        "nothing is answered after the stream: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    let bearer = format!("Bearer {}", self::token(60));
+    let history = app
+        .request(
+            http::Method::GET,
+            "/v1/channels/smuggled/history",
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await;
+    let events = json(&history.body)["events"].as_array().unwrap().len();
+    assert_eq!(events, 0, "a request smuggled during a stream never runs");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_head_handed_to_hyper_keeps_the_front_s_deadline() {
+    let timeout = Duration::from_secs(2);
+    let app = spawn_app_with(|s| s.header_read_timeout = timeout).await;
+    let mut raw = Raw::connect(app.addr).await;
+    let start = tokio::time::Instant::now();
+    raw.send(b"GET /v1/channels/slow/events HTTP/1.1\r\nHost: x\r\n")
+        .await;
+    // Most of the timeout later, more header than the front buffers (16 KiB), still
+    // unfinished: the front hands the head to hyper, which must not start a new timeout.
+    tokio::time::sleep(timeout * 3 / 4).await;
+    let big = format!("X-Big: {}\r\n", "x".repeat(20 * 1024));
+    raw.send(big.as_bytes()).await;
+    let rest = raw.eof().await;
+    let cut_after = start.elapsed();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || rest.starts_with("HTTP/1.1 408"),
+        "{rest}"
+    );
+    // Cut at the front's deadline, not a whole timeout after the hand-off (which would be
+    // 1.75 x the timeout). The margin is for a busy machine; the bound is a correctness
+    // one (the deadline), not a speed.
+    assert!(
+        cut_after < timeout * 3 / 2,
+        "a slow head lived {cut_after:?} with a {timeout:?} header timeout"
+    );
     app.stop().await;
 }

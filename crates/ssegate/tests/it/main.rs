@@ -15,6 +15,7 @@ mod drain;
 mod errors;
 mod front;
 mod helpers;
+mod hyper_bounds;
 mod lb;
 mod observability;
 mod open_race;

@@ -15,7 +15,8 @@ const EVENTS: usize = 600;
 const DATA: usize = 60_000;
 const STREAMS: usize = 40;
 
-async fn publish_big(node: &TestProcess) {
+/// `EVENTS` events of `DATA` bytes on channel `big`.
+pub async fn publish_big(node: &TestProcess) {
     let http = HttpClient::new();
     let data = "x".repeat(DATA);
     for batch in 0..EVENTS / 15 {
@@ -24,21 +25,36 @@ async fn publish_big(node: &TestProcess) {
             .collect();
         let body = serde_json::json!({ "events": events }).to_string();
         let res = http
-            .post(&node.url("/v1/publish"), "application/json", Bytes::from(body))
+            .post(
+                &node.url("/v1/publish"),
+                "application/json",
+                Bytes::from(body),
+            )
             .await
             .unwrap();
         assert!(res.status.is_success(), "{}", res.text());
     }
 }
 
-async fn stats(node: &TestProcess) -> serde_json::Value {
+/// Waits until `streams` streams are open and the node has stopped writing (the sockets'
+/// buffers are full and every session holds what it could not write).
+pub async fn settled(node: &TestProcess, streams: u64) {
     let admin = node.admin.unwrap();
-    let res = HttpClient::new()
-        .get(&format!("http://{admin}/v1/stats"))
-        .await
-        .unwrap();
-    assert_eq!(res.status, StatusCode::OK);
-    json(&res.body)
+    let http = HttpClient::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last = None;
+    loop {
+        let res = http.get(&format!("http://{admin}/v1/stats")).await.unwrap();
+        assert_eq!(res.status, StatusCode::OK);
+        let s = json(&res.body);
+        let now = (s["streams"].as_u64(), s["deliveries"].as_u64());
+        if now.0 == Some(streams) && last == Some(now) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "stats: {s}");
+        last = Some(now);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test]
@@ -55,20 +71,7 @@ async fn unread_resuming_streams_pin_one_bounded_chunk_each() {
             .unwrap();
         socks.push(s);
     }
-    // Wait until every stream is open and the node has stopped writing (the sockets'
-    // buffers are full and every session holds what it could not write).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut last = None;
-    loop {
-        let s = stats(&node).await;
-        let now = (s["streams"].as_u64(), s["deliveries"].as_u64());
-        if now.0 == Some(STREAMS as u64) && last == Some(now) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "stats: {s}");
-        last = Some(now);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    settled(&node, STREAMS as u64).await;
     let grown = node.rss_kib().saturating_sub(before);
     let per_stream = grown / STREAMS as u64;
     // The budget is 128 KiB plus one event; allow for allocator slack and the stream's
