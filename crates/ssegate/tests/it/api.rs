@@ -16,12 +16,14 @@ async fn publish_then_receive_on_a_single_channel_stream() {
     );
     assert_eq!(conn.headers()["cache-control"], "no-cache, no-transform");
     assert_eq!(conn.headers()["x-accel-buffering"], "no");
+    // Publish right after the head, as a real client's publisher would; the opening
+    // frame still announces the position the stream started at, before the event.
+    let id = app.publish("news", "hello").await;
     let first = opening_id(&mut conn).await;
     assert!(
         first.ends_with("-0-0"),
         "fresh channel starts at 0-0: {first}"
     );
-    let id = app.publish("news", "hello").await;
     let got = events(&mut conn, 1).await;
     assert_eq!(got[0].data, "hello");
     assert_eq!(got[0].event, "message");
@@ -33,7 +35,6 @@ async fn publish_then_receive_on_a_single_channel_stream() {
 async fn events_keep_their_type_and_json_data() {
     let app = spawn_app().await;
     let mut conn = app.stream("/v1/channels/typed/events", None).await;
-    opening_id(&mut conn).await;
     let res = app
         .request(
             Method::POST,
@@ -57,15 +58,15 @@ async fn multi_channel_stream_gets_every_channel_with_composite_ids() {
     let mut conn = app
         .stream("/v1/events?channel=b&channels=a,c&channel=a", None)
         .await;
+    app.publish("a", "on a").await;
+    app.publish("zzz", "not subscribed").await;
+    app.publish("c", "on c").await;
     let first = opening_id(&mut conn).await;
     assert_eq!(
         first.matches('.').count(),
         4,
         "epoch, checksum, three channels: {first}"
     );
-    app.publish("a", "on a").await;
-    app.publish("zzz", "not subscribed").await;
-    app.publish("c", "on c").await;
     let got = events(&mut conn, 2).await;
     assert_eq!(got[0].data, "on a");
     assert_eq!(got[1].data, "on c");
@@ -82,7 +83,6 @@ async fn multi_channel_stream_gets_every_channel_with_composite_ids() {
 async fn batch_publish_answers_ids_in_request_order() {
     let app = spawn_app().await;
     let mut a = app.stream("/v1/channels/a/events", None).await;
-    opening_id(&mut a).await;
     let res = app
         .request(
             Method::POST,

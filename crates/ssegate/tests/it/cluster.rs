@@ -75,8 +75,6 @@ async fn three_nodes_deliver_across_nodes() {
     );
     let mut on_b = stream(&nodes[1], "/v1/channels/x/events", None).await;
     let mut on_c = stream(&nodes[2], "/v1/events?channels=x,y", None).await;
-    opening_id(&mut on_b).await;
-    opening_id(&mut on_c).await;
     let (status, id) = publish(&http, &nodes[0], "x", "from A").await;
     assert_eq!(status, StatusCode::CREATED);
     let b = events(&mut on_b, 1).await;
@@ -120,14 +118,15 @@ async fn failover(signal: &str) {
             let mut source = EventSource::new(urls, ConnectOptions::default())
                 .with_retry_override(Some(Duration::from_millis(50)));
             let mut got: Vec<usize> = Vec::with_capacity(EVENTS);
-            let mut announced = false;
+            let mut opened_once = false;
             while got.len() < EVENTS {
                 match tokio::time::timeout(WAIT, source.next())
                     .await
                     .expect("subscriber stalled")
                 {
-                    Ok(SourceItem::Item(Item::LastEventId(_))) if !announced => {
-                        announced = true;
+                    // The head (`open`), not the id-only frame: what a browser reports.
+                    Ok(SourceItem::Open { .. }) if !opened_once => {
+                        opened_once = true;
                         let _ = opened.send(()).await;
                     }
                     Ok(SourceItem::Item(Item::Event(e))) => {
@@ -229,7 +228,6 @@ async fn a_multi_channel_subscriber_resumes_on_another_node() {
     let http = HttpClient::new();
     let path = "/v1/events?channels=p,q";
     let mut on_a = stream(&nodes[0], path, None).await;
-    opening_id(&mut on_a).await;
     publish(&http, &nodes[0], "p", "p0").await;
     publish(&http, &nodes[1], "q", "q0").await;
     let seen = events(&mut on_a, 2).await;

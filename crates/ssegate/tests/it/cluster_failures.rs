@@ -7,7 +7,7 @@ use http::StatusCode;
 use ssegate_client::{HttpClient, Item};
 
 use crate::cluster::{cluster, publish, stream};
-use crate::helpers::{WAIT, events, json, next_item, opening_id, sync_reasons_then_event};
+use crate::helpers::{WAIT, events, json, next_item, sync_reasons_then_event};
 use crate::redis_server::RedisServer;
 
 #[tokio::test]
@@ -17,9 +17,7 @@ async fn killing_the_pubsub_connection_loses_nothing() {
     let http = HttpClient::new();
     let mut subs = Vec::new();
     for _ in 0..5 {
-        let mut c = stream(&nodes[1], "/v1/channels/k/events", None).await;
-        opening_id(&mut c).await;
-        subs.push(c);
+        subs.push(stream(&nodes[1], "/v1/channels/k/events", None).await);
     }
     let mut n = 0;
     for _ in 0..20 {
@@ -55,7 +53,6 @@ async fn a_redis_restart_with_persistence_keeps_subscribers_and_loses_nothing_ac
     let nodes = cluster(&redis, 2, &[("SSEGATE_HEARTBEAT_INTERVAL", "200ms")]).await;
     let http = HttpClient::new();
     let mut sub = stream(&nodes[1], "/v1/channels/r/events", None).await;
-    opening_id(&mut sub).await;
     let mut acked = Vec::new();
     for i in 0..10 {
         let (status, _) = publish(&http, &nodes[0], "r", &format!("before{i}")).await;
@@ -127,7 +124,6 @@ async fn a_redis_that_lost_its_data_is_an_epoch_change_never_a_silent_gap() {
     let nodes = cluster(&redis, 2, &[]).await;
     let http = HttpClient::new();
     let mut live = stream(&nodes[1], "/v1/channels/w/events", None).await;
-    opening_id(&mut live).await;
     let (_, first) = publish(&http, &nodes[0], "w", "old").await;
     assert_eq!(events(&mut live, 1).await[0].data, "old");
     for i in 0..3 {

@@ -154,6 +154,14 @@ pub async fn events(conn: &mut Connection, n: usize) -> Vec<Event> {
 }
 
 /// Reads the opening frame (`retry:` + id-only event) and returns the announced id.
+///
+/// Only for tests that assert on the opening frame itself (the id echoes the cursor, is
+/// the current position, `retry:` comes first) or need its id as a value. Never use it
+/// as a synchronisation point: a stream starts at its response head (see "Delivery
+/// semantics" in DESIGN.md), [`TestApp::stream`] and `Connection::open` return once the
+/// head has arrived, and no real client waits for this frame (a browser's `EventSource`
+/// only reports `open`). Publish right after the head; [`events`] skips the id-only
+/// frame later.
 pub async fn opening_id(conn: &mut Connection) -> String {
     let mut saw_retry = false;
     loop {

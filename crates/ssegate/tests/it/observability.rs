@@ -6,7 +6,7 @@ use std::time::Duration;
 use ssegate_client::HttpClient;
 
 use crate::cluster::{publish, stream};
-use crate::helpers::{TestProcess, WAIT, events, json, next_item, opening_id, spawn_process};
+use crate::helpers::{TestProcess, WAIT, events, json, next_item, spawn_process};
 
 /// Parses the Prometheus text format into `name{labels}` → value.
 fn scrape_text(text: &str) -> HashMap<String, f64> {
@@ -51,8 +51,6 @@ async fn metrics_count_exactly_what_a_scripted_scenario_did() {
     // Two live subscribers.
     let mut a = stream(&node, "/v1/channels/m/events", None).await;
     let mut b = stream(&node, "/v1/channels/m/events", None).await;
-    opening_id(&mut a).await;
-    opening_id(&mut b).await;
     // Seven publishes; each subscriber receives all of them.
     let mut ids = Vec::new();
     for i in 0..7 {
@@ -183,8 +181,7 @@ async fn the_cluster_view_lists_live_nodes_and_drops_dead_ones() {
     assert_eq!(n2["address"], nodes[1].addr.to_string());
     assert!(n2["version"].is_string());
     // A stream on node2 shows up in its entry.
-    let mut conn = stream(&nodes[1], "/v1/channels/v/events", None).await;
-    opening_id(&mut conn).await;
+    let conn = stream(&nodes[1], "/v1/channels/v/events", None).await;
     view_until(&nodes[0], |v| {
         v["nodes"][1]["connections"] == 1 && v["nodes"][1]["channels"] == 1
     })
@@ -288,7 +285,6 @@ async fn a_publish_and_its_delivery_on_another_node_share_one_trace() {
     ];
     let nodes = crate::cluster::cluster(&redis, 2, &env).await;
     let mut sub = stream(&nodes[1], "/v1/channels/traced/events", None).await;
-    opening_id(&mut sub).await;
     let http = HttpClient::new();
     publish(&http, &nodes[0], "traced", "hello").await;
     assert_eq!(events(&mut sub, 1).await[0].data, "hello");

@@ -54,7 +54,6 @@ async fn the_id_only_first_frame_lets_a_client_that_got_nothing_resume() {
 async fn reconnect_with_last_event_id_gets_every_event_exactly_once_in_order() {
     let app = spawn_app().await;
     let mut conn = app.stream("/v1/channels/seq/events", None).await;
-    opening_id(&mut conn).await;
     publish_n(&app, "seq", 0, 10).await;
     let first = events(&mut conn, 10).await;
     let last = first.last().unwrap().id.clone();
@@ -160,7 +159,6 @@ async fn a_multi_channel_stream_resumes_every_channel_from_its_composite_id() {
     let app = spawn_app().await;
     let path = "/v1/events?channels=x,y";
     let mut conn = app.stream(path, None).await;
-    opening_id(&mut conn).await;
     app.publish("x", "x0").await;
     app.publish("y", "y0").await;
     let seen = events(&mut conn, 2).await;
@@ -203,7 +201,6 @@ async fn a_multi_channel_gap_is_signalled_for_the_trimmed_channel_only() {
     let app = spawn_app_with(|s| s.history.max_len = 3).await;
     let path = "/v1/events?channels=p,q";
     let mut conn = app.stream(path, None).await;
-    opening_id(&mut conn).await;
     app.publish("p", "p0").await;
     app.publish("q", "q0").await;
     let seen = events(&mut conn, 2).await;

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use ssegate_client::{ConnectOptions, Connection, HttpClient, Item};
 
-use crate::helpers::{TestProcess, WAIT, json, opening_id, spawn_process};
+use crate::helpers::{TestProcess, WAIT, json, spawn_process};
 use crate::redis_server::RedisServer;
 
 const EVENTS: usize = 10_000;
@@ -65,13 +65,13 @@ async fn flood(stalled: usize, env: &[(&str, &str)]) -> (u64, TestProcess, Vec<C
     let node = spawn_process(&all).await;
     let mut subs = Vec::new();
     for _ in 0..stalled {
-        let mut conn = Connection::open(
+        let conn = Connection::open(
             &node.url("/v1/channels/flood/events"),
             &ConnectOptions::default(),
         )
         .await
         .unwrap();
-        opening_id(&mut conn).await;
+        assert_eq!(conn.status(), StatusCode::OK);
         subs.push(conn);
     }
     let before = node.rss_kib();
