@@ -10,6 +10,7 @@ mod abuse;
 mod api;
 mod cluster;
 mod cluster_failures;
+mod churn;
 mod config;
 mod drain;
 mod errors;
