@@ -2,9 +2,11 @@
 # Smoke test of the load generator: every scenario once at a small size against real
 # ssegate processes (one node with the embedded broker; then redis-server + three nodes
 # for the cluster scenarios), each run with --check: it fails on any gap, duplicate,
-# missing event or subscriber that never went live. No timing is asserted.
+# missing event or subscriber that never went live. No timing is asserted. Then one
+# run of the randomized history checker (`check`, about 50 s) against three nodes.
 #
 # Usage: loadtest/smoke.sh   (SMOKE_SUBSCRIBERS=200 SMOKE_SECONDS=2 by default;
+#        SMOKE_CHECK_SECONDS=45 for the checker, SMOKE_CHECK_SEED to pin its seed;
 #        SSEGATE_BIN=path to test that gateway binary instead of building one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,4 +97,17 @@ done
   run reconnect-storm $CLUSTER --rate 50
   run failover $CLUSTER --rate 50 --kill-pid "$KILL"
 }
-echo "loadtest smoke: 6 scenarios, 0 gaps, 0 duplicates"
+# The randomized history checker: it starts its own Redis (AOF) and three nodes, runs
+# random clients, idempotent publishers and seeded faults (node SIGKILL/SIGTERM, pub/sub
+# kills, Redis restart and DEBUG SLEEP, stalled clients) and checks every session against
+# the delivery contract. A fresh seed each run (printed; SMOKE_CHECK_SEED pins one).
+CHECK_S=${SMOKE_CHECK_SECONDS:-45}
+echo "== loadtest smoke: check --duration $CHECK_S --nodes 3 (faults on)"
+if ! "$LT" check --duration "$CHECK_S" --nodes 3 --gateway-bin "$GW" \
+  ${SMOKE_CHECK_SEED:+--seed "$SMOKE_CHECK_SEED"} >"$WORK/check.out" 2>"$WORK/check.err"; then
+  cat "$WORK/check.err" "$WORK/check.out" >&2
+  echo "loadtest smoke FAILED: check" >&2
+  exit 1
+fi
+tail -n 1 "$WORK/check.out"
+echo "loadtest smoke: 6 scenarios, 0 gaps, 0 duplicates; history check: 0 anomalies"

@@ -34,6 +34,10 @@ pub(crate) enum Cmd {
     Failover(ScenarioCmd),
     /// Runs one scenario against ssegate and against a peer, prints both and the ratios.
     Compare(CompareCmd),
+    /// Randomized history check of a Redis cluster it starts itself: random clients,
+    /// idempotent publishers and seeded faults, then every session checked against the
+    /// delivery contract (exit status 1 on any anomaly).
+    Check(crate::check::CheckArgs),
     /// Regenerates docs/benchmarks.md (and its SVG charts) from result JSON files.
     Report(ReportCmd),
     /// Internal: one worker process of a run (talks JSON lines on stdin/stdout).

@@ -11,6 +11,8 @@
 //! # Layout
 //!
 //! * [`cli`] — the command line (clap).
+//! * [`check`] — `check`: the randomized history checker of the delivery contract
+//!   (starts Redis and the nodes itself, injects faults, checks every session).
 //! * [`target`] — node base URLs, URL shapes per flavor (ssegate, nchan, node), the
 //!   loopback-only rule.
 //! * [`scenarios`] — what each scenario does ([`scenarios::Setup`]) and the shared runner
@@ -29,6 +31,7 @@
 
 #![forbid(unsafe_code)]
 
+mod check;
 mod cli;
 mod compare;
 mod payload;
@@ -94,6 +97,7 @@ async fn coordinator(cmd: Cmd) -> anyhow::Result<bool> {
             emit(&c.run, &cmp, &cmp.markdown(&[]))?;
             return Ok(!c.run.check || (cmp.ssegate.ok && cmp.peer.ok));
         }
+        Cmd::Check(c) => return check::run(c).await,
         Cmd::Report(r) => {
             report::generate(&r)?;
             return Ok(true);
