@@ -53,12 +53,12 @@ pub(crate) fn route_stream<B>(
     req: &Request<B>,
 ) -> impl Future<Output = Response<Body>> + Send + 'static {
     let gate = cors_gate(state, req, Listener::Public);
-    let parsed = match stream_route(req.uri().path()) {
-        Some(StreamRoute::One(ch)) => {
+    let parsed = match Route::parse(req.uri().path(), Listener::Public) {
+        Some(Route::ChannelEvents(ch)) => {
             decode_segment(ch).and_then(|ch| stream::subscribe_one(state, req, &ch))
         }
-        Some(StreamRoute::Many) => stream::subscribe_many(state, req),
-        None => Err(ApiError::not_found()),
+        Some(Route::Events) => stream::subscribe_many(state, req),
+        _ => Err(ApiError::not_found()),
     };
     let state = state.clone();
     let method = req.method().clone();
@@ -76,24 +76,79 @@ pub(crate) fn route_stream<B>(
     }
 }
 
-/// The two subscribe routes.
+/// Every route of both listeners, parsed once from a path: hyper's dispatch and the lean
+/// stream front both start from it, so a route is added here and nowhere else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StreamRoute<'a> {
-    /// `/v1/channels/{channel}/events`, with the channel still percent-encoded.
-    One(&'a str),
-    /// `/v1/events`.
-    Many,
+pub(crate) enum Route<'a> {
+    /// `/`: the demo page (public listener).
+    Demo,
+    /// `/healthz` and `/readyz` (both listeners).
+    Healthz,
+    Readyz,
+    /// Admin listener only.
+    Stats,
+    Metrics,
+    Cluster,
+    ClusterStream,
+    Dashboard,
+    /// `/v1/channels/{channel}/events`, with the channel still percent-encoded: `GET`
+    /// streams, `POST` publishes.
+    ChannelEvents(&'a str),
+    /// `/v1/channels/{channel}/history`, the channel still percent-encoded.
+    ChannelHistory(&'a str),
+    /// `/v1/events`: a multi-channel stream.
+    Events,
+    /// `/v1/tokens`, `/v1/publish`.
+    Tokens,
+    Publish,
 }
 
-/// Which subscribe route `path` names, if any.
-pub(crate) fn stream_route(path: &str) -> Option<StreamRoute<'_>> {
-    let mut it = path.strip_prefix('/')?.split('/');
-    match (it.next(), it.next(), it.next(), it.next(), it.next()) {
-        (Some("v1"), Some("channels"), Some(ch), Some("events"), None) => {
-            Some(StreamRoute::One(ch))
+impl<'a> Route<'a> {
+    /// The route `path` names on `listener`, if any.
+    pub(crate) fn parse(path: &'a str, listener: Listener) -> Option<Self> {
+        let mut it = path.strip_prefix('/')?.split('/');
+        let segs = (it.next(), it.next(), it.next(), it.next(), it.next());
+        let both = match segs {
+            (Some("healthz"), None, ..) => Some(Self::Healthz),
+            (Some("readyz"), None, ..) => Some(Self::Readyz),
+            _ => None,
+        };
+        let own = match (listener, segs) {
+            (Listener::Admin, (Some("metrics"), None, ..)) => Some(Self::Metrics),
+            (Listener::Admin, (Some("dashboard"), None, ..)) => Some(Self::Dashboard),
+            (Listener::Admin, (Some("v1"), Some("stats"), None, ..)) => Some(Self::Stats),
+            (Listener::Admin, (Some("v1"), Some("cluster"), None, ..)) => Some(Self::Cluster),
+            (Listener::Admin, (Some("v1"), Some("cluster"), Some("stream"), None, _)) => {
+                Some(Self::ClusterStream)
+            }
+            (Listener::Public, (Some(""), None, ..)) => Some(Self::Demo),
+            (Listener::Public, (Some("v1"), Some("channels"), Some(ch), Some("events"), None)) => {
+                Some(Self::ChannelEvents(ch))
+            }
+            (Listener::Public, (Some("v1"), Some("channels"), Some(ch), Some("history"), None)) => {
+                Some(Self::ChannelHistory(ch))
+            }
+            (Listener::Public, (Some("v1"), Some("events"), None, ..)) => Some(Self::Events),
+            (Listener::Public, (Some("v1"), Some("tokens"), None, ..)) => Some(Self::Tokens),
+            (Listener::Public, (Some("v1"), Some("publish"), None, ..)) => Some(Self::Publish),
+            _ => None,
+        };
+        both.or(own)
+    }
+
+    /// The methods the route answers, for a 405's `Allow`.
+    pub(crate) fn allow(self) -> &'static str {
+        match self {
+            Self::ChannelEvents(_) => "GET, POST",
+            Self::ChannelHistory(_) | Self::Events => "GET",
+            Self::Tokens | Self::Publish => "POST",
+            _ => "GET, HEAD",
         }
-        (Some("v1"), Some("events"), None, None, None) => Some(StreamRoute::Many),
-        _ => None,
+    }
+
+    /// Whether `method` on this route opens an SSE stream (the front serves those itself).
+    pub(crate) fn is_stream(self, method: &Method) -> bool {
+        method == Method::GET && matches!(self, Self::ChannelEvents(_) | Self::Events)
     }
 }
 
@@ -151,7 +206,9 @@ async fn dispatch(
     listener: Listener,
 ) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let Some(route) = Route::parse(&path, listener) else {
+        return Err(ApiError::not_found());
+    };
     let method = req.method().clone();
     let get = method == Method::GET || method == Method::HEAD;
     let traceparent = req
@@ -159,61 +216,79 @@ async fn dispatch(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    match (listener, segments.as_slice()) {
-        (_, ["healthz"]) if get => Ok(health::healthz(state)),
-        (_, ["readyz"]) if get => Ok(health::readyz(state).await),
-        (_, ["healthz" | "readyz"]) => Err(ApiError::method_not_allowed("GET, HEAD")),
-        (Listener::Admin, ["v1", "stats"]) if get => Ok(health::stats(state)),
-        (Listener::Admin, ["metrics"]) if get => Ok(health::metrics()),
-        (Listener::Admin, ["v1", "cluster"]) if get => Ok(cluster::cluster(state).await),
-        (Listener::Admin, ["v1", "cluster", "stream"]) if get => Ok(cluster::stream(state.clone())),
-        (Listener::Admin, ["dashboard"]) if get => Ok(cluster::dashboard()),
-        (Listener::Admin, ["v1", "cluster"] | ["v1", "cluster", "stream"] | ["dashboard"]) => {
-            Err(ApiError::method_not_allowed("GET, HEAD"))
-        }
-        (Listener::Admin, ["metrics"]) => Err(ApiError::method_not_allowed("GET, HEAD")),
-        (Listener::Admin, ["v1", "stats"]) => Err(ApiError::method_not_allowed("GET, HEAD")),
-        (Listener::Admin, _) => Err(ApiError::not_found()),
-        (_, [""]) if get => Ok(handlers::demo_page()),
-        (_, [""]) => Err(ApiError::method_not_allowed("GET, HEAD")),
-        (_, ["v1", "channels", ch, "events"]) => {
+    match route {
+        Route::Healthz if get => Ok(health::healthz(state)),
+        Route::Readyz if get => Ok(health::readyz(state).await),
+        Route::Stats if get => Ok(health::stats(state)),
+        Route::Metrics if get => Ok(health::metrics()),
+        Route::Cluster if get => Ok(cluster::cluster(state).await),
+        Route::ClusterStream if get => Ok(cluster::stream(state.clone())),
+        Route::Dashboard if get => Ok(cluster::dashboard()),
+        Route::Demo if get => Ok(handlers::demo_page()),
+        Route::ChannelEvents(ch) if method == Method::GET => {
             let ch = decode_segment(ch)?;
-            match method {
-                Method::GET => match stream::subscribe_one(state, &req, &ch) {
-                    Ok(sub) => Ok(sub.start().await),
-                    Err(e) => Err(e),
-                },
-                Method::POST => {
-                    publish::measured(state, traceparent, publish::publish_one(state, req, &ch))
-                        .await
-                }
-                _ => Err(ApiError::method_not_allowed("GET, POST")),
-            }
+            Ok(stream::subscribe_one(state, &req, &ch)?.start().await)
         }
-        (_, ["v1", "channels", ch, "history"]) => {
+        Route::ChannelEvents(ch) if method == Method::POST => {
             let ch = decode_segment(ch)?;
-            match method {
-                Method::GET => history::history(state, &req, &ch).await,
-                _ => Err(ApiError::method_not_allowed("GET")),
-            }
+            publish::measured(state, traceparent, publish::publish_one(state, req, &ch)).await
         }
-        (_, ["v1", "events"]) => match method {
-            Method::GET => match stream::subscribe_many(state, &req) {
-                Ok(sub) => Ok(sub.start().await),
-                Err(e) => Err(e),
-            },
-            _ => Err(ApiError::method_not_allowed("GET")),
-        },
-        (_, ["v1", "tokens"]) => match method {
-            Method::POST => handlers::tokens(state, req).await,
-            _ => Err(ApiError::method_not_allowed("POST")),
-        },
-        (_, ["v1", "publish"]) => match method {
-            Method::POST => {
-                publish::measured(state, traceparent, publish::publish_batch(state, req)).await
-            }
-            _ => Err(ApiError::method_not_allowed("POST")),
-        },
-        _ => Err(ApiError::not_found()),
+        Route::ChannelHistory(ch) if method == Method::GET => {
+            let ch = decode_segment(ch)?;
+            history::history(state, &req, &ch).await
+        }
+        Route::Events if method == Method::GET => {
+            Ok(stream::subscribe_many(state, &req)?.start().await)
+        }
+        Route::Tokens if method == Method::POST => handlers::tokens(state, req).await,
+        Route::Publish if method == Method::POST => {
+            publish::measured(state, traceparent, publish::publish_batch(state, req)).await
+        }
+        other => Err(ApiError::method_not_allowed(other.allow())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_parses_on_its_listener_only() {
+        use Listener::{Admin, Public};
+        let cases = [
+            ("/", Public, Some(Route::Demo)),
+            ("/healthz", Public, Some(Route::Healthz)),
+            ("/readyz", Admin, Some(Route::Readyz)),
+            ("/metrics", Admin, Some(Route::Metrics)),
+            ("/metrics", Public, None),
+            ("/v1/stats", Admin, Some(Route::Stats)),
+            ("/v1/cluster", Admin, Some(Route::Cluster)),
+            ("/v1/cluster/stream", Admin, Some(Route::ClusterStream)),
+            ("/dashboard", Admin, Some(Route::Dashboard)),
+            (
+                "/v1/channels/a%3Ab/events",
+                Public,
+                Some(Route::ChannelEvents("a%3Ab")),
+            ),
+            ("/v1/channels/a/events", Admin, None),
+            (
+                "/v1/channels/a/history",
+                Public,
+                Some(Route::ChannelHistory("a")),
+            ),
+            ("/v1/events", Public, Some(Route::Events)),
+            ("/v1/tokens", Public, Some(Route::Tokens)),
+            ("/v1/publish", Public, Some(Route::Publish)),
+            ("/v1/channels/a/events/x", Public, None),
+            ("/v1/events/", Public, None),
+            ("//", Public, None),
+            ("healthz", Public, None),
+        ];
+        for (path, listener, want) in cases {
+            assert_eq!(Route::parse(path, listener), want, "{path} on {listener:?}");
+        }
+        assert!(Route::Events.is_stream(&Method::GET));
+        assert!(!Route::ChannelEvents("a").is_stream(&Method::POST));
+        assert!(!Route::ChannelHistory("a").is_stream(&Method::GET));
     }
 }

@@ -7,7 +7,7 @@ use std::task::{Context, Poll, ready};
 use http::{HeaderName, HeaderValue, Method, Request, Uri, Version};
 use tokio::net::TcpStream;
 
-use crate::router::stream_route;
+use crate::router::{Listener, Route};
 
 /// A head larger than this goes to hyper, which has its own (larger) limit.
 const HEAD_MAX: usize = 16 * 1024;
@@ -74,7 +74,10 @@ fn parse(buf: &[u8]) -> Parsed {
     if len != buf.len() || head.version != Some(1) || head.method != Some("GET") {
         return Parsed::Other;
     }
-    let Some(path) = head.path.filter(|p| stream_route(path_only(p)).is_some()) else {
+    let is_stream = |p: &str| {
+        Route::parse(path_only(p), Listener::Public).is_some_and(|r| r.is_stream(&Method::GET))
+    };
+    let Some(path) = head.path.filter(|p| is_stream(p)) else {
         return Parsed::Other;
     };
     let Ok(uri) = path.parse::<Uri>() else {
