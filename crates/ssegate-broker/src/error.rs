@@ -12,12 +12,49 @@ pub enum ErrorClass {
     Internal,
 }
 
-impl ErrorClass {
-    pub fn as_str(self) -> &'static str {
+impl ssegate_core::metric_names::LabelValue for ErrorClass {
+    const LABEL: &'static str = "class";
+    const ALL: &'static [Self] = &[Self::Client, Self::Broker, Self::Internal];
+
+    fn as_str(self) -> &'static str {
         match self {
             Self::Client => "client",
             Self::Broker => "broker",
             Self::Internal => "internal",
+        }
+    }
+}
+
+/// A broker operation, the `op` label of `ssegate_broker_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerOp {
+    Publish,
+    Read,
+    Epoch,
+    Ping,
+    Pubsub,
+    Announce,
+}
+
+impl ssegate_core::metric_names::LabelValue for BrokerOp {
+    const LABEL: &'static str = "op";
+    const ALL: &'static [Self] = &[
+        Self::Publish,
+        Self::Read,
+        Self::Epoch,
+        Self::Ping,
+        Self::Pubsub,
+        Self::Announce,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::Read => "read",
+            Self::Epoch => "epoch",
+            Self::Ping => "ping",
+            Self::Pubsub => "pubsub",
+            Self::Announce => "announce",
         }
     }
 }

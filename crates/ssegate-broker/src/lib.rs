@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use ssegate_core::{ChannelName, EntryId, Epoch, NewEvent};
 
-pub use error::{BrokerError, ErrorClass};
+pub use error::{BrokerError, BrokerOp, ErrorClass};
 pub use event::StoredEvent;
 pub use hub::{LiveRecv, LiveSubscription};
 pub use memory::{HistoryConfig, MemoryBroker};

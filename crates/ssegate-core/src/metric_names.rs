@@ -41,27 +41,38 @@ pub const PUBSUB_RECONNECTS: &str = "ssegate_pubsub_reconnects_total";
 /// Channels with at least one local subscriber (gauge).
 pub const SUBSCRIBED_CHANNELS: &str = "ssegate_subscribed_channels";
 
-/// `reason` values of [`CONNECTIONS_CLOSED`].
-pub const CLOSE_REASONS: &[&str] = &[
-    "client_gone",
-    "drained",
-    "broker_unavailable",
-    "shutdown",
-    "token_expired",
-];
-/// `reason` values of [`CONNECTIONS_REFUSED`].
-pub const REFUSE_REASONS: &[&str] = &[
-    "connection_limit",
-    "draining",
-    "subject_limit",
-    "rate_limit",
-];
-/// `reason` values of [`SYNC_REQUIRED`].
-pub const SYNC_REASONS: &[&str] = &["history_trimmed", "epoch_changed"];
-/// `class` values of [`PUBLISH_ERRORS`].
-pub const ERROR_CLASSES: &[&str] = &["client", "broker", "internal"];
-/// `op` values of [`BROKER_ERRORS`].
-pub const BROKER_OPS: &[&str] = &["publish", "read", "epoch", "ping", "pubsub", "announce"];
+/// The values of one label: an enum per label, each value spelled once by `as_str`, so
+/// that reordering or adding a variant cannot mislabel a metric. Implemented by
+/// `CloseReason` and `RefuseReason` (server), [`crate::sse::SyncReason`], and the
+/// broker's `ErrorClass` and `BrokerOp`.
+pub trait LabelValue: Copy + PartialEq + std::fmt::Debug + 'static {
+    /// The label's name (`reason`, `class`, `op`).
+    const LABEL: &'static str;
+    /// Every value, each once.
+    const ALL: &'static [Self];
+    /// The value as it appears in the exposition.
+    fn as_str(self) -> &'static str;
+    /// The value's place in [`LabelValue::ALL`] (for a table of cached handles).
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|v| *v == self).unwrap_or(0)
+    }
+}
+
+/// Checks a label's values: non-empty snake_case strings, none twice. For the unit tests
+/// of each implementation.
+pub fn check_label_values<L: LabelValue>() -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for v in L::ALL {
+        let s = v.as_str();
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(format!("{}: {s:?} is not snake_case", L::LABEL));
+        }
+        if !seen.insert(s) {
+            return Err(format!("{}: {s:?} twice", L::LABEL));
+        }
+    }
+    Ok(())
+}
 
 /// Histogram buckets (seconds): fine below 10 ms, where a healthy gateway lives, coarse
 /// up to 10 s, where a broken one does.

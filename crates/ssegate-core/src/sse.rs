@@ -12,6 +12,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::metric_names::LabelValue;
+
 use crate::cursor::Position;
 use crate::name::EventType;
 
@@ -149,8 +151,11 @@ pub enum SyncReason {
     EpochChanged,
 }
 
-impl SyncReason {
-    pub fn as_str(self) -> &'static str {
+impl crate::metric_names::LabelValue for SyncReason {
+    const LABEL: &'static str = "reason";
+    const ALL: &'static [Self] = &[Self::HistoryTrimmed, Self::EpochChanged];
+
+    fn as_str(self) -> &'static str {
         match self {
             Self::HistoryTrimmed => "history_trimmed",
             Self::EpochChanged => "epoch_changed",

@@ -26,6 +26,7 @@ use redis::Value;
 use ssegate_core::{ChannelName, Epoch, NewEvent};
 
 use crate::clock::{Clock, SystemClock};
+use crate::error::BrokerOp;
 use crate::fingerprint::fingerprint;
 use crate::hub::Hub;
 use crate::lock;
@@ -144,7 +145,7 @@ impl RedisBroker {
     /// Runs a command future with the configured timeout; failures are counted by `op`.
     async fn timed<T>(
         &self,
-        op: &'static str,
+        op: BrokerOp,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, BrokerError> {
         let result = match tokio::time::timeout(self.inner.config.timeout, f).await {
@@ -158,7 +159,7 @@ impl RedisBroker {
         result
     }
 
-    async fn conn_for(&self, op: &'static str) -> Result<deadpool_redis::Connection, BrokerError> {
+    async fn conn_for(&self, op: BrokerOp) -> Result<deadpool_redis::Connection, BrokerError> {
         let conn = self.conn().await;
         if conn.is_err() {
             pubsub::broker_error(op);
@@ -186,16 +187,21 @@ impl Broker for RedisBroker {
             return Ok(e);
         }
         let key = self.inner.keys.epoch();
-        let mut conn = self.conn_for("epoch").await?;
+        let mut conn = self.conn_for(BrokerOp::Epoch).await?;
         let candidate = Epoch::random().to_string();
         let set = redis::cmd("SET")
             .arg(&key)
             .arg(&candidate)
             .arg("NX")
             .to_owned();
-        let _: Value = self.timed("epoch", set.query_async(&mut conn)).await?;
+        let _: Value = self
+            .timed(BrokerOp::Epoch, set.query_async(&mut conn))
+            .await?;
         let got: Option<String> = self
-            .timed("epoch", redis::cmd("GET").arg(&key).query_async(&mut conn))
+            .timed(
+                BrokerOp::Epoch,
+                redis::cmd("GET").arg(&key).query_async(&mut conn),
+            )
             .await?;
         let epoch = codec::epoch(got.as_deref().unwrap_or_default()).map_err(bad)?;
         self.remember_epoch(epoch);
@@ -244,8 +250,10 @@ impl Broker for RedisBroker {
                 .arg(now)
                 .arg(e.trace.as_deref().unwrap_or(""));
         }
-        let mut conn = self.conn_for("publish").await?;
-        let reply: Value = self.timed("publish", inv.invoke_async(&mut conn)).await?;
+        let mut conn = self.conn_for(BrokerOp::Publish).await?;
+        let reply: Value = self
+            .timed(BrokerOp::Publish, inv.invoke_async(&mut conn))
+            .await?;
         let parts = codec::array(&reply).map_err(bad)?;
         let [status, epoch, rest] = parts else {
             return Err(bad(BadReply("publish reply")));
@@ -283,8 +291,10 @@ impl Broker for RedisBroker {
             ReadFrom::After(id) => inv.arg("after").arg(id.to_string()),
         };
         inv.arg(limit);
-        let mut conn = self.conn_for("read").await?;
-        let reply: Value = self.timed("read", inv.invoke_async(&mut conn)).await?;
+        let mut conn = self.conn_for(BrokerOp::Read).await?;
+        let reply: Value = self
+            .timed(BrokerOp::Read, inv.invoke_async(&mut conn))
+            .await?;
         let parts = codec::array(&reply).map_err(bad)?;
         let [epoch, last, start, gap, entries] = parts else {
             return Err(bad(BadReply("read reply")));
@@ -315,26 +325,30 @@ impl Broker for RedisBroker {
     }
 
     async fn announce_node(&self, id: &str, info: &str, ttl: Duration) -> Result<(), BrokerError> {
-        let mut conn = self.conn_for("announce").await?;
+        let mut conn = self.conn_for(BrokerOp::Announce).await?;
         let cmd = redis::cmd("SET")
             .arg(self.inner.keys.node(id))
             .arg(info)
             .arg("PX")
             .arg(ms(ttl).max(1))
             .to_owned();
-        let _: Value = self.timed("announce", cmd.query_async(&mut conn)).await?;
+        let _: Value = self
+            .timed(BrokerOp::Announce, cmd.query_async(&mut conn))
+            .await?;
         Ok(())
     }
 
     async fn retire_node(&self, id: &str) -> Result<(), BrokerError> {
-        let mut conn = self.conn_for("announce").await?;
+        let mut conn = self.conn_for(BrokerOp::Announce).await?;
         let cmd = redis::cmd("DEL").arg(self.inner.keys.node(id)).to_owned();
-        let _: Value = self.timed("announce", cmd.query_async(&mut conn)).await?;
+        let _: Value = self
+            .timed(BrokerOp::Announce, cmd.query_async(&mut conn))
+            .await?;
         Ok(())
     }
 
     async fn cluster_nodes(&self) -> Result<Option<Vec<String>>, BrokerError> {
-        let mut conn = self.conn_for("announce").await?;
+        let mut conn = self.conn_for(BrokerOp::Announce).await?;
         let pattern = self.inner.keys.node_pattern();
         let mut keys: Vec<String> = Vec::new();
         let mut cursor = 0u64;
@@ -347,8 +361,9 @@ impl Broker for RedisBroker {
                 .arg("COUNT")
                 .arg(1000)
                 .to_owned();
-            let (next, batch): (u64, Vec<String>) =
-                self.timed("announce", cmd.query_async(&mut conn)).await?;
+            let (next, batch): (u64, Vec<String>) = self
+                .timed(BrokerOp::Announce, cmd.query_async(&mut conn))
+                .await?;
             keys.extend(batch);
             cursor = next;
             if cursor == 0 {
@@ -359,15 +374,16 @@ impl Broker for RedisBroker {
             return Ok(Some(Vec::new()));
         }
         let cmd = redis::cmd("MGET").arg(&keys).to_owned();
-        let values: Vec<Option<String>> =
-            self.timed("announce", cmd.query_async(&mut conn)).await?;
+        let values: Vec<Option<String>> = self
+            .timed(BrokerOp::Announce, cmd.query_async(&mut conn))
+            .await?;
         Ok(Some(values.into_iter().flatten().collect()))
     }
 
     async fn ready(&self) -> Result<(), BrokerError> {
-        let mut conn = self.conn_for("ping").await?;
+        let mut conn = self.conn_for(BrokerOp::Ping).await?;
         let _: String = self
-            .timed("ping", redis::cmd("PING").query_async(&mut conn))
+            .timed(BrokerOp::Ping, redis::cmd("PING").query_async(&mut conn))
             .await?;
         Ok(())
     }

@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 
 use super::codec;
 use super::keys::Keys;
+use crate::error::BrokerOp;
 use crate::hub::{Hub, HubObserver};
 use crate::lock;
 
@@ -163,7 +164,7 @@ impl Task {
         loop {
             let lost = self.connection(&mut backoff, &mut connected_before).await;
             self.subscribed.clear();
-            broker_error("pubsub");
+            broker_error(BrokerOp::Pubsub);
             tracing::warn!(reason = %lost, retry_in = ?backoff, "pub/sub connection given up; reconnecting");
             tokio::time::sleep(jittered(backoff)).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -278,8 +279,9 @@ impl Op {
     }
 }
 
-pub(crate) fn broker_error(op: &'static str) {
-    metrics::counter!(ssegate_core::metric_names::BROKER_ERRORS, "op" => op).increment(1);
+pub(crate) fn broker_error(op: BrokerOp) {
+    use ssegate_core::metric_names::{BROKER_ERRORS, LabelValue};
+    metrics::counter!(BROKER_ERRORS, BrokerOp::LABEL => op.as_str()).increment(1);
 }
 
 fn deliver(hub: &Hub, keys: &Keys, live: &str, payload: &[u8]) {
