@@ -26,6 +26,6 @@ pub mod name;
 pub mod sse;
 
 pub use cursor::{ChannelSet, CompositeCursor, Cursor, CursorError, Position, StartFrom};
-pub use event::{Data, DataError, DataKind, NewEvent};
+pub use event::{Data, DataError, DataKind, InvalidJson, NewEvent};
 pub use id::{EntryId, Epoch};
 pub use name::{ChannelName, EventType, NameError};

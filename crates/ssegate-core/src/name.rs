@@ -2,6 +2,12 @@
 //!
 //! Both use the alphabet `[A-Za-z0-9_.:-]`, which needs no escaping in a URL path, a
 //! query string, a Redis key or an SSE field, so a name is the same bytes everywhere.
+//!
+//! A channel name is also a path segment (`/v1/channels/{channel}/events`), so it may not
+//! be `.` or `..`: a proxy that normalises paths (RFC 3986 dot-segment removal) would route
+//! `/v1/channels/../events` to `/v1/events`, another endpoint. Event types never appear in
+//! a path (only in bodies, the `?event=` query and the SSE `event:` field), so `.` and `..`
+//! remain valid event types.
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,6 +30,8 @@ pub enum NameError {
     TooLong { what: &'static str, max: usize },
     #[error("{what} may only contain A-Z, a-z, 0-9, '_', '.', ':' and '-'")]
     BadChar { what: &'static str },
+    #[error("{what} must not be \".\" or \"..\" (a path segment that proxies rewrite)")]
+    DotSegment { what: &'static str },
     #[error("event type {0:?} is reserved for the gateway")]
     Reserved(String),
 }
@@ -53,6 +61,11 @@ pub struct ChannelName(Arc<str>);
 impl ChannelName {
     pub fn new(s: &str) -> Result<Self, NameError> {
         check(s, "channel name", MAX_CHANNEL_LEN)?;
+        if s == "." || s == ".." {
+            return Err(NameError::DotSegment {
+                what: "channel name",
+            });
+        }
         Ok(Self(Arc::from(s)))
     }
 
@@ -143,6 +156,24 @@ mod tests {
             EventType::new(&"a".repeat(65)),
             Err(NameError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn dot_segments_are_not_channel_names() {
+        for dots in [".", ".."] {
+            assert_eq!(
+                ChannelName::new(dots),
+                Err(NameError::DotSegment {
+                    what: "channel name"
+                }),
+                "{dots:?}"
+            );
+            // Not path segments: event types keep the whole alphabet.
+            assert!(EventType::new(dots).is_ok(), "{dots:?}");
+        }
+        for fine in ["...", ".a", "a.", "a..b", "..a", ".:", ":..", "_."] {
+            assert!(ChannelName::new(fine).is_ok(), "{fine:?}");
+        }
     }
 
     #[test]

@@ -49,10 +49,22 @@ pub struct App {
     sweeper: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Connections the kernel queues for a listener that is not accepting (at its
+/// connection cap, see `limits::ConnectionSlots`); capped by `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 1024;
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, BuildError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| BuildError::Bind { addr, source })
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|source| BuildError::Bind { addr, source })
 }
 
 impl App {
@@ -84,6 +96,15 @@ impl App {
             None => None,
         };
         let state = AppState::new(settings, broker).map_err(BuildError::Auth)?;
+        tracing::info!(
+            streams = state.settings.max_connections,
+            request_connections = state.public_connections.max_requests(),
+            public_connections = state.public_connections.max_total(),
+            admin_connections = state.admin_connections.max_total(),
+            open_files_limit = state.settings.open_files_limit,
+            body_bytes_in_flight = state.settings.max_body_bytes_in_flight,
+            "connection and body limits"
+        );
         if let Ok(addr) = listener.local_addr() {
             let _ = state.public_addr.set(addr);
         }
@@ -220,24 +241,52 @@ fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// How long an accept loop waits after its `n`th failure in a row: 10 ms, doubling up
+/// to 1 s.
+fn accept_backoff(n: u32) -> Duration {
+    Duration::from_millis(10u64 << n.saturating_sub(1).min(7)).min(Duration::from_secs(1))
+}
+
 async fn accept_forever(
     listener: &TcpListener,
     front: Arc<conn::Front>,
     graceful: Option<&GracefulShutdown>,
 ) {
+    let state = front.state.clone();
+    let (slots, streams): (_, fn(&AppState) -> usize) = match front.which {
+        Listener::Public => (state.public_connections.clone(), |s| s.streams.open()),
+        Listener::Admin => (state.admin_connections.clone(), |_| 0),
+    };
+    let mut failures = 0u32;
     loop {
+        // At the listener's connection cap, wait for a connection to end: new ones queue
+        // in the kernel's backlog instead of taking descriptors the process needs.
+        let slot = slots.acquire(|| streams(&state)).await;
         let (stream, peer) = match listener.accept().await {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                failures = 0;
+                conn
+            }
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of file descriptors and the like: back off instead of spinning, and
+                // log the 1st, 2nd, 4th, 8th, ... failure of a streak.
+                failures = failures.saturating_add(1);
+                if failures.is_power_of_two() {
+                    tracing::warn!(error = %e, failures, "accept failed");
+                }
+                tokio::time::sleep(accept_backoff(failures)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
         let watcher = graceful.map(GracefulShutdown::watcher);
         let conn = conn::serve(stream, peer, front.clone(), watcher);
-        tokio::spawn(conn.in_current_span());
+        tokio::spawn(
+            async move {
+                let _slot = slot;
+                conn.await;
+            }
+            .in_current_span(),
+        );
     }
 }

@@ -21,8 +21,10 @@ pub struct ApiError {
     pub allow: Option<&'static str>,
     /// For 401: ask for a bearer token.
     pub www_authenticate: bool,
-    /// For 429: seconds to wait.
+    /// For 429 and 503: seconds to wait.
     pub retry_after: Option<u64>,
+    /// Answer with `Connection: close` (HTTP/1.1): the rest of the request is not read.
+    pub close: bool,
 }
 
 impl ApiError {
@@ -35,6 +37,7 @@ impl ApiError {
             allow: None,
             www_authenticate: false,
             retry_after: None,
+            close: false,
         }
     }
 
@@ -63,9 +66,21 @@ impl ApiError {
         self
     }
 
+    /// The node has no room for the request now: `503 overloaded`, with `Retry-After`
+    /// and `Connection: close`.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(1),
+            close: true,
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+        }
+    }
+
     /// Who caused it (for logs and metrics).
     pub fn class(&self) -> ErrorClass {
         match self.status.as_u16() {
+            // Too much traffic, not a broken broker.
+            503 if self.code == "overloaded" => ErrorClass::Client,
             503 => ErrorClass::Broker,
             500..=599 => ErrorClass::Internal,
             _ => ErrorClass::Client,
@@ -95,6 +110,10 @@ impl ApiError {
         if let Some(secs) = self.retry_after {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.close {
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(allow) = self.allow {
             res.headers_mut()

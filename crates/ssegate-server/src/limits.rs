@@ -1,5 +1,7 @@
-//! Admission limits beyond the node's connection cap (which is the `Semaphore` in
-//! [`crate::state`]): streams per subject, new streams per second, publishes per second.
+//! Admission limits beyond the node's stream cap (which is the `Semaphore` in
+//! [`crate::state`]): streams per subject, new streams per second, publishes per second,
+//! the connections a listener holds ([`ConnectionSlots`], shared out of the open-files
+//! limit by [`FileBudget`]) and the bytes of request bodies in flight ([`BodyBudget`]).
 //!
 //! A subject is the token's `sub` when auth is on, else the client's IP address: the
 //! socket's peer, or the right-most `X-Forwarded-For` hop that is not a trusted proxy when
@@ -7,10 +9,12 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use http::HeaderMap;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// An address range, `10.0.0.0/8` or a single address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +173,219 @@ impl Drop for SubjectGuard {
     }
 }
 
+/// Descriptors a node keeps for itself whatever the connection limits say: its two
+/// listeners, stdio and log files, the runtime's own (epoll, eventfd, signal pipe), the
+/// OTLP exporter's connections, files read at run time. An idle node holds about 15.
+pub const RESERVED_FILES: usize = 64;
+/// Descriptors kept for Redis on top of its command pool: the pub/sub connection and
+/// reconnects that overlap a connection being closed.
+pub const REDIS_EXTRA_FILES: usize = 8;
+/// No listener is ever capped below this many connections, however small the limit.
+const MIN_CONNECTIONS: usize = 16;
+
+/// How a node shares out its open-files limit:
+///
+/// ```text
+/// streams + request connections  (the public listener, at most `public`)
+///   + admin connections + Redis connections + RESERVED_FILES  (`reserve`)
+///   <= the open-files limit
+/// ```
+///
+/// The public listener never holds more than `public` connections, so it cannot take the
+/// descriptors that the admin listener, Redis and the process itself need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileBudget {
+    /// The open-files limit.
+    pub limit: usize,
+    /// What is kept back from the public listener.
+    pub reserve: usize,
+    /// What the public listener may hold: streams and request connections together.
+    pub public: usize,
+}
+
+impl FileBudget {
+    /// The budget of a node with `limit` open files, an admin listener of at most
+    /// `admin_connections` (0 when it is off) and `redis_connections` to Redis.
+    pub fn new(limit: usize, admin_connections: usize, redis_connections: usize) -> Self {
+        let reserve = RESERVED_FILES + admin_connections + redis_connections;
+        Self {
+            limit,
+            reserve,
+            public: limit.saturating_sub(reserve).max(MIN_CONNECTIONS),
+        }
+    }
+
+    /// Descriptors a node's settings keep back from the public listener.
+    pub fn of(settings: &crate::Settings) -> Option<Self> {
+        let admin = settings
+            .admin_listen
+            .map_or(0, |_| settings.max_admin_connections);
+        let redis = settings
+            .redis
+            .as_ref()
+            .map_or(0, |r| r.pool_size + REDIS_EXTRA_FILES);
+        settings
+            .open_files_limit
+            .map(|limit| Self::new(limit, admin, redis))
+    }
+
+    /// The default cap of request connections: a quarter of the public share, between
+    /// 16 and 1024.
+    pub fn default_request_connections(&self) -> usize {
+        (self.public / 4).clamp(MIN_CONNECTIONS, 1024)
+    }
+
+    /// The default stream cap: the public share less the request connections.
+    pub fn default_streams(&self, request_connections: usize) -> usize {
+        self.public
+            .saturating_sub(request_connections)
+            .max(MIN_CONNECTIONS)
+    }
+}
+
+/// The connections one listener holds, and the gate its accept loop waits at: a
+/// connection is accepted only when it fits, so that at the cap new connections wait in
+/// the kernel's listen backlog (which costs the process no descriptor) instead of
+/// failing `accept` with `EMFILE` for every listener of the process.
+///
+/// On the public listener, connections that are streams and the others ("request
+/// connections": a head or a body being read, a request being answered, an idle
+/// keep-alive connection) are capped apart: at most `max_total` in all and at most
+/// `max_requests` that are not streams, so a flood of slow requests cannot take the
+/// room of the streams. Which a connection is becomes known only after its head, so the
+/// check is made at accept: a new connection is a request connection until it streams.
+#[derive(Debug)]
+pub struct ConnectionSlots {
+    max_total: usize,
+    max_requests: usize,
+    open: AtomicUsize,
+    /// Wakes the (one) accept loop when a connection ends or becomes a stream.
+    changed: Notify,
+}
+
+impl ConnectionSlots {
+    pub fn new(max_total: usize, max_requests: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_total: max_total.max(1),
+            max_requests: max_requests.max(1),
+            open: AtomicUsize::new(0),
+            changed: Notify::new(),
+        })
+    }
+
+    /// Waits until one more connection fits: fewer than `max_total` open, and fewer than
+    /// `max_requests` of them not streams, `streams()` being how many stream now. Only one
+    /// task (the listener's accept loop) may wait at a time.
+    pub async fn acquire(self: &Arc<Self>, streams: impl Fn() -> usize) -> ConnectionSlot {
+        loop {
+            let open = self.open.load(Ordering::SeqCst);
+            let fits = open < self.max_total && open.saturating_sub(streams()) < self.max_requests;
+            if fits {
+                if self
+                    .open
+                    .compare_exchange(open, open + 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    return ConnectionSlot {
+                        slots: self.clone(),
+                    };
+                }
+                continue;
+            }
+            // A connection that ends or starts streaming in between leaves a permit in
+            // the `Notify`, so this wait cannot miss it.
+            self.changed.notified().await;
+        }
+    }
+
+    /// A request connection became a stream: room for another request connection.
+    pub fn stream_started(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// The cap of all connections.
+    pub fn max_total(&self) -> usize {
+        self.max_total
+    }
+
+    /// The cap of connections that are not streams.
+    pub fn max_requests(&self) -> usize {
+        self.max_requests
+    }
+}
+
+/// Held by a connection's task for the connection's lifetime.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    slots: Arc<ConnectionSlots>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.slots.open.fetch_sub(1, Ordering::SeqCst);
+        self.slots.changed.notify_one();
+    }
+}
+
+/// The bytes of request bodies a node holds at once, node-wide: a body takes its share
+/// before it is read (its `Content-Length`, or chunk by chunk when it has none) and gives
+/// it back when the request has been answered.
+#[derive(Debug)]
+pub struct BodyBudget {
+    bytes: Arc<Semaphore>,
+}
+
+impl BodyBudget {
+    pub fn new(max: usize) -> Self {
+        Self {
+            bytes: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+        }
+    }
+
+    /// `n` bytes of the budget, or `None` when they are not free now.
+    pub fn try_take(&self, n: usize) -> Option<BodyBytes> {
+        let n = u32::try_from(n).ok()?;
+        let permit = self.bytes.clone().try_acquire_many_owned(n).ok()?;
+        Some(BodyBytes(permit))
+    }
+
+    /// Bytes free now.
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+}
+
+/// A body's share of the [`BodyBudget`], given back on drop.
+#[derive(Debug)]
+pub struct BodyBytes(OwnedSemaphorePermit);
+
+impl BodyBytes {
+    /// Takes `n` more bytes, or says `false` when they are not free now.
+    pub fn grow(&mut self, budget: &BodyBudget, n: usize) -> bool {
+        match budget.try_take(n) {
+            Some(more) => {
+                self.0.merge(more.0);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many bytes this share is.
+    pub fn len(&self) -> usize {
+        self.0.num_permits()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +444,68 @@ mod tests {
             assert!(r.take().is_ok());
         }
         assert_eq!(r.take(), Err(1));
+    }
+
+    #[test]
+    fn the_file_budget_keeps_the_reserve_from_the_public_listener() {
+        let b = FileBudget::new(20_000, 64, 0);
+        assert_eq!(b.reserve, 128);
+        assert_eq!(b.public, 19_872);
+        let requests = b.default_request_connections();
+        assert_eq!(requests, 1024);
+        let streams = b.default_streams(requests);
+        assert_eq!(streams + requests + b.reserve, b.limit);
+        // A small limit: a quarter of what is left serves requests.
+        let b = FileBudget::new(256, 64, 0);
+        assert_eq!((b.public, b.default_request_connections()), (128, 32));
+        assert_eq!(b.default_streams(32), 96);
+        // Redis connections are kept back too.
+        assert_eq!(FileBudget::new(1024, 64, 24).reserve, 64 + 64 + 24);
+        // Never nothing at all.
+        assert_eq!(FileBudget::new(10, 64, 0).public, MIN_CONNECTIONS);
+    }
+
+    #[tokio::test]
+    async fn a_listener_waits_for_a_free_slot() {
+        let slots = ConnectionSlots::new(3, 2);
+        let a = slots.acquire(|| 0).await;
+        let _b = slots.acquire(|| 0).await;
+        // Two request connections: a third waits.
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(50), slots.acquire(|| 0));
+        assert!(waiting.await.is_err(), "at the request cap, accept waits");
+        // One of them becomes a stream: room for one more, up to the total.
+        let streams = AtomicUsize::new(1);
+        slots.stream_started();
+        let c = slots.acquire(|| streams.load(Ordering::SeqCst)).await;
+        assert_eq!(slots.open(), 3);
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(50), slots.acquire(|| 1));
+        assert!(waiting.await.is_err(), "at the total cap, accept waits");
+        // A connection ends: the waiting accept goes on.
+        let slots2 = slots.clone();
+        let waiter = tokio::spawn(async move { slots2.acquire(|| 1).await });
+        tokio::task::yield_now().await;
+        drop(a);
+        let d = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when a slot frees")
+            .unwrap();
+        assert_eq!(slots.open(), 3);
+        drop((c, d));
+        assert_eq!(slots.open(), 1);
+    }
+
+    #[test]
+    fn body_bytes_are_taken_and_given_back() {
+        let budget = BodyBudget::new(100);
+        let mut a = budget.try_take(60).unwrap();
+        assert!(budget.try_take(41).is_none(), "past the budget");
+        assert!(a.grow(&budget, 40));
+        assert_eq!((a.len(), budget.available()), (100, 0));
+        assert!(!a.grow(&budget, 1));
+        drop(a);
+        assert_eq!(budget.available(), 100);
+        assert!(budget.try_take(0).is_some_and(|b| b.is_empty()));
     }
 }

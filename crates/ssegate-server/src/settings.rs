@@ -35,6 +35,22 @@ pub struct Settings {
     /// Largest request body, in bytes (413 past it); separate from the event limit
     /// because a batch carries many events.
     pub max_body_size: usize,
+    /// A request body must have arrived completely this long after its head, else
+    /// `408 body_timeout` and the connection is closed.
+    pub body_read_timeout: Duration,
+    /// Bytes of request bodies this node holds at once (being read, parsed or
+    /// published); a body that does not fit is refused with `503 overloaded` before it
+    /// is read.
+    pub max_body_bytes_in_flight: usize,
+    /// Public connections that are not streams (a head or body being read, a request
+    /// being answered, an idle keep-alive connection); at this many the public listener
+    /// stops accepting until one ends.
+    pub max_request_connections: usize,
+    /// Connections on the admin listener; at this many it stops accepting until one ends.
+    pub max_admin_connections: usize,
+    /// The process's open-files limit, when known: the public listener never holds
+    /// more connections than it leaves after the reserve (see [`crate::limits::FileBudget`]).
+    pub open_files_limit: Option<usize>,
     /// Events per history read when replaying or catching up.
     pub replay_page_size: usize,
     /// A client must send its request headers within this time (slowloris).
@@ -71,6 +87,11 @@ impl Default for Settings {
             max_channels_per_connection: 64,
             max_event_size: 64 * 1024,
             max_body_size: 1024 * 1024,
+            body_read_timeout: Duration::from_secs(10),
+            max_body_bytes_in_flight: 64 * 1024 * 1024,
+            max_request_connections: 1024,
+            max_admin_connections: 64,
+            open_files_limit: None,
             replay_page_size: 256,
             header_read_timeout: Duration::from_secs(10),
             history: HistoryConfig::default(),

@@ -7,7 +7,9 @@ use ssegate_broker::Broker;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::auth::Auth;
-use crate::limits::{RateLimiter, SubjectCounts, SubjectGuard};
+use crate::limits::{
+    BodyBudget, ConnectionSlots, FileBudget, RateLimiter, SubjectCounts, SubjectGuard,
+};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 
@@ -29,6 +31,12 @@ pub struct AppState {
     pub subjects: Arc<SubjectCounts>,
     pub new_streams: Option<RateLimiter>,
     pub publishes: Option<RateLimiter>,
+    /// Connections of the public listener: streams and request connections.
+    pub public_connections: Arc<ConnectionSlots>,
+    /// Connections of the admin listener.
+    pub admin_connections: Arc<ConnectionSlots>,
+    /// Bytes of request bodies held at once.
+    pub body_budget: BodyBudget,
 }
 
 /// The client's socket address, attached to every request by the accept loop.
@@ -70,7 +78,17 @@ impl AppState {
         let permits = Arc::new(Semaphore::new(settings.max_connections));
         let auth = Auth::build(settings.auth.clone())?;
         let rate = |n: u32| (n > 0).then(|| RateLimiter::new(n));
+        let public_connections = ConnectionSlots::new(
+            public_connection_cap(&settings),
+            settings.max_request_connections,
+        );
         Ok(Arc::new(Self {
+            public_connections,
+            admin_connections: ConnectionSlots::new(
+                settings.max_admin_connections,
+                settings.max_admin_connections,
+            ),
+            body_budget: BodyBudget::new(settings.max_body_bytes_in_flight),
             auth,
             subjects: SubjectCounts::new(settings.max_connections_per_subject),
             new_streams: rate(settings.max_new_connections_per_second),
@@ -96,8 +114,37 @@ impl AppState {
     /// A slot for a new stream, or `None` at the connection cap.
     pub fn admit_stream(&self) -> Option<StreamGuard> {
         let permit = self.stream_permits.clone().try_acquire_owned().ok()?;
-        Some(self.streams.enter(permit))
+        let guard = self.streams.enter(permit);
+        // Its connection no longer counts as a request connection.
+        self.public_connections.stream_started();
+        Some(guard)
     }
+}
+
+/// All the connections the public listener may hold: streams plus request connections,
+/// and never more than the open-files limit leaves after the reserve (a warning says so
+/// when the configured caps would not fit).
+fn public_connection_cap(settings: &Settings) -> usize {
+    let wanted = settings
+        .max_connections
+        .saturating_add(settings.max_request_connections);
+    let Some(files) = FileBudget::of(settings) else {
+        return wanted;
+    };
+    if wanted > files.public {
+        tracing::warn!(
+            max_connections = settings.max_connections,
+            max_request_connections = settings.max_request_connections,
+            open_files_limit = files.limit,
+            reserved = files.reserve,
+            public_connections = files.public,
+            "streams and request connections together exceed the open-files limit less its \
+             reserve: the public listener holds at most {} connections",
+            files.public
+        );
+        return files.public;
+    }
+    wanted
 }
 
 /// Counts open streams so that shutdown can end as soon as the last one is drained.

@@ -20,7 +20,7 @@ use ssegate_broker::{HistoryConfig, RedisConfig};
 use ssegate_server::Settings;
 use ssegate_server::auth::{Auth, AuthSettings, PublishKey};
 use ssegate_server::cors::Cors;
-use ssegate_server::limits::Cidr;
+use ssegate_server::limits::{Cidr, FileBudget, REDIS_EXTRA_FILES};
 
 use crate::telemetry::{LogFormat, LogSettings};
 
@@ -52,10 +52,14 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "history-max-age", default: "1h", help: "Events older than this expire" },
     Spec { name: "live-backlog", default: "512", help: "Events a subscriber may fall behind live before it is caught up from history" },
     Spec { name: "drain-window", default: "10s", help: "On SIGTERM, streams are closed spread over this window" },
-    Spec { name: "max-connections", default: "", help: "Concurrent streams per node; unset: the open-files limit minus a reserve" },
+    Spec { name: "max-connections", default: "", help: "Concurrent streams per node; unset: the open-files limit minus the request and admin connections and a reserve" },
+    Spec { name: "max-request-connections", default: "", help: "Public connections that are not streams (requests, idle keep-alive); at the cap the listener stops accepting; unset: a quarter of the public descriptors, 16 to 1024" },
+    Spec { name: "max-admin-connections", default: "64", help: "Connections on the admin listener; its descriptors are kept back from the public listener" },
     Spec { name: "max-channels-per-connection", default: "64", help: "Channels one multi-channel stream may name" },
     Spec { name: "max-event-size", default: "64KiB", help: "Largest event data (413 past it)" },
     Spec { name: "max-body-size", default: "1MiB", help: "Largest request body, e.g. a batch (413 past it)" },
+    Spec { name: "max-body-bytes-in-flight", default: "64MiB", help: "Bytes of request bodies a node holds at once (503 overloaded past it, before reading)" },
+    Spec { name: "body-read-timeout", default: "10s", help: "Time a client has to send a request body after its head (408 past it)" },
     Spec { name: "idempotency-ttl", default: "24h", help: "How long an Idempotency-Key is remembered" },
     Spec { name: "cluster-announce-interval", default: "2s", help: "How often a node refreshes its cluster-view entry (it expires after three)" },
     Spec { name: "header-read-timeout", default: "10s", help: "Time a client has to send its request headers" },
@@ -317,12 +321,14 @@ pub fn parse_size(s: &str) -> Option<usize> {
     n.checked_mul(mult).filter(|&v| v > 0)
 }
 
-/// The open-files limit, raised to the hard limit, minus a reserve for listeners, the
-/// broker and logs.
-fn default_max_connections() -> usize {
+/// The open-files limit, with the soft limit raised to the hard one first.
+fn open_files_limit() -> usize {
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
-    usize::try_from(limit.saturating_sub(256).max(64)).unwrap_or(usize::MAX)
+    usize::try_from(limit).unwrap_or(usize::MAX)
 }
+
+/// The largest body: its share of the body budget must fit in a `u32`.
+const MAX_BODY_SIZE: usize = u32::MAX as usize;
 
 fn from_raw(raw: &HashMap<&'static str, String>) -> Result<Config, ConfigError> {
     let r = Raw(raw);
@@ -340,10 +346,6 @@ fn from_raw(raw: &HashMap<&'static str, String>) -> Result<Config, ConfigError> 
         "" => uuid::Uuid::new_v4().to_string(),
         id if id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) => id.to_owned(),
         _ => return Err(r.fail("node-id", "must be 1 to 128 visible ASCII characters")),
-    };
-    let max_connections = match r.text("max-connections") {
-        "" => default_max_connections(),
-        _ => r.count("max-connections")?,
     };
     let redis = match r.text("redis-url") {
         "" => None,
@@ -368,6 +370,36 @@ fn from_raw(raw: &HashMap<&'static str, String>) -> Result<Config, ConfigError> 
         }
         _ => return Err(r.fail("redis-url", "expected redis://host:port[/db]")),
     };
+    // The open-files limit is shared out: streams + request connections + admin
+    // connections + Redis + a reserve (see `FileBudget`).
+    let open_files = open_files_limit();
+    let max_admin_connections = r.count("max-admin-connections")?;
+    let files = FileBudget::new(
+        open_files,
+        admin_listen.map_or(0, |_| max_admin_connections),
+        redis
+            .as_ref()
+            .map_or(0, |c: &RedisConfig| c.pool_size + REDIS_EXTRA_FILES),
+    );
+    let max_request_connections = match r.text("max-request-connections") {
+        "" => files.default_request_connections(),
+        _ => r.count("max-request-connections")?,
+    };
+    let max_connections = match r.text("max-connections") {
+        "" => files.default_streams(max_request_connections),
+        _ => r.count("max-connections")?,
+    };
+    let max_body_size = r.size("max-body-size")?;
+    let max_body_bytes_in_flight = r.size("max-body-bytes-in-flight")?;
+    if max_body_bytes_in_flight < max_body_size.max(64 * 1024) {
+        return Err(r.fail(
+            "max-body-bytes-in-flight",
+            "must be at least max-body-size (and 64KiB), or no such body could be taken",
+        ));
+    }
+    if max_body_size > MAX_BODY_SIZE {
+        return Err(r.fail("max-body-size", "must be less than 4 GiB"));
+    }
     let log_format = match r.text("log-format") {
         "human" => LogFormat::Human,
         "json" => LogFormat::Json,
@@ -384,7 +416,12 @@ fn from_raw(raw: &HashMap<&'static str, String>) -> Result<Config, ConfigError> 
         max_connections,
         max_channels_per_connection: r.count("max-channels-per-connection")?,
         max_event_size: r.size("max-event-size")?,
-        max_body_size: r.size("max-body-size")?,
+        max_body_size,
+        max_body_bytes_in_flight,
+        body_read_timeout: r.positive_duration("body-read-timeout")?,
+        max_request_connections,
+        max_admin_connections,
+        open_files_limit: Some(open_files),
         header_read_timeout: r.positive_duration("header-read-timeout")?,
         cluster_announce_interval: r.positive_duration("cluster-announce-interval")?,
         history: HistoryConfig {
@@ -478,6 +515,43 @@ mod tests {
             EXIT_USAGE
         );
         assert_eq!(code_of(&["--redis-url", "localhost:6379"]), EXIT_USAGE);
+    }
+
+    #[test]
+    fn body_and_descriptor_bounds_default_and_validate() {
+        let s = load_args(&[]).unwrap().settings;
+        assert_eq!(s.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(s.max_body_bytes_in_flight, 64 << 20);
+        assert_eq!(s.max_admin_connections, 64);
+        let limit = s.open_files_limit.expect("the open-files limit is known");
+        let files = FileBudget::new(limit, s.max_admin_connections, 0);
+        if limit >= 1024 {
+            assert_eq!(
+                s.max_connections + s.max_request_connections + files.reserve,
+                limit,
+                "streams + request connections + reserve share the open-files limit"
+            );
+        }
+        let s = load_args(&[
+            "--max-connections",
+            "100",
+            "--max-request-connections",
+            "10",
+            "--body-read-timeout",
+            "2s",
+        ])
+        .unwrap()
+        .settings;
+        assert_eq!((s.max_connections, s.max_request_connections), (100, 10));
+        assert_eq!(s.body_read_timeout, Duration::from_secs(2));
+        // A budget that could never take the largest body, a zero deadline or cap.
+        assert_eq!(
+            code_of(&["--max-body-bytes-in-flight", "512KiB"]),
+            EXIT_USAGE
+        );
+        assert_eq!(code_of(&["--body-read-timeout", "0s"]), EXIT_USAGE);
+        assert_eq!(code_of(&["--max-request-connections", "0"]), EXIT_USAGE);
+        assert_eq!(code_of(&["--max-admin-connections", "0"]), EXIT_USAGE);
     }
 
     fn code_of(args: &[&str]) -> u8 {

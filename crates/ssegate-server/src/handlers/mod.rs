@@ -30,7 +30,7 @@ pub(crate) async fn tokens(
     req: http::Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let publisher = state.auth.publisher(req.headers())?;
-    let body = publish::read_body(req, 64 * 1024).await?;
+    let body = publish::read_body(state, req, 64 * 1024).await?;
     let minted = crate::auth::mint::mint(&state.auth, &publisher, &body)?;
     Ok(json(StatusCode::CREATED, &minted))
 }

@@ -6,15 +6,19 @@
 //! `application/x-www-form-urlencoded` with `data` and `event` (what `curl -d` sends);
 //! `text/plain` as the data string (`?event=` gives the type). Anything else is 415.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use serde_json::{Value, json};
+use serde_json::json;
+use serde_json::value::RawValue;
 use ssegate_core::{ChannelName, Data, EventType, NewEvent, Position};
 
 use crate::body::Body;
 use crate::error::{ApiError, channel_error, data_error, event_type_error};
 use crate::handlers::json;
+use crate::limits::BodyBytes;
 use crate::query::Query;
 use crate::state::AppState;
 
@@ -71,8 +75,9 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-/// How much of an over-limit body is read and thrown away before answering 413, so that
-/// a proxy still sending it gets the answer instead of a reset (and answers 502).
+/// How much of an over-limit body is read and thrown away before answering 413 (and of a
+/// refused one while answering 503), so that a proxy still sending it gets the answer
+/// instead of a reset (and answers 502).
 const DRAIN_MAX: u64 = 8 * 1024 * 1024;
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -90,7 +95,42 @@ async fn drain(body: &mut hyper::body::Incoming, mut budget: u64) {
     .await;
 }
 
+/// Why reading a body stopped early.
+enum Stop {
+    TooLarge,
+    Overloaded,
+    Unreadable,
+}
+
+/// A body's bytes, holding their share of the node's body budget until the last
+/// reference to them is dropped (when the request has been answered).
+struct Held {
+    buf: Vec<u8>,
+    _share: BodyBytes,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// Reads a whole request body of at most `limit` bytes, within the node's bounds
+/// (docs/security.md, "Limits"):
+///
+/// - larger than `limit` (by `Content-Length`, or while reading): `413 body_too_large`,
+///   after reading and discarding up to [`DRAIN_MAX`] of it;
+/// - its bytes do not fit in the node's body budget: `503 overloaded` with `Retry-After`,
+///   before any of it is read when it has a `Content-Length` (else as soon as a chunk does
+///   not fit). The rest is thrown away in the background for at most [`DRAIN_TIMEOUT`],
+///   so that a client still sending reads the answer rather than a reset; a client that
+///   sent `Expect: 100-continue` is never asked for its body;
+/// - not complete within `SSEGATE_BODY_READ_TIMEOUT` of this call: `408 body_timeout`,
+///   and the connection is closed.
+///
+/// The bytes returned keep their share of the budget while they live.
 pub(crate) async fn read_body(
+    state: &AppState,
     req: Request<hyper::body::Incoming>,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
@@ -99,6 +139,10 @@ pub(crate) async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let mut body = req.into_body();
     if let Some(n) = declared.filter(|n| *n > limit as u64) {
         if n <= DRAIN_MAX {
@@ -106,32 +150,120 @@ pub(crate) async fn read_body(
         }
         return Err(too_large(limit));
     }
-    let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            return Err(ApiError::bad_request(
-                "invalid_body",
-                "the request body could not be read",
-            ));
-        };
-        if let Some(data) = frame.data_ref() {
-            if buf.len() + data.len() > limit {
-                drain(&mut body, DRAIN_MAX).await;
-                return Err(too_large(limit));
+    let declared = declared.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let budget = &state.body_budget;
+    let Some(mut share) = budget.try_take(declared) else {
+        if !expects_continue {
+            discard_later(body, declared as u64);
+        }
+        return Err(overloaded());
+    };
+    let mut buf = Vec::with_capacity(declared);
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return Err(Stop::Unreadable);
+            };
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            let needed = buf.len() + data.len();
+            if needed > limit {
+                return Err(Stop::TooLarge);
+            }
+            if needed > buf.capacity() {
+                // No Content-Length (chunked, or HTTP/2 without it): the share grows with
+                // the buffer, doubling up to the limit.
+                let cap = needed.max(buf.capacity().saturating_mul(2).min(limit));
+                if !share.grow(budget, cap - share.len()) {
+                    return Err(Stop::Overloaded);
+                }
+                buf.reserve_exact(cap - buf.len());
             }
             buf.extend_from_slice(data);
         }
+        Ok(())
+    };
+    match tokio::time::timeout(state.settings.body_read_timeout, read).await {
+        Ok(Ok(())) => Ok(Bytes::from_owner(Held { buf, _share: share })),
+        Ok(Err(Stop::TooLarge)) => {
+            drop((buf, share));
+            drain(&mut body, DRAIN_MAX).await;
+            Err(too_large(limit))
+        }
+        Ok(Err(Stop::Overloaded)) => {
+            drop((buf, share));
+            discard_later(body, DRAIN_MAX);
+            Err(overloaded())
+        }
+        Ok(Err(Stop::Unreadable)) => Err(ApiError::bad_request(
+            "invalid_body",
+            "the request body could not be read",
+        )),
+        // Dropping the body makes hyper stop reading the connection and close it.
+        Err(_) => Err(ApiError {
+            close: true,
+            ..ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(state.settings.body_read_timeout)
+                ),
+            )
+        }),
     }
-    Ok(buf.freeze())
 }
 
-fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("request body is not valid JSON: {e}"),
-        )
-    })
+fn overloaded() -> ApiError {
+    ApiError::overloaded("too many request bodies in flight on this node; retry later")
+}
+
+/// Reads and discards the rest of a refused body in the background, up to `budget`
+/// bytes and [`DRAIN_TIMEOUT`], while the answer is written.
+fn discard_later(mut body: hyper::body::Incoming, budget: u64) {
+    tokio::spawn(async move { drain(&mut body, budget).await });
+}
+
+fn invalid_json(e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(
+        "invalid_json",
+        format!("request body is not valid JSON: {e}"),
+    )
+}
+
+/// Checks that the body is JSON and keeps its text: event data is published as the
+/// publisher wrote it (compacted), never through a [`serde_json::Value`], which would
+/// round numbers beyond `f64` and reorder keys.
+fn parse_json(bytes: &[u8]) -> Result<&RawValue, ApiError> {
+    serde_json::from_slice(bytes).map_err(invalid_json)
+}
+
+/// The first byte of a JSON value's text, which tells its type.
+fn json_type(raw: &RawValue) -> u8 {
+    raw.get().trim_start().bytes().next().unwrap_or_default()
+}
+
+/// The members of a JSON object, each value still as text (a repeated key: the last
+/// one counts, as before). `None`: not an object.
+fn object(raw: &RawValue) -> Result<Option<BTreeMap<String, &RawValue>>, ApiError> {
+    if json_type(raw) != b'{' {
+        return Ok(None);
+    }
+    serde_json::from_str(raw.get())
+        .map(Some)
+        .map_err(invalid_json)
+}
+
+/// A member that must be a JSON string (or, with `null_ok`, `null`).
+fn string_member(raw: &RawValue, name: &str, null_ok: bool) -> Result<Option<String>, ApiError> {
+    match json_type(raw) {
+        b'"' => serde_json::from_str(raw.get())
+            .map(Some)
+            .map_err(invalid_json),
+        b'n' if null_ok => Ok(None),
+        _ => Err(invalid_body(format!("{name:?} must be a string"))),
+    }
 }
 
 fn invalid_body(message: impl Into<String>) -> ApiError {
@@ -145,11 +277,11 @@ fn event_type(raw: Option<&str>) -> Result<Option<EventType>, ApiError> {
 
 /// One event object: `{"data": ..., "event": ...}` plus `"channel"` in batches.
 fn event_from_object(
-    value: Value,
+    value: &RawValue,
     channel: Option<&ChannelName>,
     max_size: usize,
 ) -> Result<NewEvent, ApiError> {
-    let Value::Object(mut map) = value else {
+    let Some(mut map) = object(value)? else {
         return Err(invalid_body("an event must be a JSON object"));
     };
     let allowed: &[&str] = if channel.is_some() {
@@ -167,19 +299,21 @@ fn event_from_object(
     let channel = match channel {
         Some(c) => c.clone(),
         None => match map.remove("channel") {
-            Some(Value::String(s)) => ChannelName::new(&s).map_err(channel_error)?,
-            _ => return Err(invalid_body("\"channel\" must be a string")),
+            Some(raw) => match string_member(raw, "channel", false)? {
+                Some(s) => ChannelName::new(&s).map_err(channel_error)?,
+                None => return Err(invalid_body("\"channel\" must be a string")),
+            },
+            None => return Err(invalid_body("\"channel\" must be a string")),
         },
     };
     let data = map
         .remove("data")
         .ok_or_else(|| invalid_body("missing field \"data\""))?;
     let event_type = match map.remove("event") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => event_type(Some(&s))?,
-        Some(_) => return Err(invalid_body("\"event\" must be a string")),
+        None => None,
+        Some(raw) => event_type(string_member(raw, "event", true)?.as_deref())?,
     };
-    let data = Data::from_json(data);
+    let data = Data::from_raw_json(data).map_err(invalid_json)?;
     data.check_size(max_size).map_err(data_error)?;
     Ok(NewEvent {
         channel,
@@ -249,7 +383,7 @@ pub(crate) async fn publish_one(
     let key = idempotency_key(req.headers())?;
     let query = Query::parse(req.uri().query());
     let max_event = state.settings.max_event_size;
-    let bytes = read_body(req, state.settings.max_body_size).await?;
+    let bytes = read_body(state, req, state.settings.max_body_size).await?;
     let event = match kind {
         BodyKind::Json => event_from_object(parse_json(&bytes)?, Some(&channel), max_event)?,
         BodyKind::Form => {
@@ -303,8 +437,8 @@ pub(crate) async fn publish_batch(
         ));
     }
     let key = idempotency_key(req.headers())?;
-    let bytes = read_body(req, state.settings.max_body_size).await?;
-    let Value::Object(mut root) = parse_json(&bytes)? else {
+    let bytes = read_body(state, req, state.settings.max_body_size).await?;
+    let Some(mut root) = object(parse_json(&bytes)?)? else {
         return Err(invalid_body("expected {\"events\": [...]}"));
     };
     if let Some(unknown) = root.keys().find(|k| k.as_str() != "events") {
@@ -313,8 +447,11 @@ pub(crate) async fn publish_batch(
             "unknown field {shown:?}; allowed: events"
         )));
     }
-    let Some(Value::Array(items)) = root.remove("events") else {
-        return Err(invalid_body("\"events\" must be an array"));
+    let items: Vec<&RawValue> = match root.remove("events") {
+        Some(raw) if json_type(raw) == b'[' => {
+            serde_json::from_str(raw.get()).map_err(invalid_json)?
+        }
+        _ => return Err(invalid_body("\"events\" must be an array")),
     };
     if items.is_empty() {
         return Err(ApiError::bad_request("empty_batch", "\"events\" is empty"));

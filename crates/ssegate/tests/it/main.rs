@@ -8,14 +8,16 @@
 
 mod abuse;
 mod api;
+mod body_bounds;
+mod churn;
 mod cluster;
 mod cluster_failures;
-mod churn;
 mod config;
 mod drain;
 mod errors;
 mod front;
 mod helpers;
+mod history_bounds;
 mod hyper_bounds;
 mod lb;
 mod observability;
