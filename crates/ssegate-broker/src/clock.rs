@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Where the brokers read the time: entry ids and expiry follow it.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
@@ -25,14 +26,17 @@ impl Clock for SystemClock {
 pub struct ManualClock(AtomicU64);
 
 impl ManualClock {
+    /// A clock that reads `ms` until it is moved.
     pub fn new(ms: u64) -> Self {
         Self(AtomicU64::new(ms))
     }
 
+    /// Jumps to `ms`, which may be earlier than now (a clock stepped back).
     pub fn set(&self, ms: u64) {
         self.0.store(ms, Ordering::SeqCst);
     }
 
+    /// Moves forward by `ms`.
     pub fn advance(&self, ms: u64) {
         self.0.fetch_add(ms, Ordering::SeqCst);
     }

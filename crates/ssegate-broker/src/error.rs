@@ -28,11 +28,17 @@ impl ssegate_core::metric_names::LabelValue for ErrorClass {
 /// A broker operation, the `op` label of `ssegate_broker_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerOp {
+    /// The publish script.
     Publish,
+    /// The read script (replay, catch-up, history).
     Read,
+    /// Creating or reading the store's epoch.
     Epoch,
+    /// The readiness check (`PING`).
     Ping,
+    /// The pub/sub connection: connecting, (un)subscribing, receiving.
     Pubsub,
+    /// The cluster view: refreshing, removing or listing node entries.
     Announce,
 }
 
@@ -59,6 +65,8 @@ impl ssegate_core::metric_names::LabelValue for BrokerOp {
     }
 }
 
+/// Why a broker operation failed. The detail is for logs; what a client is told
+/// depends only on [`BrokerError::class`].
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// The store cannot be reached; the detail is for logs, never for replies.
@@ -67,11 +75,14 @@ pub enum BrokerError {
     /// An idempotency key was reused for a different request.
     #[error("idempotency key was already used for a different request")]
     IdempotencyConflict,
+    /// A reply the broker cannot make sense of, or a broker that cannot be built (an
+    /// invalid Redis URL): not the client's fault, and not cured by retrying.
     #[error("internal broker error: {0}")]
     Internal(String),
 }
 
 impl BrokerError {
+    /// Who is at fault: picks the HTTP status (4xx, 503, 500) and the metric label.
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Unavailable(_) => ErrorClass::Broker,

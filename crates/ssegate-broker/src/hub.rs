@@ -3,27 +3,41 @@
 //! # Backpressure rule
 //!
 //! **A slow subscriber never makes this node buffer more for it.** Each channel with local
-//! subscribers has one bounded ring (a `tokio::sync::broadcast` channel of `capacity`
-//! events, each an `Arc` of the one encoded event). Publishing never waits for a reader:
-//! once a subscriber is more than `capacity` events behind, the oldest entries are
-//! overwritten and that subscriber's next receive says [`LiveRecv::Lagged`]. The connection
-//! then catches up from the history store (from its own last delivered id) and rejoins
-//! live, skipping what it already sent; if its position has left the retained history it
-//! is told `sync-required`. So per channel the node holds at most `capacity` references,
-//! shared by all subscribers, whatever they do; per connection it holds a cursor.
+//! subscribers has one bounded ring of the events that some local subscriber has not read
+//! yet, each an `Arc` of the one encoded event, shared by every subscriber. Publishing never
+//! waits for a reader: once a subscriber is more than `capacity` events, or more than
+//! `max_bytes` of frames, behind, the oldest entries are dropped and that subscriber's next
+//! receive says [`LiveRecv::Lagged`]. The connection then catches up from the history store
+//! (from its own last delivered id) and rejoins live, skipping what it already sent; if its
+//! position has left the retained history it is told `sync-required`. So per channel the
+//! node holds at most `capacity` references (and `max_bytes` of frames, or one event when a
+//! single one is larger), shared by all subscribers, whatever they do; per connection it
+//! holds a cursor.
+//!
+//! # Sized by use
 //!
 //! The ring is created on a channel's first local subscription and dropped with its last.
+//! It starts empty, without an allocation; it holds an entry only until every subscriber
+//! has taken it (each entry counts the subscribers that still have to read it), so it grows
+//! toward its limits only while someone is behind, and it gives its memory back when it
+//! empties. An idle channel costs its entry in the hub's map, the ring's header and, per
+//! subscriber, a slot of a few bytes and a parked waker: a few hundred bytes (see
+//! docs/security.md, "Memory bounds").
+//!
+//! # Wake-ups
+//!
+//! A subscriber that finds nothing to read parks its waker in the ring (once: a later poll
+//! only replaces it when it would wake another task). A send takes the whole list of parked
+//! wakers under the lock, swapping in an emptied list kept from the previous send, and wakes
+//! them after releasing it, so fan-out to thousands of subscribers allocates nothing per
+//! event and never wakes a subscriber under the lock. A receive is one short critical
+//! section: check the position, clone one `Arc`. Nothing is held across an `.await`.
 
-use std::collections::HashMap;
-use std::pin::Pin;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
-use futures_util::Stream;
 use ssegate_core::ChannelName;
-use tokio::sync::broadcast;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::event::StoredEvent;
 use crate::lock;
@@ -31,9 +45,17 @@ use crate::lock;
 /// Told when a channel gains its first or loses its last local subscriber, so that a
 /// cluster broker can SUBSCRIBE / UNSUBSCRIBE upstream.
 pub trait HubObserver: Send + Sync + std::fmt::Debug + 'static {
+    /// `channel` got its first local subscriber: start receiving it upstream. Called on
+    /// the subscribing task once the hub's locks are released; must return quickly.
     fn first_subscriber(&self, channel: &ChannelName);
+    /// `channel` lost its last local subscriber: stop receiving it upstream. Called
+    /// where the last subscription is dropped, once the hub's locks are released.
     fn last_unsubscribed(&self, channel: &ChannelName);
 }
+
+/// An emptied ring keeps its buffer only up to this many entries; a larger one (left by
+/// a burst or a slow reader) is freed.
+const KEEP_EMPTY_CAPACITY: usize = 8;
 
 /// What travels through a channel's ring.
 #[derive(Debug, Clone)]
@@ -44,16 +66,196 @@ enum HubMsg {
     Resync,
 }
 
+impl HubMsg {
+    /// The bytes this entry keeps alive (what the ring's byte limit counts).
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Event(ev) => ev.encoded.frame().len(),
+            Self::Resync => 0,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
-    tx: broadcast::Sender<HubMsg>,
+    msg: HubMsg,
+    /// Subscribers that have not read this entry yet; at zero it is released.
+    unread: usize,
+}
+
+/// `Sub::parked` when the subscriber has no waker in `RingState::parked`.
+const NOT_PARKED: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy)]
+struct Sub {
+    /// Where this subscriber's waker is in `RingState::parked`.
+    parked: u32,
+}
+
+#[derive(Debug, Default)]
+struct RingState {
+    /// Entries some subscriber has not read yet, oldest first.
+    entries: VecDeque<Entry>,
+    /// The sequence number of `entries[0]` (of the next entry when it is empty).
+    head: u64,
+    /// Frame bytes held by `entries`.
+    bytes: usize,
+    /// One slot per subscriber id; ids of departed subscribers are in `free`.
+    subs: Vec<Sub>,
+    free: Vec<u32>,
+    /// Wakers of the subscribers waiting for the next entry, with their ids.
+    parked: Vec<(u32, Waker)>,
+    /// The list the last send woke, emptied, kept so that the next send allocates nothing.
+    spare: Vec<(u32, Waker)>,
+}
+
+impl RingState {
+    fn tail(&self) -> u64 {
+        self.head + self.entries.len() as u64
+    }
+
+    /// Subscribers joined to this ring.
+    fn subscribers(&self) -> usize {
+        self.subs.len() - self.free.len()
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(entry) = self.entries.pop_front() {
+            self.bytes -= entry.msg.bytes();
+            self.head += 1;
+        }
+    }
+
+    /// Drops the entries every subscriber has read. Those are always a prefix: a
+    /// subscriber that has not read an entry has not read any later one either, and was
+    /// joined when the later ones were sent.
+    fn release_read(&mut self) {
+        while self.entries.front().is_some_and(|e| e.unread == 0) {
+            self.pop_front();
+        }
+        self.shrink_if_empty();
+    }
+
+    fn shrink_if_empty(&mut self) {
+        if self.entries.is_empty() && self.entries.capacity() > KEEP_EMPTY_CAPACITY {
+            self.entries = VecDeque::new();
+        }
+    }
+
+    fn join(&mut self) -> u32 {
+        let free = Sub { parked: NOT_PARKED };
+        match self.free.pop() {
+            Some(id) => {
+                self.subs[id as usize] = free;
+                id
+            }
+            None => {
+                self.subs.push(free);
+                u32::try_from(self.subs.len() - 1).unwrap_or(u32::MAX)
+            }
+        }
+    }
+
+    fn leave(&mut self, id: u32, next: u64) {
+        let from = next.max(self.head) - self.head;
+        for entry in self
+            .entries
+            .range_mut(usize::try_from(from).unwrap_or(usize::MAX)..)
+        {
+            entry.unread -= 1;
+        }
+        self.release_read();
+        self.unpark(id);
+        self.free.push(id);
+    }
+
+    fn park(&mut self, id: u32, waker: &Waker) {
+        let at = self.subs[id as usize].parked;
+        if at == NOT_PARKED {
+            if self.parked.capacity() == 0 {
+                // Most channels have one subscriber: room for one, not the default four.
+                self.parked.reserve_exact(1);
+            }
+            self.subs[id as usize].parked = u32::try_from(self.parked.len()).unwrap_or(u32::MAX);
+            self.parked.push((id, waker.clone()));
+        } else {
+            let parked = &mut self.parked[at as usize].1;
+            if !parked.will_wake(waker) {
+                parked.clone_from(waker);
+            }
+        }
+    }
+
+    fn unpark(&mut self, id: u32) {
+        let at = std::mem::replace(&mut self.subs[id as usize].parked, NOT_PARKED);
+        if at == NOT_PARKED {
+            return;
+        }
+        self.parked.swap_remove(at as usize);
+        if let Some(&(moved, _)) = self.parked.get(at as usize) {
+            self.subs[moved as usize].parked = at;
+        }
+    }
+}
+
+/// One channel's ring, shared by the hub's map and every subscription of the channel.
+#[derive(Debug)]
+struct Ring {
+    channel: ChannelName,
+    state: Mutex<RingState>,
+}
+
+impl Ring {
+    /// Appends an entry for every joined subscriber and wakes those that wait.
+    fn push(&self, msg: HubMsg, limits: Limits) {
+        let mut st = lock(&self.state);
+        let unread = st.subscribers();
+        if unread == 0 {
+            return;
+        }
+        st.bytes += msg.bytes();
+        st.entries.push_back(Entry { msg, unread });
+        while st.entries.len() > limits.events || (st.bytes > limits.bytes && st.entries.len() > 1)
+        {
+            // The oldest entry's readers are now too far behind: they will see `Lagged`.
+            st.pop_front();
+        }
+        if st.parked.is_empty() {
+            return;
+        }
+        let spare = std::mem::take(&mut st.spare);
+        let mut woken = std::mem::replace(&mut st.parked, spare);
+        for &(id, _) in &woken {
+            st.subs[id as usize].parked = NOT_PARKED;
+        }
+        drop(st);
+        for (_, waker) in woken.drain(..) {
+            waker.wake();
+        }
+        let mut st = lock(&self.state);
+        if st.spare.capacity() < woken.capacity() {
+            st.spare = woken;
+        }
+    }
+}
+
+/// How much a ring may hold: entries and frame bytes.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    events: usize,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Channel {
+    ring: Arc<Ring>,
     subscribers: usize,
 }
 
 #[derive(Debug)]
 struct Shared {
-    channels: Mutex<HashMap<ChannelName, Entry>>,
-    capacity: usize,
+    channels: Mutex<HashMap<ChannelName, Channel>>,
+    limits: Limits,
     observer: Option<Arc<dyn HubObserver>>,
 }
 
@@ -64,13 +266,17 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// `capacity` is the per-channel ring size: how far (in events) a subscriber may fall
-    /// behind live before it is caught up from history instead.
-    pub fn new(capacity: usize, observer: Option<Arc<dyn HubObserver>>) -> Self {
+    /// `capacity` and `max_bytes` bound each channel's ring: how far (in events, and in
+    /// bytes of frames) a subscriber may fall behind live before it is caught up from
+    /// history instead.
+    pub fn new(capacity: usize, max_bytes: usize, observer: Option<Arc<dyn HubObserver>>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 channels: Mutex::new(HashMap::new()),
-                capacity: capacity.max(1),
+                limits: Limits {
+                    events: capacity.max(1),
+                    bytes: max_bytes.max(1),
+                },
                 observer,
             }),
         }
@@ -80,55 +286,77 @@ impl Hub {
     pub fn subscribe(&self, channel: &ChannelName) -> LiveSubscription {
         let mut channels = lock(&self.shared.channels);
         let first;
-        let rx = match channels.get_mut(channel) {
+        let ring = match channels.get_mut(channel) {
             Some(entry) => {
                 entry.subscribers += 1;
                 first = false;
-                entry.tx.subscribe()
+                entry.ring.clone()
             }
             None => {
-                let (tx, rx) = broadcast::channel(self.shared.capacity);
-                channels.insert(channel.clone(), Entry { tx, subscribers: 1 });
+                let ring = Arc::new(Ring {
+                    channel: channel.clone(),
+                    state: Mutex::new(RingState::default()),
+                });
+                channels.insert(
+                    channel.clone(),
+                    Channel {
+                        ring: ring.clone(),
+                        subscribers: 1,
+                    },
+                );
                 first = true;
                 metrics::gauge!(ssegate_core::metric_names::SUBSCRIBED_CHANNELS).increment(1.0);
-                rx
+                ring
             }
         };
+        // The map's count keeps the ring in the map, so it can be joined after the map
+        // lock is released.
         drop(channels);
+        let (id, next) = {
+            let mut st = lock(&ring.state);
+            (st.join(), st.tail())
+        };
         if first {
             if let Some(obs) = &self.shared.observer {
                 obs.first_subscriber(channel);
             }
         }
         LiveSubscription {
-            stream: BroadcastStream::new(rx),
-            channel: channel.clone(),
+            ring,
             hub: self.clone(),
+            id,
+            next,
         }
+    }
+
+    fn ring(&self, channel: &ChannelName) -> Option<Arc<Ring>> {
+        lock(&self.shared.channels)
+            .get(channel)
+            .map(|c| c.ring.clone())
     }
 
     /// Hands an event to every local subscriber of its channel. Never blocks.
     pub fn send(&self, event: Arc<StoredEvent>) {
-        let channels = lock(&self.shared.channels);
-        if let Some(entry) = channels.get(&event.channel) {
-            // An error only means no receiver is left, which the guard is about to fix.
-            let _ = entry.tx.send(HubMsg::Event(event));
+        if let Some(ring) = self.ring(&event.channel) {
+            ring.push(HubMsg::Event(event), self.shared.limits);
         }
     }
 
     /// Tells every local subscriber of `channel` to catch up from history.
     pub fn resync(&self, channel: &ChannelName) {
-        let channels = lock(&self.shared.channels);
-        if let Some(entry) = channels.get(channel) {
-            let _ = entry.tx.send(HubMsg::Resync);
+        if let Some(ring) = self.ring(channel) {
+            ring.push(HubMsg::Resync, self.shared.limits);
         }
     }
 
     /// Tells every local subscriber of every channel to catch up from history.
     pub fn resync_all(&self) {
-        let channels = lock(&self.shared.channels);
-        for entry in channels.values() {
-            let _ = entry.tx.send(HubMsg::Resync);
+        let rings: Vec<Arc<Ring>> = lock(&self.shared.channels)
+            .values()
+            .map(|c| c.ring.clone())
+            .collect();
+        for ring in rings {
+            ring.push(HubMsg::Resync, self.shared.limits);
         }
     }
 
@@ -175,11 +403,21 @@ impl Hub {
             }
         }
     }
+
+    /// Entries held and entries allocated by `channel`'s ring (tests of the sizing).
+    #[cfg(test)]
+    fn ring_size(&self, channel: &ChannelName) -> Option<(usize, usize)> {
+        self.ring(channel).map(|r| {
+            let st = lock(&r.state);
+            (st.entries.len(), st.entries.capacity())
+        })
+    }
 }
 
 /// What a live subscription yields.
 #[derive(Debug)]
 pub enum LiveRecv {
+    /// The channel's next event, in publish order.
     Event(Arc<StoredEvent>),
     /// This subscriber fell behind the ring (a slow consumer): catch up from history.
     Lagged,
@@ -193,35 +431,52 @@ pub enum LiveRecv {
 
 /// One connection's live subscription to one channel. Dropping it unsubscribes.
 pub struct LiveSubscription {
-    stream: BroadcastStream<HubMsg>,
-    channel: ChannelName,
+    ring: Arc<Ring>,
     hub: Hub,
+    /// This subscriber's slot in the ring.
+    id: u32,
+    /// The sequence number of the next entry to read.
+    next: u64,
 }
 
 impl std::fmt::Debug for LiveSubscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LiveSubscription")
-            .field("channel", &self.channel)
+            .field("channel", &self.ring.channel)
             .finish_non_exhaustive()
     }
 }
 
 impl LiveSubscription {
+    /// The channel subscribed to.
     pub fn channel(&self) -> &ChannelName {
-        &self.channel
+        &self.ring.channel
     }
 
     /// Polls for the next live event.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<LiveRecv> {
-        match Pin::new(&mut self.stream).poll_next(cx) {
-            Poll::Ready(Some(Ok(HubMsg::Event(ev)))) => Poll::Ready(LiveRecv::Event(ev)),
-            Poll::Ready(Some(Ok(HubMsg::Resync))) => Poll::Ready(LiveRecv::Resync),
-            Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
-                Poll::Ready(LiveRecv::Lagged)
-            }
-            Poll::Ready(None) => Poll::Ready(LiveRecv::Closed),
-            Poll::Pending => Poll::Pending,
+        let mut st = lock(&self.ring.state);
+        if self.next < st.head {
+            // Entries this subscriber had not read were dropped: it is too far behind.
+            self.next = st.head;
+            return Poll::Ready(LiveRecv::Lagged);
         }
+        let at = usize::try_from(self.next - st.head).unwrap_or(usize::MAX);
+        let Some(entry) = st.entries.get_mut(at) else {
+            st.park(self.id, cx.waker());
+            return Poll::Pending;
+        };
+        entry.unread -= 1;
+        let msg = entry.msg.clone();
+        self.next += 1;
+        if at == 0 {
+            // This may have been the oldest entry's last reader.
+            st.release_read();
+        }
+        Poll::Ready(match msg {
+            HubMsg::Event(ev) => LiveRecv::Event(ev),
+            HubMsg::Resync => LiveRecv::Resync,
+        })
     }
 
     /// Waits for the next live event.
@@ -232,7 +487,8 @@ impl LiveSubscription {
 
 impl Drop for LiveSubscription {
     fn drop(&mut self) {
-        self.hub.release(&self.channel);
+        lock(&self.ring.state).leave(self.id, self.next);
+        self.hub.release(&self.ring.channel);
     }
 }
 
@@ -240,17 +496,38 @@ impl Drop for LiveSubscription {
 mod tests {
     use super::*;
     use ssegate_core::{Data, EntryId, Epoch};
+    use std::time::Duration;
 
     fn ev(ch: &ChannelName, n: u64) -> Arc<StoredEvent> {
+        ev_sized(ch, n, 0)
+    }
+
+    fn ev_sized(ch: &ChannelName, n: u64, pad: usize) -> Arc<StoredEvent> {
         Arc::new(StoredEvent::new(
             Epoch::random(),
             ch.clone(),
             EntryId::new(n, 0),
             EntryId::new(n - 1, 0),
             None,
-            Data::text(n.to_string()),
+            Data::text(format!("{n}{}", "x".repeat(pad))),
             n,
         ))
+    }
+
+    fn event_id(r: LiveRecv) -> u64 {
+        match r {
+            LiveRecv::Event(e) => e.id.ms,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Polls once without waiting.
+    fn try_recv(sub: &mut LiveSubscription) -> Option<LiveRecv> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match sub.poll_recv(&mut cx) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        }
     }
 
     #[derive(Debug, Default)]
@@ -267,7 +544,7 @@ mod tests {
     #[tokio::test]
     async fn subscriptions_are_reference_counted() {
         let log = Arc::new(Log::default());
-        let hub = Hub::new(4, Some(log.clone()));
+        let hub = Hub::new(4, usize::MAX, Some(log.clone()));
         let ch = ChannelName::new("a").unwrap();
         let s1 = hub.subscribe(&ch);
         let s2 = hub.subscribe(&ch);
@@ -280,22 +557,138 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_subscriber_lags_instead_of_buffering() {
-        let hub = Hub::new(4, None);
+        let hub = Hub::new(4, usize::MAX, None);
         let ch = ChannelName::new("a").unwrap();
         let mut fast = hub.subscribe(&ch);
         let mut slow = hub.subscribe(&ch);
         for n in 1..=10 {
             hub.send(ev(&ch, n));
-            match fast.recv().await {
-                LiveRecv::Event(e) => assert_eq!(e.id.ms, n),
-                other => panic!("{other:?}"),
-            }
+            assert_eq!(event_id(fast.recv().await), n);
         }
+        assert_eq!(hub.ring_size(&ch).map(|s| s.0), Some(4), "capacity entries");
         assert!(matches!(slow.recv().await, LiveRecv::Lagged));
         // After the lag it continues with what the ring still holds, in order.
-        match slow.recv().await {
-            LiveRecv::Event(e) => assert_eq!(e.id.ms, 7),
-            other => panic!("{other:?}"),
+        assert_eq!(event_id(slow.recv().await), 7);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_too_many_bytes_behind_lags() {
+        let one = ev_sized(&ChannelName::new("a").unwrap(), 1, 1000)
+            .encoded
+            .frame()
+            .len();
+        // Room for three such frames, not four.
+        let hub = Hub::new(512, 3 * one + one / 2, None);
+        let ch = ChannelName::new("a").unwrap();
+        let mut slow = hub.subscribe(&ch);
+        for n in 1..=10 {
+            hub.send(ev_sized(&ch, n, 1000));
         }
+        assert_eq!(hub.ring_size(&ch).map(|s| s.0), Some(3));
+        assert!(matches!(slow.recv().await, LiveRecv::Lagged));
+        assert_eq!(event_id(slow.recv().await), 8);
+        // One event larger than the limit pushes out everything older, and is still
+        // delivered.
+        hub.send(ev_sized(&ch, 11, 10 * one));
+        assert_eq!(hub.ring_size(&ch).map(|s| s.0), Some(1));
+        assert!(matches!(slow.recv().await, LiveRecv::Lagged));
+        assert_eq!(event_id(slow.recv().await), 11);
+    }
+
+    #[tokio::test]
+    async fn the_ring_holds_only_what_someone_has_not_read() {
+        let hub = Hub::new(512, usize::MAX, None);
+        let ch = ChannelName::new("a").unwrap();
+        let mut a = hub.subscribe(&ch);
+        let mut b = hub.subscribe(&ch);
+        assert_eq!(
+            hub.ring_size(&ch),
+            Some((0, 0)),
+            "an idle ring allocates nothing"
+        );
+        let first = ev(&ch, 1);
+        hub.send(first.clone());
+        for n in 2..=100 {
+            hub.send(ev(&ch, n));
+        }
+        assert_eq!(hub.ring_size(&ch).map(|s| s.0), Some(100));
+        for n in 1..=100 {
+            assert_eq!(event_id(a.recv().await), n);
+        }
+        assert_eq!(
+            hub.ring_size(&ch).map(|s| s.0),
+            Some(100),
+            "b has read nothing"
+        );
+        for n in 1..=50 {
+            assert_eq!(event_id(b.recv().await), n);
+        }
+        assert_eq!(hub.ring_size(&ch).map(|s| s.0), Some(50));
+        assert_eq!(Arc::strong_count(&first), 1, "read by both: released");
+        // A subscriber that leaves releases what it did not read.
+        drop(b);
+        assert_eq!(
+            hub.ring_size(&ch),
+            Some((0, 0)),
+            "emptied: its buffer is freed"
+        );
+        assert!(try_recv(&mut a).is_none());
+        // Resync entries count like events.
+        hub.resync(&ch);
+        assert!(matches!(try_recv(&mut a), Some(LiveRecv::Resync)));
+        assert_eq!(hub.ring_size(&ch).map(|s| s.0), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_late_subscriber_starts_at_the_tail_and_is_not_waited_for() {
+        let hub = Hub::new(512, usize::MAX, None);
+        let ch = ChannelName::new("a").unwrap();
+        let mut early = hub.subscribe(&ch);
+        hub.send(ev(&ch, 1));
+        let mut late = hub.subscribe(&ch);
+        hub.send(ev(&ch, 2));
+        assert_eq!(event_id(late.recv().await), 2);
+        assert_eq!(hub.ring_size(&ch).map(|s| s.0), Some(2));
+        assert_eq!(event_id(early.recv().await), 1);
+        assert_eq!(event_id(early.recv().await), 2);
+        assert_eq!(hub.ring_size(&ch).map(|s| s.0), Some(0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_waiting_subscriber_is_woken_also_after_others_left() {
+        let hub = Hub::new(512, usize::MAX, None);
+        let ch = ChannelName::new("a").unwrap();
+        let mut tasks = Vec::new();
+        let mut leaving = Vec::new();
+        for i in 0..1000 {
+            let mut sub = hub.subscribe(&ch);
+            if i % 3 == 0 {
+                // Parks its waker, then leaves: the others' slots must stay right.
+                assert!(try_recv(&mut sub).is_none());
+                leaving.push(sub);
+                continue;
+            }
+            tasks.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                while got.len() < 3 {
+                    got.push(event_id(sub.recv().await));
+                }
+                got
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(leaving);
+        for n in 1..=3 {
+            hub.send(ev(&ch, n));
+            tokio::task::yield_now().await;
+        }
+        for t in tasks {
+            let got = tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("woken")
+                .unwrap();
+            assert_eq!(got, [1, 2, 3]);
+        }
+        assert_eq!(hub.ring_size(&ch).map(|s| s.0), None, "all gone");
     }
 }

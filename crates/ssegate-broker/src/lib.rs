@@ -21,6 +21,7 @@
 //! - [`clock`]: the wall clock, injectable so id and expiry rules can be tested.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod clock;
 pub mod error;
@@ -37,7 +38,7 @@ use std::time::Duration;
 use ssegate_core::{ChannelName, EntryId, Epoch, NewEvent};
 
 pub use error::{BrokerError, BrokerOp, ErrorClass};
-pub use event::StoredEvent;
+pub use event::{StoredData, StoredEvent};
 pub use hub::{LiveRecv, LiveSubscription};
 pub use memory::{HistoryConfig, MemoryBroker};
 pub use redis::{RedisBroker, RedisConfig};
@@ -79,7 +80,9 @@ impl ReadPage {
 /// The result of a publish: the epoch and one id per event, in request order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
+    /// The store's epoch at the publish: with an id, it makes the event's cursor.
     pub epoch: Epoch,
+    /// The new entries' ids, one per event of the request.
     pub ids: Vec<EntryId>,
 }
 

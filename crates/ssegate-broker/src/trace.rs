@@ -25,6 +25,7 @@ pub fn set_hook(hook: Box<dyn TraceHook>) {
     let _ = HOOK.set(hook);
 }
 
+/// The installed hook; `None` when tracing export is off, and then nothing is traced.
 pub fn hook() -> Option<&'static dyn TraceHook> {
     HOOK.get().map(|h| &**h)
 }

@@ -11,7 +11,12 @@
 //! # async fn demo() -> Result<(), ssegate_client::Error> {
 //! use ssegate_client::{ConnectOptions, EventSource};
 //!
-//! let urls = vec!["http://127.0.0.1:8080/events?topic=a".to_owned()];
+//! // One channel on two gateway nodes: each reconnect takes the next URL and resumes
+//! // from the last event id with `Last-Event-ID`.
+//! let urls = vec![
+//!     "http://127.0.0.1:8080/v1/channels/news/events".to_owned(),
+//!     "http://127.0.0.1:8081/v1/channels/news/events".to_owned(),
+//! ];
 //! let mut source = EventSource::new(urls, ConnectOptions::default());
 //! let event = source.next_event().await?;
 //! println!("{} {}: {}", event.id, event.event, event.data);
@@ -35,6 +40,7 @@
 //! * [`error`] — the one [`Error`] type shared by all of the above.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod conn;
 pub mod error;

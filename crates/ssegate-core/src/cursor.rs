@@ -20,12 +20,17 @@ use crate::name::ChannelName;
 /// Why a cursor was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CursorError {
+    /// Not a cursor of either form.
     #[error("malformed event id")]
     Malformed,
+    /// A composite cursor whose checksum or channel count is not the request's channel
+    /// set: it was written for another stream and would be misapplied.
     #[error("event id belongs to a different set of channels")]
     ChannelSetMismatch,
+    /// A composite cursor sent to a single-channel stream.
     #[error("a multi-channel event id cannot resume a single-channel stream")]
     CompositeOnSingle,
+    /// A single-channel cursor sent to a multi-channel stream.
     #[error("a single-channel event id cannot resume a multi-channel stream")]
     SingleOnComposite,
 }
@@ -45,7 +50,9 @@ pub enum StartFrom {
 /// form is the single-channel event id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
+    /// The history store the entry id belongs to.
     pub epoch: Epoch,
+    /// The last entry delivered (the stream continues after it).
     pub id: EntryId,
 }
 
@@ -60,6 +67,7 @@ impl fmt::Display for Position {
 pub enum Cursor {
     /// `0`: from the oldest retained event.
     Zero,
+    /// After this position.
     At(Position),
 }
 
@@ -79,6 +87,7 @@ impl Cursor {
         }))
     }
 
+    /// Where the stream starts for the channel.
     pub fn start(self) -> StartFrom {
         match self {
             Self::Zero => StartFrom::Oldest,
@@ -96,6 +105,7 @@ pub struct ChannelSet {
 }
 
 impl ChannelSet {
+    /// Sorts and de-duplicates `names` and computes the set's checksum.
     pub fn new(mut names: Vec<ChannelName>) -> Self {
         names.sort();
         names.dedup();
@@ -103,18 +113,23 @@ impl ChannelSet {
         Self { names, checksum }
     }
 
+    /// The channels in canonical order: the order of the ids in a composite cursor.
     pub fn names(&self) -> &[ChannelName] {
         &self.names
     }
 
+    /// How many distinct channels.
     pub fn len(&self) -> usize {
         self.names.len()
     }
 
+    /// No channel at all (a request the caller refuses).
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
 
+    /// FNV-1a of the canonical names: the second part of a composite cursor, so a
+    /// cursor replayed against another channel set is refused.
     pub fn checksum(&self) -> u32 {
         self.checksum
     }
@@ -162,7 +177,12 @@ pub enum CompositeCursor {
     /// `0`: every channel from its oldest retained event.
     Zero,
     /// One entry id per channel, in the set's canonical order.
-    At { epoch: Epoch, ids: Vec<EntryId> },
+    At {
+        /// The history store the ids belong to (one for every channel).
+        epoch: Epoch,
+        /// The last delivered entry of each channel.
+        ids: Vec<EntryId>,
+    },
 }
 
 impl CompositeCursor {

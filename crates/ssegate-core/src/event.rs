@@ -21,6 +21,8 @@ impl DataKind {
         }
     }
 
+    /// The kind a [`DataKind::tag`] stands for; `None` for any other text (a store entry
+    /// this version did not write).
     pub fn from_tag(tag: &str) -> Option<Self> {
         match tag {
             "t" => Some(Self::Text),
@@ -41,8 +43,14 @@ pub struct Data {
 /// Data that cannot be published.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DataError {
+    /// The data's text is longer than the node's event size limit (`413 event_too_large`).
     #[error("event data is {size} bytes, more than the limit of {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// Bytes of the data's text.
+        size: usize,
+        /// The limit it exceeded, in bytes.
+        limit: usize,
+    },
 }
 
 impl Data {
@@ -78,6 +86,7 @@ impl Data {
         }
     }
 
+    /// Text data (a JSON string, a form field, a `text/plain` body), framed as-is.
     pub fn text(text: String) -> Self {
         Self {
             kind: DataKind::Text,
@@ -90,10 +99,12 @@ impl Data {
         Self { kind, text }
     }
 
+    /// How the data was given, so history answers it in the same JSON shape.
     pub fn kind(&self) -> DataKind {
         self.kind
     }
 
+    /// The text that goes into the `data:` lines and into the store, unchanged.
     pub fn as_str(&self) -> &str {
         &self.text
     }
@@ -202,8 +213,11 @@ impl serde::Serialize for Data {
 /// One event to publish, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
+    /// The channel it is published to.
     pub channel: ChannelName,
+    /// The `event:` type subscribers see; `None` frames no `event:` line (`message`).
     pub event_type: Option<EventType>,
+    /// The payload, already size-checked.
     pub data: Data,
     /// W3C `traceparent` of the publish, when traced: stored with the event so that its
     /// deliveries on every node join the publisher's trace.

@@ -9,13 +9,17 @@ use std::str::FromStr;
 /// `0-0` is the position before the first event: "nothing delivered yet".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct EntryId {
+    /// Milliseconds since the Unix epoch when the entry was added (by the store's clock).
     pub ms: u64,
+    /// Tells apart entries added in the same millisecond.
     pub seq: u64,
 }
 
 impl EntryId {
+    /// `0-0`: before the first event of every channel.
     pub const ZERO: EntryId = EntryId { ms: 0, seq: 0 };
 
+    /// The id `<ms>-<seq>`.
     pub const fn new(ms: u64, seq: u64) -> Self {
         Self { ms, seq }
     }
@@ -101,6 +105,7 @@ impl Epoch {
         Self(bytes)
     }
 
+    /// The token's text, as it appears at the start of every cursor.
     pub fn as_str(&self) -> &str {
         // Only ever built from EPOCH_ALPHABET (ASCII), see `random` and `from_str`.
         std::str::from_utf8(&self.0).unwrap_or("????????")

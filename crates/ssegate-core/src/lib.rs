@@ -17,6 +17,7 @@
 //! - [`metric_names`]: every metric name and its fixed label values.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod cursor;
 pub mod event;

@@ -24,14 +24,33 @@ pub const RESERVED_EVENT_TYPES: &[&str] = &["sync-required", "token-expired"];
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
+    /// The empty string.
     #[error("{what} must not be empty")]
-    Empty { what: &'static str },
+    Empty {
+        /// What was named: `"channel name"` or `"event type"`.
+        what: &'static str,
+    },
+    /// Longer than [`MAX_CHANNEL_LEN`] or [`MAX_EVENT_TYPE_LEN`].
     #[error("{what} is longer than {max} characters")]
-    TooLong { what: &'static str, max: usize },
+    TooLong {
+        /// What was named: `"channel name"` or `"event type"`.
+        what: &'static str,
+        /// The limit, in characters.
+        max: usize,
+    },
+    /// A character outside `[A-Za-z0-9_.:-]`.
     #[error("{what} may only contain A-Z, a-z, 0-9, '_', '.', ':' and '-'")]
-    BadChar { what: &'static str },
+    BadChar {
+        /// What was named: `"channel name"` or `"event type"`.
+        what: &'static str,
+    },
+    /// A channel named `.` or `..` (see the module docs).
     #[error("{what} must not be \".\" or \"..\" (a path segment that proxies rewrite)")]
-    DotSegment { what: &'static str },
+    DotSegment {
+        /// What was named: `"channel name"` or `"event type"`.
+        what: &'static str,
+    },
+    /// An event type in [`RESERVED_EVENT_TYPES`]; carries the type.
     #[error("event type {0:?} is reserved for the gateway")]
     Reserved(String),
 }
@@ -59,6 +78,8 @@ fn check(s: &str, what: &'static str, max: usize) -> Result<(), NameError> {
 pub struct ChannelName(Arc<str>);
 
 impl ChannelName {
+    /// Validates a channel name: the alphabet, 1 to [`MAX_CHANNEL_LEN`] bytes, not a dot
+    /// segment.
     pub fn new(s: &str) -> Result<Self, NameError> {
         check(s, "channel name", MAX_CHANNEL_LEN)?;
         if s == "." || s == ".." {
@@ -69,6 +90,7 @@ impl ChannelName {
         Ok(Self(Arc::from(s)))
     }
 
+    /// The name as given (it needs no escaping anywhere, see the module docs).
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -106,6 +128,7 @@ impl EventType {
         Ok(Self(Arc::from(s)))
     }
 
+    /// The type as it goes into the `event:` field.
     pub fn as_str(&self) -> &str {
         &self.0
     }

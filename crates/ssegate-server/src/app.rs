@@ -29,13 +29,20 @@ const FINAL_GRACE: Duration = Duration::from_secs(3);
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// The auth settings cannot be used (a key that does not parse, a private key where
+    /// the public one belongs, ...).
     #[error("invalid auth configuration: {0}")]
     Auth(String),
+    /// The Redis broker cannot be built (an invalid URL or pool setting). An unreachable
+    /// Redis is no build error: the node starts, and is not ready until Redis answers.
     #[error("cannot set up the broker: {0}")]
     Broker(ssegate_broker::BrokerError),
+    /// A listener cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why binding failed (in use, not permitted, ...).
         source: std::io::Error,
     },
 }
@@ -116,14 +123,17 @@ impl App {
         })
     }
 
+    /// The public listener's bound address (the real port when `:0` was asked for).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
+    /// The admin listener's bound address; `None` when it is turned off.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The node's shared state (tests watch its stream count).
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
     }
@@ -137,7 +147,7 @@ impl App {
             sweeper,
         } = self;
         let graceful = GracefulShutdown::new();
-        let announcer = crate::cluster::spawn_announcer(state.clone());
+        let announcer = crate::cluster_view::spawn_announcer(state.clone());
         // Histograms need their upkeep (bucket draining) even when nobody scrapes.
         let upkeep = crate::metrics::prometheus().map(|handle| {
             tokio::spawn(async move {

@@ -12,19 +12,24 @@ use http_body::{Frame, SizeHint};
 /// A response body. Frames are `Bytes`, so an event encoded once is written to every
 /// connection without a copy.
 pub enum Body {
+    /// A complete body, sent as one frame; `None` is an empty body.
     Full(Option<Bytes>),
+    /// A body that never ends by itself (an SSE stream): frames as the stream yields them.
     Stream(Pin<Box<dyn Stream<Item = Bytes> + Send>>),
 }
 
 impl Body {
+    /// A complete body.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Self::Full(Some(bytes.into()))
     }
 
+    /// No body (`204`, `HEAD`, a preflight).
     pub fn empty() -> Self {
         Self::Full(None)
     }
 
+    /// A streamed body; it ends when `s` does.
     pub fn stream(s: impl Stream<Item = Bytes> + Send + 'static) -> Self {
         Self::Stream(Box::pin(s))
     }

@@ -62,6 +62,8 @@ impl Cors {
         Ok(Self { origins })
     }
 
+    /// Whether any origin is allowed: without one, no CORS headers are ever sent and
+    /// the API is same-origin only.
     pub fn is_configured(&self) -> bool {
         !self.origins.is_empty()
     }

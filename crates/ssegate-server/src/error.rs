@@ -11,9 +11,11 @@ use crate::body::Body;
 /// An error answered to a client as `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// The reply's status.
     pub status: StatusCode,
     /// Stable snake_case code, listed in `docs/api.md`.
     pub code: &'static str,
+    /// For people: what went wrong, without internal detail.
     pub message: String,
     /// For batch publishes: which event was refused.
     pub index: Option<usize>,
@@ -28,6 +30,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error with nothing but a status, a code and a message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -41,14 +44,17 @@ impl ApiError {
         }
     }
 
+    /// A `400` with this code.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// `404 not_found`: no route has this path.
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
     }
 
+    /// `405 method_not_allowed`, with `Allow: <allow>`.
     pub fn method_not_allowed(allow: &'static str) -> Self {
         Self {
             allow: Some(allow),
@@ -60,6 +66,7 @@ impl ApiError {
         }
     }
 
+    /// Names the refused event of a batch, in the message and as `"index"`.
     pub fn at_index(mut self, index: usize) -> Self {
         self.message = format!("events[{index}]: {}", self.message);
         self.index = Some(index);
@@ -87,6 +94,8 @@ impl ApiError {
         }
     }
 
+    /// The JSON reply with its headers (`Allow`, `WWW-Authenticate`, `Retry-After`,
+    /// `Connection: close`) as the fields ask.
     pub fn into_response(self) -> Response<Body> {
         let mut error = serde_json::json!({ "code": self.code, "message": self.message });
         if let Some(i) = self.index {
@@ -161,6 +170,8 @@ pub fn event_type_error(e: NameError) -> ApiError {
     ApiError::bad_request("invalid_event_type", e.to_string())
 }
 
+/// A cursor from a request was refused: `invalid_cursor` when it does not parse,
+/// `cursor_mismatch` when it belongs to another kind of stream or channel set.
 pub fn cursor_error(e: CursorError) -> ApiError {
     let code = match e {
         CursorError::Malformed => "invalid_cursor",
@@ -169,6 +180,7 @@ pub fn cursor_error(e: CursorError) -> ApiError {
     ApiError::bad_request(code, e.to_string())
 }
 
+/// Event data over the size limit: `413 event_too_large`.
 pub fn data_error(e: DataError) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,

@@ -11,7 +11,7 @@
 //! - `router`: path and method dispatch, 404/405.
 //! - `stream`: subscribing; `stream::session` is the per-stream state machine.
 //! - `handlers`: publish (single and batch), history, health, the demo page.
-//! - `cluster`: the cluster view (`/v1/cluster`, its SSE stream, `/dashboard`).
+//! - `cluster_view`: the cluster view (`/v1/cluster`, its SSE stream, `/dashboard`).
 //! - [`auth`]: JWT and publisher-key authentication, `POST /v1/tokens`.
 //! - [`cors`]: the CORS policy.
 //! - [`limits`]: per-subject and rate limits.
@@ -20,11 +20,12 @@
 //! - [`metrics`]: the Prometheus recorder and the metric handles the hot paths use.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod app;
 pub mod auth;
 pub mod body;
-mod cluster;
+mod cluster_view;
 mod conn;
 pub mod cors;
 pub mod error;

@@ -9,21 +9,22 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
 
+use governor::clock::Clock;
 use http::HeaderMap;
+use ipnet::IpNet;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// An address range, `10.0.0.0/8` or a single address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
+    /// `addr/prefix` or `addr` (a single address); blanks around either part are
+    /// ignored, and host bits after the prefix are allowed (`10.1.2.3/8` is `10.0.0.0/8`).
     pub fn parse(s: &str) -> Result<Self, String> {
         let (ip, prefix) = match s.split_once('/') {
             Some((ip, p)) => (ip, Some(p)),
@@ -33,36 +34,25 @@ impl Cidr {
             .trim()
             .parse()
             .map_err(|_| format!("not an IP address: {ip:?}"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
+        let net = match prefix {
             Some(p) => p
                 .trim()
                 .parse::<u8>()
                 .ok()
-                .filter(|p| *p <= max)
+                .and_then(|p| IpNet::new(addr, p).ok())
                 .ok_or(format!("bad prefix in {s:?}"))?,
-            None => max,
+            None => IpNet::from(addr),
         };
-        Ok(Self { addr, prefix })
+        Ok(Self(net))
     }
 
+    /// Whether `ip` is in the range; an IPv4-mapped IPv6 address counts as its IPv4 one.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        let p = u32::from(self.prefix);
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - p).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - p).unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&ip)
     }
 }
 
@@ -85,35 +75,34 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr 
         .unwrap_or(peer)
 }
 
-/// A token bucket: `rate` per second, bursts up to one second's worth.
+/// A token bucket: `rate` per second, bursts up to one second's worth (GCRA, which is
+/// the same thing, kept in one atomic).
 #[derive(Debug)]
-pub struct RateLimiter {
-    rate: f64,
-    state: Mutex<(f64, Instant)>,
-}
+pub struct RateLimiter(
+    governor::RateLimiter<
+        governor::state::NotKeyed,
+        governor::state::InMemoryState,
+        governor::clock::MonotonicClock,
+    >,
+);
 
 impl RateLimiter {
+    /// `per_second` tokens a second, as many at once after a quiet second; 0 counts as 1
+    /// (a node with no limit has no limiter at all).
     pub fn new(per_second: u32) -> Self {
-        let rate = f64::from(per_second.max(1));
-        Self {
-            rate,
-            state: Mutex::new((rate, Instant::now())),
-        }
+        let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+        Self(governor::RateLimiter::direct_with_clock(
+            governor::Quota::per_second(rate),
+            governor::clock::MonotonicClock,
+        ))
     }
 
     /// Takes one token, or says how many seconds until one is there.
     pub fn take(&self) -> Result<(), u64> {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        let refill = now.duration_since(s.1).as_secs_f64() * self.rate;
-        s.0 = (s.0 + refill).min(self.rate);
-        s.1 = now;
-        if s.0 >= 1.0 {
-            s.0 -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - s.0) / self.rate).ceil().max(1.0) as u64)
-        }
+        self.0.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.0.clock().now());
+            wait.as_secs_f64().ceil().max(1.0) as u64
+        })
     }
 }
 
@@ -125,6 +114,7 @@ pub struct SubjectCounts {
 }
 
 impl SubjectCounts {
+    /// At most `max` streams per subject; 0: no limit (and nothing is counted).
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             max,
@@ -264,6 +254,8 @@ pub struct ConnectionSlots {
 }
 
 impl ConnectionSlots {
+    /// A listener's gate: at most `max_total` connections, at most `max_requests` of them
+    /// not streams (each at least 1).
     pub fn new(max_total: usize, max_requests: usize) -> Arc<Self> {
         Arc::new(Self {
             max_total: max_total.max(1),
@@ -341,6 +333,7 @@ pub struct BodyBudget {
 }
 
 impl BodyBudget {
+    /// A budget of `max` bytes (capped at tokio's semaphore limit, `usize::MAX >> 3`).
     pub fn new(max: usize) -> Self {
         Self {
             bytes: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
@@ -381,6 +374,7 @@ impl BodyBytes {
         self.0.num_permits()
     }
 
+    /// Whether this share is zero bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

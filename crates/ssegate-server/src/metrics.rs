@@ -76,9 +76,13 @@ impl LabelValue for CloseReason {
 /// `ssegate_connections_refused_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefuseReason {
+    /// The node holds `SSEGATE_MAX_CONNECTIONS` streams.
     ConnectionLimit,
+    /// The node is shutting down.
     Draining,
+    /// The subject holds `SSEGATE_MAX_CONNECTIONS_PER_SUBJECT` streams.
     SubjectLimit,
+    /// Past `SSEGATE_MAX_NEW_CONNECTIONS_PER_SECOND` on this node.
     RateLimit,
 }
 
@@ -119,6 +123,7 @@ impl<L: LabelValue> Labeled<L> {
         }
     }
 
+    /// Adds one to the counter of `value`.
     pub fn increment(&self, value: L) {
         if let Some(c) = self.counters.get(value.index()) {
             c.increment(1);
@@ -129,24 +134,40 @@ impl<L: LabelValue> Labeled<L> {
 /// Handles for every metric the node records.
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    /// `ssegate_connections_open`: streams open now.
     pub connections_open: Gauge,
+    /// `ssegate_connections_opened_total`: streams opened.
     pub connections_opened: Counter,
     closed: Labeled<CloseReason>,
     refused: Labeled<RefuseReason>,
+    /// `ssegate_events_published_total`: events accepted by publishes on this node.
     pub events_published: Counter,
     publish_errors: Labeled<ssegate_broker::ErrorClass>,
+    /// `ssegate_deliveries_total`: events written to streams, live and replayed.
     pub deliveries: Counter,
+    /// `ssegate_replayed_events_total`: events written from history.
     pub replayed: Counter,
     sync: Labeled<ssegate_core::sse::SyncReason>,
+    /// `ssegate_slow_consumer_catchups_total`: streams that fell behind live and were
+    /// caught up from history.
     pub catchups: Counter,
+    /// `ssegate_live_resyncs_total`: streams told to re-read history because the node's
+    /// upstream subscription to their channel became active or was re-established.
     pub resyncs: Counter,
+    /// `ssegate_heartbeats_total`: heartbeat comments sent.
     pub heartbeats: Counter,
+    /// `ssegate_bytes_written_total`: bytes of stream frames handed to connections.
     pub bytes: Counter,
+    /// `ssegate_publish_duration_seconds`: request received to broker acknowledged.
     pub publish_duration: Histogram,
+    /// `ssegate_delivery_latency_seconds`: publish timestamp to frame handed to the
+    /// connection, for live deliveries.
     pub delivery_latency: Histogram,
 }
 
 impl Metrics {
+    /// Installs the Prometheus recorder if no recorder is installed yet, then registers
+    /// every handle.
     pub fn new() -> Self {
         let _ = prometheus();
         Self {
@@ -168,18 +189,23 @@ impl Metrics {
         }
     }
 
+    /// Counts a stream that closed (`ssegate_connections_closed_total`).
     pub fn closed(&self, reason: CloseReason) {
         self.closed.increment(reason);
     }
 
+    /// Counts a subscriber that got a retry-only stream
+    /// (`ssegate_connections_refused_total`).
     pub fn refused(&self, reason: RefuseReason) {
         self.refused.increment(reason);
     }
 
+    /// Counts a publish request that was refused or failed (`ssegate_publish_errors_total`).
     pub fn publish_error(&self, class: ssegate_broker::ErrorClass) {
         self.publish_errors.increment(class);
     }
 
+    /// Counts a `sync-required` frame sent (`ssegate_sync_required_total`).
     pub fn sync_required(&self, reason: ssegate_core::sse::SyncReason) {
         self.sync.increment(reason);
     }

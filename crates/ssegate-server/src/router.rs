@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
 
 use crate::body::Body;
-use crate::cluster;
+use crate::cluster_view;
 use crate::error::ApiError;
 use crate::handlers::{self, health, history, publish};
 use crate::state::AppState;
@@ -221,9 +221,9 @@ async fn dispatch(
         Route::Readyz if get => Ok(health::readyz(state).await),
         Route::Stats if get => Ok(health::stats(state)),
         Route::Metrics if get => Ok(health::metrics()),
-        Route::Cluster if get => Ok(cluster::cluster(state).await),
-        Route::ClusterStream if get => Ok(cluster::stream(state.clone())),
-        Route::Dashboard if get => Ok(cluster::dashboard()),
+        Route::Cluster if get => Ok(cluster_view::list(state).await),
+        Route::ClusterStream if get => Ok(cluster_view::stream(state.clone())),
+        Route::Dashboard if get => Ok(cluster_view::dashboard()),
         Route::Demo if get => Ok(handlers::demo_page()),
         Route::ChannelEvents(ch) if method == Method::GET => {
             let ch = decode_segment(ch)?;

@@ -1,5 +1,8 @@
 //! Runtime settings of a node, already parsed and validated (the binary builds them from
-//! flags, environment and file). Every field has the documented default.
+//! flags, environment and file). [`Settings::default`] has the documented defaults,
+//! except for the three the binary works out at start: a random node id (here empty),
+//! and `max_connections` and `max_request_connections`, which it derives from the
+//! open-files limit (here fixed numbers).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,11 +13,13 @@ use crate::auth::AuthSettings;
 use crate::cors::Cors;
 use crate::limits::Cidr;
 
+/// Everything a node is configured with; [`crate::App::build`] takes it whole.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Public listener: the v1 API, the demo page, `/healthz` and `/readyz`.
     pub listen: SocketAddr,
-    /// Admin listener (`/healthz`, `/readyz`, later `/metrics`); `None` turns it off.
+    /// Admin listener (`/healthz`, `/readyz`, `/metrics`, `/v1/stats`, `/v1/cluster` and
+    /// its stream, `/dashboard`); `None` turns it off.
     pub admin_listen: Option<SocketAddr>,
     /// Shown in logs and `/readyz`, so an operator can tell nodes apart.
     pub node_id: String,
@@ -55,13 +60,16 @@ pub struct Settings {
     pub replay_page_size: usize,
     /// A client must send its request headers within this time (slowloris).
     pub header_read_timeout: Duration,
+    /// History retention and live-ring limits, handed to the broker.
     pub history: HistoryConfig,
     /// How often this node refreshes its cluster-view entry (which expires after three
     /// of these), and how often the dashboard updates.
     pub cluster_announce_interval: Duration,
     /// Cluster mode: the Redis broker. `None`: the embedded in-memory broker.
     pub redis: Option<RedisConfig>,
+    /// Subscriber and publisher authentication; off by default.
     pub auth: AuthSettings,
+    /// Origins allowed to call the API from a browser; none by default (same-origin).
     pub cors: Cors,
     /// Streams one subject (token `sub`, else client IP) may hold; 0: no limit.
     pub max_connections_per_subject: usize,

@@ -13,23 +13,35 @@ use crate::limits::{
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 
+/// The node's shared state: one per [`crate::App`], behind an `Arc` that every
+/// connection, stream and background task holds.
 #[derive(Debug)]
 pub struct AppState {
+    /// The node's settings, fixed at start.
     pub settings: Settings,
+    /// The history store and live fan-out (in-memory or Redis).
     pub broker: Arc<dyn Broker>,
     /// Flips to true once on shutdown; every stream watches it to start its drain.
     pub draining: watch::Sender<bool>,
     /// One permit per open stream: the node's connection cap.
     pub stream_permits: Arc<Semaphore>,
+    /// Open streams, for `/readyz`, the stats and the end of a drain.
     pub streams: StreamTracker,
+    /// The counters the node reports about itself (`/v1/stats`, the cluster view).
     pub stats: Stats,
+    /// The Prometheus handles.
     pub metrics: Metrics,
     /// The bound public address (known once listening), for the cluster view.
     pub public_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// When the node started (Unix ms), for the cluster view.
     pub started_at_ms: u64,
+    /// Token and publisher-key checks, built from the settings.
     pub auth: Auth,
+    /// Streams per subject, against `max_connections_per_subject`.
     pub subjects: Arc<SubjectCounts>,
+    /// New streams per second; `None`: no limit.
     pub new_streams: Option<RateLimiter>,
+    /// Publish requests per second; `None`: no limit.
     pub publishes: Option<RateLimiter>,
     /// Connections of the public listener: streams and request connections.
     pub public_connections: Arc<ConnectionSlots>,
@@ -43,7 +55,8 @@ pub struct AppState {
 #[derive(Debug, Clone, Copy)]
 pub struct RemoteAddr(pub std::net::SocketAddr);
 
-/// Node counters shown by `/v1/stats` on the admin listener.
+/// Node counters shown by `/v1/stats` on the admin listener and in the cluster view. Some
+/// repeat a metric: a `metrics` handle cannot be read back, and these must be.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Times a stream fell behind its live ring and was caught up from history.
@@ -59,14 +72,17 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Adds one to `counter`. Relaxed: a counter orders nothing.
     pub fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `n` to `counter`.
     pub fn add_n(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// The current value of `counter`.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
@@ -107,6 +123,8 @@ impl AppState {
         }))
     }
 
+    /// Whether shutdown has begun: new subscribers get a retry-only stream, `/readyz`
+    /// answers 503.
     pub fn is_draining(&self) -> bool {
         *self.draining.borrow()
     }
@@ -169,6 +187,7 @@ impl StreamTracker {
         }
     }
 
+    /// Streams open now.
     pub fn open(&self) -> usize {
         self.inner.open.load(Ordering::SeqCst)
     }

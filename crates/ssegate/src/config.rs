@@ -1,9 +1,8 @@
 //! Settings from flags, `SSEGATE_*` environment variables and an optional TOML file.
 //!
-//! Strength: flags > environment > file > defaults. (DESIGN.md lists the sources as
-//! "environment, file, flags"; we let the environment override the file, the usual rule
-//! for twelve-factor services, so that a deployment can override one value of a config
-//! file baked into an image or a ConfigMap. See docs/configuration.md.)
+//! Strength: flags > environment > file > defaults. The environment overrides the file,
+//! the usual rule for twelve-factor services, so that a deployment can override one value
+//! of a config file baked into an image or a ConfigMap (see docs/configuration.md).
 //!
 //! Every setting is described once, in [`SETTINGS`]: its flag, its variable, its file key,
 //! its default and its help. `ssegate --help` and the docs are written from that table.
@@ -30,8 +29,11 @@ pub const EXIT_USAGE: u8 = 64;
 /// One setting: `--name`, `SSEGATE_NAME`, file key `name` (with `_`).
 #[derive(Debug)]
 pub struct Spec {
+    /// The flag's name without `--`; the variable and file key are derived from it.
     pub name: &'static str,
+    /// The default as written in a flag; empty: unset, or worked out at start.
     pub default: &'static str,
+    /// One line for `--help` and the docs table.
     pub help: &'static str,
 }
 
@@ -50,7 +52,9 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "retry-jitter", default: "2s", help: "Random extra on top of --retry, so reconnects spread out" },
     Spec { name: "history-max-len", default: "10000", help: "Events kept per channel" },
     Spec { name: "history-max-age", default: "1h", help: "Events older than this expire" },
+    Spec { name: "memory-history-max-bytes", default: "256MiB", help: "Embedded broker only: bytes of history this node keeps, all channels together; past it the oldest events are evicted (a trim)" },
     Spec { name: "live-backlog", default: "512", help: "Events a subscriber may fall behind live before it is caught up from history" },
+    Spec { name: "live-backlog-bytes", default: "1MiB", help: "The same in bytes of frames (a channel's live ring holds at most this much)" },
     Spec { name: "drain-window", default: "10s", help: "On SIGTERM, streams are closed spread over this window" },
     Spec { name: "max-connections", default: "", help: "Concurrent streams per node; unset: the open-files limit minus the request and admin connections and a reserve" },
     Spec { name: "max-request-connections", default: "", help: "Public connections that are not streams (requests, idle keep-alive); at the cap the listener stops accepting; unset: a quarter of the public descriptors, 16 to 1024" },
@@ -61,6 +65,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { name: "max-body-bytes-in-flight", default: "64MiB", help: "Bytes of request bodies a node holds at once (503 overloaded past it, before reading)" },
     Spec { name: "body-read-timeout", default: "10s", help: "Time a client has to send a request body after its head (408 past it)" },
     Spec { name: "idempotency-ttl", default: "24h", help: "How long an Idempotency-Key is remembered" },
+    Spec { name: "memory-idempotency-max-bytes", default: "32MiB", help: "Embedded broker only: bytes of Idempotency-Key records kept (and at most 100000 keys); past it the oldest are forgotten" },
     Spec { name: "cluster-announce-interval", default: "2s", help: "How often a node refreshes its cluster-view entry (it expires after three)" },
     Spec { name: "header-read-timeout", default: "10s", help: "Time a client has to send its request headers" },
     Spec { name: "log-format", default: "human", help: "Log format: human or json" },
@@ -83,14 +88,22 @@ pub const SETTINGS: &[Spec] = &[
 /// The loaded configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The node's settings, for `App::build`.
     pub settings: Settings,
+    /// How to log, for `telemetry::init`.
     pub log: LogSettings,
 }
 
 /// Loading stopped: print `message` and exit with `code` (0 for `--help`).
 #[derive(Debug)]
 pub enum ConfigError {
-    Exit { code: u8, message: String },
+    /// Print `message`, then exit with `code`.
+    Exit {
+        /// 0 after `--help`, 64 (`EXIT_USAGE`) for a bad setting.
+        code: u8,
+        /// The text to print, ending in a newline.
+        message: String,
+    },
 }
 
 fn usage(message: impl Into<String>) -> ConfigError {
@@ -427,8 +440,11 @@ fn from_raw(raw: &HashMap<&'static str, String>) -> Result<Config, ConfigError> 
         history: HistoryConfig {
             max_len: r.count("history-max-len")?,
             max_age: r.positive_duration("history-max-age")?,
+            max_bytes: r.size("memory-history-max-bytes")?,
             live_backlog: r.count("live-backlog")?,
+            live_backlog_bytes: r.size("live-backlog-bytes")?,
             idempotency_ttl: r.positive_duration("idempotency-ttl")?,
+            idempotency_max_bytes: r.size("memory-idempotency-max-bytes")?,
             ..HistoryConfig::default()
         },
         redis,
@@ -493,6 +509,9 @@ mod tests {
         assert_eq!(c.settings.heartbeat_interval, Duration::from_millis(250));
         assert_eq!(c.settings.retry, Duration::from_secs(3));
         assert_eq!(c.settings.history.max_len, 10_000);
+        assert_eq!(c.settings.history.max_bytes, 256 << 20);
+        assert_eq!(c.settings.history.live_backlog_bytes, 1 << 20);
+        assert_eq!(c.settings.history.idempotency_max_bytes, 32 << 20);
         assert_eq!(c.settings.max_event_size, 64 * 1024);
         assert!(!c.settings.node_id.is_empty());
     }

@@ -7,6 +7,7 @@
 //! - [`otel`]: OpenTelemetry trace export over OTLP, and the trace hooks.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod otel;

@@ -1,8 +1,10 @@
-//! OpenTelemetry: when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the spans of target
-//! `ssegate_trace` (a `publish` per publish request, a `deliver` per event per node that
-//! fans it out) are exported over OTLP/HTTP (`OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf`,
-//! the default, or `http/json`). The standard `OTEL_*` variables apply
-//! (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_BSP_SCHEDULE_DELAY`, ...).
+//! OpenTelemetry: when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (and not empty), the spans of target
+//! `ssegate_trace` (a `publish` per publish request, a `deliver` per traced event on every
+//! node that hands it to its local streams) are exported over OTLP/HTTP
+//! (`OTEL_EXPORTER_OTLP_PROTOCOL`: `http/json`, or `http/protobuf` for any other value,
+//! `grpc` included: only the HTTP transports are built in). The other standard `OTEL_*`
+//! variables apply (`OTEL_BSP_SCHEDULE_DELAY`, ...).
 //!
 //! A publish's `traceparent` is stored with its events; a node delivering an event records
 //! its `deliver` span as a child of it, so a publish on node A and its deliveries on nodes B
@@ -32,7 +34,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 pub const TARGET: &str = "ssegate_trace";
 
 /// The exporter's HTTP client: requests run on the node's tokio runtime (the SDK's batch
-/// processor exports from its own thread, which has no runtime of its own).
+/// processor exports from its own thread, which has no runtime of its own). An export
+/// gets 10 s, and at most 4 MiB of the collector's reply is read.
 #[derive(Debug, Clone)]
 struct TokioHttp {
     runtime: tokio::runtime::Handle,
@@ -60,7 +63,8 @@ impl HttpClient for TokioHttp {
     }
 }
 
-/// The tracer provider, when export is configured.
+/// The tracer provider, when export is configured; `None` also when the exporter cannot
+/// be built (logged as a warning: the node runs without export).
 pub fn provider(node_id: &str, runtime: &tokio::runtime::Handle) -> Option<SdkTracerProvider> {
     let configured = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -99,12 +103,14 @@ pub fn provider(node_id: &str, runtime: &tokio::runtime::Handle) -> Option<SdkTr
     )
 }
 
-/// The `tracing` layer that turns `ssegate_trace` spans into OpenTelemetry spans.
+/// The tracer that `ssegate_trace` spans are recorded into; [`crate::telemetry::init`]
+/// wraps it in the `tracing` layer, filtered to that target.
 pub fn tracer(provider: &SdkTracerProvider) -> opentelemetry_sdk::trace::Tracer {
     provider.tracer("ssegate")
 }
 
-/// Carries `traceparent` in and out of `tracing` spans.
+/// The broker's [`TraceHook`] on OpenTelemetry: reads the current span's `traceparent`
+/// (for storing with a publish) and makes a span the child of a stored or received one.
 #[derive(Debug)]
 pub struct OtelHook;
 

@@ -14,13 +14,18 @@ use crate::otel;
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
+    /// `tracing`'s default text lines, coloured when stderr is a terminal.
     Human,
+    /// One JSON object per line, the event's fields at the top level.
     Json,
 }
 
+/// The log settings (`SSEGATE_LOG_FORMAT`, `SSEGATE_LOG`).
 #[derive(Debug, Clone)]
 pub struct LogSettings {
+    /// How each line is written.
     pub format: LogFormat,
+    /// An `EnvFilter` directive such as `info,ssegate_server=debug`.
     pub filter: String,
 }
 
@@ -39,6 +44,10 @@ impl Telemetry {
     }
 }
 
+/// Installs the global subscriber: logs to stderr through `log.filter` (a directive that
+/// does not parse falls back to `info`), and, when OTLP export is configured, the span
+/// exporter with the broker's trace hook. Call once, before anything logs; the exporter's
+/// HTTP requests run on `runtime`.
 pub fn init(log: &LogSettings, node_id: &str, runtime: &tokio::runtime::Handle) -> Telemetry {
     let filter = EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

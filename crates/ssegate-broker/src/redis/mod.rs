@@ -116,6 +116,7 @@ impl RedisBroker {
         let changes = Arc::new(pubsub::Changes::default());
         let hub = Hub::new(
             history.live_backlog,
+            history.live_backlog_bytes,
             Some(Arc::new(pubsub::Observer::new(changes.clone()))),
         );
         let handle = pubsub::spawn(client, hub.clone(), keys.clone(), changes, config.timeout);
@@ -134,6 +135,7 @@ impl RedisBroker {
         })
     }
 
+    /// This node's fan-out hub, which the pub/sub task feeds.
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
     }

@@ -3,7 +3,9 @@
 //! kept in memory, and a presented key is hashed and compared in constant time.
 
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
+/// One configured publisher key, as its SHA-256 digest. `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PublishKey([u8; 32]);
 
@@ -16,16 +18,12 @@ impl std::fmt::Debug for PublishKey {
 impl PublishKey {
     /// `key` or `sha256:<64 hex digits>`.
     pub fn parse(configured: &str) -> Result<Self, &'static str> {
-        if let Some(hex) = configured.strip_prefix("sha256:") {
-            let bytes = hex.as_bytes();
-            if bytes.len() != 64 {
+        if let Some(digits) = configured.strip_prefix("sha256:") {
+            if digits.len() != 64 {
                 return Err("a sha256: key needs 64 hex digits");
             }
             let mut out = [0u8; 32];
-            for (i, pair) in bytes.chunks(2).enumerate() {
-                let s = std::str::from_utf8(pair).map_err(|_| "not hex")?;
-                out[i] = u8::from_str_radix(s, 16).map_err(|_| "not hex")?;
-            }
+            hex::decode_to_slice(digits, &mut out).map_err(|_| "not hex")?;
             return Ok(Self(out));
         }
         if configured.len() < 16 {
@@ -36,12 +34,7 @@ impl PublishKey {
 
     /// Whether `presented` is this key, in time independent of where they differ.
     pub fn matches(&self, presented: &str) -> bool {
-        let d = digest(presented);
-        self.0
-            .iter()
-            .zip(d.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        bool::from(self.0.ct_eq(&digest(presented)))
     }
 }
 
@@ -63,10 +56,7 @@ mod tests {
         assert!(plain.matches("a-long-publisher-secret"));
         assert!(!plain.matches("a-long-publisher-secreT"));
         assert!(!hashed.matches("a-long-publisher-secret"));
-        let h: String = digest("a-long-publisher-secret")
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let h = hex::encode(digest("a-long-publisher-secret"));
         let hashed = PublishKey::parse(&format!("sha256:{h}")).unwrap();
         assert!(hashed.matches("a-long-publisher-secret"));
         assert!(PublishKey::parse("short").is_err());

@@ -44,9 +44,15 @@ pub struct AuthSettings {
     pub jwt_public_key_pem: Option<String>,
     /// A JWKS document (keys chosen by `kid`).
     pub jwks_json: Option<String>,
+    /// The `aud` a token must carry; `None`: not checked.
     pub audience: Option<String>,
+    /// The `iss` a token must carry; `None`: not checked.
     pub issuer: Option<String>,
+    /// The cookie a subscriber's token is read from when there is no `Authorization`
+    /// header (`EventSource` cannot set headers, but it sends cookies).
     pub cookie_name: String,
+    /// Static publisher keys. With any key (or any JWT key) configured, every publish
+    /// must present a key or a token with publish grants; with none, anyone may publish.
     pub publish_keys: Vec<PublishKey>,
     /// Longest lifetime of a minted subscribe token.
     pub mint_max_ttl: Duration,
@@ -142,6 +148,12 @@ impl Auth {
             signer = Some(EncodingKey::from_secret(secret.as_bytes()));
         }
         if let Some(pem) = &settings.jwt_public_key_pem {
+            // The verifying library takes a private key too (it derives the public half),
+            // so a mistaken file would work and put a key that can sign any token on every
+            // node. Refuse it, whatever its form (PKCS#1, PKCS#8, SEC1, encrypted).
+            if pem.contains("PRIVATE KEY-----") {
+                return Err("the JWT public key file holds a private key: give the public key only (a node only verifies tokens)".into());
+            }
             let v = if let Ok(key) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
                 Verifier {
                     kid: None,
@@ -305,4 +317,33 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, v)| *k == name && !v.is_empty())
         .map(|(_, v)| v.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_private_key_is_refused_where_a_public_key_belongs() {
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../ssegate/tests/it/keys/");
+        for (file, ok) in [
+            ("rsa_public.pem", true),
+            ("ec_public.pem", true),
+            ("rsa_private.pem", false),
+            ("ec_private.pem", false),
+        ] {
+            let pem = std::fs::read_to_string(format!("{keys}{file}")).unwrap();
+            let built = Auth::build(AuthSettings {
+                jwt_public_key_pem: Some(pem),
+                ..AuthSettings::default()
+            });
+            match built {
+                Ok(_) => assert!(ok, "{file} was taken"),
+                Err(e) => {
+                    assert!(!ok, "{file}: {e}");
+                    assert!(e.contains("private key"), "{e}");
+                }
+            }
+        }
+    }
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, header};
-use ssegate_broker::{ReadFrom, StoredEvent};
-use ssegate_core::{ChannelName, Cursor, Data, EntryId, Epoch, Position};
+use ssegate_broker::{ReadFrom, StoredData, StoredEvent};
+use ssegate_core::{ChannelName, Cursor, EntryId, Epoch, Position};
 
 use crate::body::Body;
 use crate::error::{ApiError, channel_error, cursor_error};
@@ -105,7 +105,7 @@ pub(crate) async fn history(
 /// One history event as the reply writes it (keys in the order the reply always had).
 #[derive(serde::Serialize)]
 struct EventJson<'a> {
-    data: &'a Data,
+    data: &'a StoredData,
     event: Option<&'a str>,
     id: String,
     published_at: String,
@@ -212,7 +212,7 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
     use serde_json::json;
-    use ssegate_core::{DataKind, EventType};
+    use ssegate_core::{Data, DataKind, EventType};
 
     fn epoch() -> Epoch {
         "k3x9p2qa".parse().unwrap()

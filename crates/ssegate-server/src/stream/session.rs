@@ -448,49 +448,23 @@ impl Session {
         self.close_at = Some(Box::pin(tokio::time::sleep(delay)));
     }
 
+    /// Waits for the next thing that produces a frame or changes state, in a fixed order
+    /// with live events last: the timers are cheap to poll, and a channel that is always
+    /// ready cannot starve the drain or the token's expiry.
     async fn wait_live(&mut self) {
-        enum Woke {
-            Live(usize, LiveRecv),
-            Heartbeat,
-            Draining,
-            Close,
-            Backoff,
-            Expired,
-        }
         let n = self.chans.len();
         let start = self.next_poll;
         let chans = &mut self.chans;
-        let close_at = &mut self.close_at;
-        let draining = &mut self.draining;
-        let drain_seen = self.drain_seen;
-        let heartbeat = &mut self.heartbeat;
-        let backoff = &mut self.backoff;
-        let expiry = &mut self.expiry;
-        // Fixed order, live last: the timers are cheap to poll, and a channel that is
-        // always ready cannot starve the drain or the token's expiry.
         let woke = tokio::select! {
             biased;
-            () = async {
-                match expiry.as_mut() {
-                    Some(s) => s.as_mut().await,
-                    None => std::future::pending().await,
-                }
-            } => Woke::Expired,
-            () = heartbeat.as_mut() => Woke::Heartbeat,
-            () = draining.as_mut(), if !drain_seen => Woke::Draining,
-            () = async {
-                match close_at.as_mut() {
-                    Some(s) => s.as_mut().await,
-                    None => std::future::pending().await,
-                }
-            } => Woke::Close,
-            () = async {
-                match backoff.as_mut() {
-                    Some(s) => s.as_mut().await,
-                    None => std::future::pending().await,
-                }
-            } => Woke::Backoff,
+            () = fire(&mut self.expiry) => Woke::Expired,
+            () = self.heartbeat.as_mut() => Woke::Heartbeat,
+            () = self.draining.as_mut(), if !self.drain_seen => Woke::Draining,
+            () = fire(&mut self.close_at) => Woke::Close,
+            () = fire(&mut self.backoff) => Woke::Backoff,
             (i, recv) = poll_fn(|cx| {
+                // Round-robin from where the last live event came, so that no channel of a
+                // multi-channel stream is starved by a busy one.
                 for k in 0..n {
                     let i = (start + k) % n;
                     if let Poll::Ready(r) = chans[i].live.poll_recv(cx) {
@@ -501,60 +475,18 @@ impl Session {
             }) => Woke::Live(i, recv),
         };
         match woke {
-            Woke::Live(i, LiveRecv::Event(ev)) => {
+            Woke::Live(i, recv) => {
                 self.next_poll = (i + 1) % n.max(1);
-                let cursor = self.chans[i].cursor;
-                if self.chans[i].catching_up {
-                    // Waiting to retry a history read, which will cover this event.
-                } else if ev.epoch != self.epoch.unwrap_or(ev.epoch) {
-                    self.epoch_changed(ev.epoch);
-                } else if ev.id <= cursor {
-                    // Already written (replayed before this live copy arrived).
-                } else if ev.prev != cursor {
-                    // Something between the cursor and this event did not come live:
-                    // read it from history (this event included).
-                    self.chans[i].catching_up = true;
-                } else {
-                    self.chans[i].cursor = ev.id;
-                    self.write_event(i, &ev, false);
-                    let m = &self.state.metrics;
-                    m.deliveries.increment(1);
-                    Stats::add(&self.state.stats.deliveries);
-                    let now =
-                        ssegate_broker::clock::Clock::now_ms(&ssegate_broker::clock::SystemClock);
-                    m.delivery_latency
-                        .record(now.saturating_sub(ev.published_at_ms) as f64 / 1000.0);
-                }
+                self.on_live(i, recv);
             }
-            Woke::Live(i, LiveRecv::Lagged) => {
-                Stats::add(&self.state.stats.slow_consumer_catchups);
-                self.state.metrics.catchups.increment(1);
-                self.chans[i].catching_up = true;
-            }
-            Woke::Live(i, LiveRecv::Resync) => {
-                self.state.metrics.resyncs.increment(1);
-                self.chans[i].catching_up = true;
-            }
-            Woke::Live(_, LiveRecv::Closed) => self.finish_with_retry(CloseReason::Shutdown),
-            Woke::Close => self.finish_with_retry(CloseReason::Drained),
-            Woke::Heartbeat => {
-                let interval = self.state.settings.heartbeat_interval;
-                let due = self.last_write + interval;
-                let now = Instant::now();
-                if now >= due {
-                    self.state.metrics.heartbeats.increment(1);
-                    self.pending.push_back(HEARTBEAT.clone());
-                    self.heartbeat.as_mut().reset(now + interval);
-                } else {
-                    self.heartbeat.as_mut().reset(due);
-                }
-            }
+            Woke::Heartbeat => self.on_heartbeat(),
             Woke::Draining => {
                 self.drain_seen = true;
                 if self.close_at.is_none() {
                     self.start_drain();
                 }
             }
+            Woke::Close => self.finish_with_retry(CloseReason::Drained),
             Woke::Backoff => self.backoff = None,
             Woke::Expired => {
                 self.pending.push_back(sse::token_expired_frame());
@@ -562,6 +494,84 @@ impl Session {
                 self.finished = true;
             }
         }
+    }
+
+    /// What channel `i`'s live subscription yielded.
+    fn on_live(&mut self, i: usize, recv: LiveRecv) {
+        match recv {
+            LiveRecv::Event(ev) => self.on_live_event(i, &ev),
+            LiveRecv::Lagged => {
+                Stats::add(&self.state.stats.slow_consumer_catchups);
+                self.state.metrics.catchups.increment(1);
+                self.chans[i].catching_up = true;
+            }
+            LiveRecv::Resync => {
+                self.state.metrics.resyncs.increment(1);
+                self.chans[i].catching_up = true;
+            }
+            LiveRecv::Closed => self.finish_with_retry(CloseReason::Shutdown),
+        }
+    }
+
+    /// **The live rule**: a live event is written only when it directly follows the
+    /// channel's cursor (its `prev` is the cursor). One at or before the cursor was
+    /// already written (replayed before this live copy arrived); one whose `prev` is
+    /// after the cursor shows that something between did not come live, and the channel
+    /// reads the hole from history instead (this event included).
+    fn on_live_event(&mut self, i: usize, ev: &StoredEvent) {
+        let cursor = self.chans[i].cursor;
+        if self.chans[i].catching_up {
+            // Waiting to retry a history read, which will cover this event.
+        } else if ev.epoch != self.epoch.unwrap_or(ev.epoch) {
+            self.epoch_changed(ev.epoch);
+        } else if ev.id <= cursor {
+            // Already written.
+        } else if ev.prev != cursor {
+            self.chans[i].catching_up = true;
+        } else {
+            self.chans[i].cursor = ev.id;
+            self.write_event(i, ev, false);
+            let m = &self.state.metrics;
+            m.deliveries.increment(1);
+            Stats::add(&self.state.stats.deliveries);
+            let now = ssegate_broker::clock::Clock::now_ms(&ssegate_broker::clock::SystemClock);
+            m.delivery_latency
+                .record(now.saturating_sub(ev.published_at_ms) as f64 / 1000.0);
+        }
+    }
+
+    /// The heartbeat timer fired: a comment if nothing was written for a whole interval,
+    /// else the timer moves to an interval after the last write. (It is re-armed here
+    /// rather than reset on every frame, which would be a timer-wheel update per delivery.)
+    fn on_heartbeat(&mut self) {
+        let interval = self.state.settings.heartbeat_interval;
+        let due = self.last_write + interval;
+        let now = Instant::now();
+        if now >= due {
+            self.state.metrics.heartbeats.increment(1);
+            self.pending.push_back(HEARTBEAT.clone());
+            self.heartbeat.as_mut().reset(now + interval);
+        } else {
+            self.heartbeat.as_mut().reset(due);
+        }
+    }
+}
+
+/// What woke a waiting session.
+enum Woke {
+    Live(usize, LiveRecv),
+    Heartbeat,
+    Draining,
+    Close,
+    Backoff,
+    Expired,
+}
+
+/// Resolves when the optional timer fires; never, when there is none.
+async fn fire(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer.as_mut() {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

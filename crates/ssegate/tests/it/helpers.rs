@@ -25,7 +25,8 @@ pub struct TestApp {
     pub task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Settings for a test node: loopback, port 0, no admin listener, short timings.
+/// Settings for a test node: loopback, both listeners (public and admin) on port 0, short
+/// timings.
 pub fn test_settings() -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -158,7 +159,7 @@ pub async fn events(conn: &mut Connection, n: usize) -> Vec<Event> {
 /// Only for tests that assert on the opening frame itself (the id echoes the cursor, is
 /// the current position, `retry:` comes first) or need its id as a value. Never use it
 /// as a synchronisation point: a stream starts at its response head (see "Delivery
-/// semantics" in DESIGN.md), [`TestApp::stream`] and `Connection::open` return once the
+/// guarantees" in docs/api.md), [`TestApp::stream`] and `Connection::open` return once the
 /// head has arrived, and no real client waits for this frame (a browser's `EventSource`
 /// only reports `open`). Publish right after the head; [`events`] skips the id-only
 /// frame later.

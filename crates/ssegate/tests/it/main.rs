@@ -20,6 +20,7 @@ mod helpers;
 mod history_bounds;
 mod hyper_bounds;
 mod lb;
+mod memory_bounds;
 mod observability;
 mod open_race;
 mod protocol;

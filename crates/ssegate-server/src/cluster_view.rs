@@ -7,9 +7,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
+use bytes::{BufMut, BytesMut};
 use http::{Response, StatusCode};
 use serde_json::{Value, json};
+use ssegate_core::sse;
 
 use crate::body::Body;
 use crate::handlers::json;
@@ -96,8 +97,8 @@ pub(crate) async fn view(state: &AppState) -> Value {
     })
 }
 
-/// `GET /v1/cluster`.
-pub(crate) async fn cluster(state: &AppState) -> Response<Body> {
+/// `GET /v1/cluster`: the view as JSON.
+pub(crate) async fn list(state: &AppState) -> Response<Body> {
     json(StatusCode::OK, &view(state).await)
 }
 
@@ -120,15 +121,12 @@ pub(crate) fn stream(state: Arc<AppState>) -> Response<Body> {
             if *draining.borrow() {
                 return None;
             }
-            let mut frame = String::new();
+            let mut frame = BytesMut::new();
             if first {
-                frame.push_str(&format!(
-                    "retry: {}\n\n",
-                    state.settings.jittered_retry_ms()
-                ));
+                frame.put_slice(&sse::retry_frame(state.settings.jittered_retry_ms()));
             }
-            frame.push_str(&format!("event: cluster\ndata: {}\n\n", view(&state).await));
-            Some((Bytes::from(frame), (state, draining, tick, false)))
+            sse::write_body(&mut frame, Some("cluster"), &view(&state).await.to_string());
+            Some((frame.freeze(), (state, draining, tick, false)))
         },
     );
     crate::stream::sse_response(Body::stream(stream))
