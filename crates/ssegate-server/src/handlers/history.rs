@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, header};
+use http::{Response, StatusCode};
 use ssegate_broker::{ReadFrom, StoredData, StoredEvent};
 use ssegate_core::{ChannelName, Cursor, EntryId, Epoch, Position};
 
@@ -191,14 +191,7 @@ impl Reply {
         // What stays allocated while the client reads is the reply, not what the buffer
         // grew to.
         self.body.shrink_to_fit();
-        let mut res = Response::new(Body::full(Bytes::from(self.body)));
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        res.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        res
+        super::json_bytes(StatusCode::OK, Bytes::from(self.body))
     }
 }
 

@@ -13,7 +13,12 @@ use crate::state::AppState;
 
 /// A JSON response.
 pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut res = Response::new(Body::full(Bytes::from(value.to_string())));
+    json_bytes(status, Bytes::from(value.to_string()))
+}
+
+/// A JSON response whose body is already written.
+pub(crate) fn json_bytes(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut res = Response::new(Body::full(body));
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -6,18 +6,16 @@
 //! Real processes, raw sockets on loopback, every loop bounded.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
 use ssegate_client::{ConnectOptions, Connection, HttpClient};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 
-use crate::helpers::{TestProcess, WAIT, bin, events, spawn_process};
+use crate::helpers::{TestProcess, WAIT, events, spawn_process, spawn_process_under};
 
 const MIB: usize = 1024 * 1024;
 
@@ -421,76 +419,18 @@ async fn a_flood_of_stalled_bodies_is_held_to_the_byte_budget() {
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
 }
 
-/// A node started with a small open-files limit (`prlimit`), like a crowded host.
-struct LimitedNode {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    stderr_path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl LimitedNode {
-    async fn spawn(nofile: u32, env: &[(&str, &str)]) -> Option<Self> {
-        if std::process::Command::new("prlimit")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let stderr_path = dir.path().join("stderr.log");
-        let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = Command::new("prlimit")
-            .arg(format!("--nofile={nofile}:{nofile}"))
-            .arg("--")
-            .arg(bin())
-            .env_clear()
-            .env("SSEGATE_LISTEN", "127.0.0.1:0")
-            .env("SSEGATE_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("SSEGATE_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        tokio::time::timeout(WAIT, BufReader::new(stdout).read_line(&mut line))
-            .await
-            .expect("ready line in time")
-            .unwrap();
-        let parse = |key: &str| -> Option<SocketAddr> {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .and_then(|v| v.parse().ok())
-        };
-        let (Some(addr), Some(admin)) = (parse("http="), parse("admin=")) else {
-            let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-            panic!("no ready line, got {line:?}; stderr:\n{log}");
-        };
-        Some(Self {
-            child,
-            addr,
-            admin,
-            stderr_path,
-            _dir: dir,
-        })
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn open_files(&self) -> usize {
-        let pid = self.child.id().expect("running");
-        std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+/// A node started with a small open-files limit (`prlimit`), like a crowded host; `None`
+/// where `prlimit` is missing.
+async fn limited_node(nofile: u32, env: &[(&str, &str)]) -> Option<TestProcess> {
+    let found = std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_ok();
+    let limit = format!("--nofile={nofile}:{nofile}");
+    if found {
+        Some(spawn_process_under(&["prlimit", &limit, "--"], env).await)
+    } else {
+        None
     }
 }
 
@@ -502,7 +442,7 @@ impl LimitedNode {
 async fn a_descriptor_flood_on_the_public_listener_leaves_the_admin_listener_answering() {
     const NOFILE: u32 = 256;
     const FLOOD: usize = 900;
-    let Some(node) = LimitedNode::spawn(
+    let Some(node) = limited_node(
         NOFILE,
         &[
             ("SSEGATE_HEADER_READ_TIMEOUT", "3s"),
@@ -552,7 +492,7 @@ async fn a_descriptor_flood_on_the_public_listener_leaves_the_admin_listener_ans
     let mut max_files = 0;
     let mut probes = 0;
     while started.elapsed() < Duration::from_secs(6) {
-        healthz(node.admin, Duration::from_millis(1500))
+        healthz(node.admin.unwrap(), Duration::from_millis(1500))
             .await
             .unwrap_or_else(|e| {
                 panic!(

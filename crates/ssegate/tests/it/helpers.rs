@@ -192,10 +192,23 @@ pub fn bin() -> &'static str {
 
 /// Starts the binary with `env` (on loopback port 0) and waits for its ready line.
 pub async fn spawn_process(env: &[(&str, &str)]) -> TestProcess {
+    spawn_process_under(&[], env).await
+}
+
+/// [`spawn_process`], run through `wrapper` (a program and its arguments that execs the
+/// binary, e.g. `prlimit --nofile=256:256 --`), so that the process keeps its pid.
+pub async fn spawn_process_under(wrapper: &[&str], env: &[(&str, &str)]) -> TestProcess {
     let dir = tempfile::tempdir().unwrap();
     let stderr_path = dir.path().join("stderr.log");
     let stderr = std::fs::File::create(&stderr_path).unwrap();
-    let mut cmd = Command::new(bin());
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(bin());
+            cmd
+        }
+        None => Command::new(bin()),
+    };
     cmd.env_clear()
         .env("SSEGATE_LISTEN", "127.0.0.1:0")
         .env("SSEGATE_ADMIN_LISTEN", "127.0.0.1:0")
@@ -248,6 +261,11 @@ impl TestProcess {
         self.child.id().expect("process still running")
     }
 
+    /// Descriptors the process holds now.
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, Iterator::count)
+    }
+
     /// Resident memory of the process in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
@@ -285,4 +303,31 @@ pub async fn sync_reasons_then_event(conn: &mut Connection) -> (Vec<String>, Eve
             None => panic!("stream ended before an event"),
         }
     }
+}
+
+/// Publishes one batch (`POST /v1/publish`) of `events` (`{"channel", "data"}` objects) to
+/// a node and returns their ids; anything but `201` fails the test, with the node's log.
+pub async fn publish_batch(node: &TestProcess, events: Vec<serde_json::Value>) -> Vec<String> {
+    let body = serde_json::json!({ "events": events }).to_string();
+    let res = HttpClient::new()
+        .post(
+            &node.url("/v1/publish"),
+            "application/json",
+            Bytes::from(body),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status,
+        StatusCode::CREATED,
+        "{}\n{}",
+        res.text(),
+        node.stderr()
+    );
+    json(&res.body)["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
 }

@@ -16,6 +16,7 @@ use ssegate_client::HttpClient;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::helpers::publish_batch;
 use crate::helpers::{
     TestApp, TestProcess, events, json, spawn_app, spawn_app_with, spawn_process,
 };
@@ -208,22 +209,12 @@ async fn history_from_redis_is_bounded_and_keeps_json_text() {
 }
 
 async fn publish_quotes_to(node: &TestProcess, channel: &str, n: usize) {
-    let http = HttpClient::new();
     // Batches of 7: 7 x ~128 KiB of JSON stays under the 1 MiB body limit.
     for start in (0..n).step_by(7) {
         let events: Vec<_> = (start..n.min(start + 7))
             .map(|i| serde_json::json!({"channel": channel, "data": quotes(i, MAX_EVENT)}))
             .collect();
-        let body = serde_json::json!({ "events": events }).to_string();
-        let res = http
-            .post(
-                &node.url("/v1/publish"),
-                "application/json",
-                Bytes::from(body),
-            )
-            .await
-            .unwrap();
-        assert!(res.status.is_success(), "{}", res.text());
+        publish_batch(node, events).await;
     }
 }
 

@@ -8,10 +8,10 @@
 //!   oldest events it evicts are a trim like any other: a cursor before them is told
 //!   `sync-required` / `history_trimmed`.
 
-use bytes::Bytes;
 use http::StatusCode;
 use ssegate_client::{ConnectOptions, Connection, HttpClient};
 
+use crate::helpers::publish_batch;
 use crate::helpers::{TestProcess, json, spawn_process, sync_reasons_then_event};
 
 const CHANNELS_PER_STREAM: usize = 64;
@@ -68,7 +68,6 @@ const BATCH: usize = 15;
 /// Publishes `n` events of [`BIG_DATA`] bytes, round-robin over the big channels, and
 /// returns the ids of channel `big0`'s events.
 async fn publish_big(node: &TestProcess, n: usize) -> Vec<String> {
-    let http = HttpClient::new();
     let pad = "x".repeat(BIG_DATA - 16);
     let mut first_channel_ids = Vec::new();
     for start in (0..n).step_by(BATCH) {
@@ -80,20 +79,10 @@ async fn publish_big(node: &TestProcess, n: usize) -> Vec<String> {
                 })
             })
             .collect();
-        let body = serde_json::json!({ "events": events }).to_string();
-        let res = http
-            .post(
-                &node.url("/v1/publish"),
-                "application/json",
-                Bytes::from(body),
-            )
-            .await
-            .unwrap();
-        assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
-        let ids = json(&res.body)["ids"].as_array().unwrap().clone();
+        let ids = publish_batch(node, events).await;
         for (k, id) in ids.iter().enumerate() {
             if (start + k) % BIG_CHANNELS == 0 {
-                first_channel_ids.push(id.as_str().unwrap().to_owned());
+                first_channel_ids.push(id.clone());
             }
         }
     }

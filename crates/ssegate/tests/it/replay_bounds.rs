@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::StatusCode;
 use ssegate_client::HttpClient;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::helpers::publish_batch;
 use crate::helpers::{TestProcess, WAIT, json, spawn_process};
 
 const EVENTS: usize = 600;
@@ -17,22 +17,12 @@ const STREAMS: usize = 40;
 
 /// `EVENTS` events of `DATA` bytes on channel `big`.
 pub async fn publish_big(node: &TestProcess) {
-    let http = HttpClient::new();
     let data = "x".repeat(DATA);
     for batch in 0..EVENTS / 15 {
         let events: Vec<_> = (0..15)
             .map(|i| serde_json::json!({"channel": "big", "data": format!("{batch}-{i} {data}")}))
             .collect();
-        let body = serde_json::json!({ "events": events }).to_string();
-        let res = http
-            .post(
-                &node.url("/v1/publish"),
-                "application/json",
-                Bytes::from(body),
-            )
-            .await
-            .unwrap();
-        assert!(res.status.is_success(), "{}", res.text());
+        publish_batch(node, events).await;
     }
 }
 

@@ -1,10 +1,10 @@
 //! A client that stops reading must not make the node's memory grow, and must get every
 //! event, in order, once it reads again (caught up from history).
 
-use bytes::Bytes;
 use http::StatusCode;
 use ssegate_client::{ConnectOptions, Connection, HttpClient, Item};
 
+use crate::helpers::publish_batch;
 use crate::helpers::{TestProcess, WAIT, json, spawn_process};
 use crate::redis_server::RedisServer;
 
@@ -14,36 +14,13 @@ const BATCH: usize = 250;
 const STALLED: usize = 4;
 
 async fn publish_all(node: &TestProcess) -> Vec<String> {
-    let http = HttpClient::new();
     let pad = "x".repeat(DATA_BYTES - 16);
     let mut ids = Vec::with_capacity(EVENTS);
     for start in (0..EVENTS).step_by(BATCH) {
         let events: Vec<serde_json::Value> = (start..start + BATCH)
             .map(|i| serde_json::json!({ "channel": "flood", "data": format!("{i:08}{pad}") }))
             .collect();
-        let body = serde_json::json!({ "events": events }).to_string();
-        let res = http
-            .post(
-                &node.url("/v1/publish"),
-                "application/json",
-                Bytes::from(body),
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            res.status,
-            StatusCode::CREATED,
-            "{}\n{}",
-            res.text(),
-            node.stderr()
-        );
-        ids.extend(
-            json(&res.body)["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap().to_owned()),
-        );
+        ids.extend(publish_batch(node, events).await);
     }
     ids
 }
