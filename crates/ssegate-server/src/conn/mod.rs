@@ -29,7 +29,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use http::Response;
 use hyper::service::service_fn;
@@ -112,10 +112,17 @@ async fn next_request(stream: &TcpStream, peer: SocketAddr, front: &Front) -> Ne
     }
 }
 
-/// Serves a connection with hyper (HTTP/1.1 or h2c) until it ends. With `head_deadline`
-/// (a connection the front began reading), the connection is cut unless its first request
-/// reaches the service by then: hyper's own header timeout starts when it takes over, so a
-/// slowloris head handed over just in time would otherwise get the whole timeout again.
+/// Serves a connection with hyper (HTTP/1.1 or h2c) until it ends.
+///
+/// Two deadlines hyper does not keep itself:
+/// - With `head_deadline` (a connection the front began reading), the connection is cut
+///   unless its first request reaches the service by then: hyper's own header timeout
+///   starts when it takes over, so a slowloris head handed over just in time would
+///   otherwise get the whole timeout again.
+/// - A connection with no request in flight and none started for a whole
+///   `SSEGATE_HEADER_READ_TIMEOUT` is closed. HTTP/2 has no idle timeout in hyper, so an
+///   h2c connection whose requests are done would otherwise keep its descriptor (and its
+///   slot of the listener's connection cap) for good.
 async fn serve_hyper<I>(
     io: I,
     peer: SocketAddr,
@@ -127,13 +134,17 @@ async fn serve_hyper<I>(
 {
     let state = front.state.clone();
     let which = front.which;
-    let first_seen = Arc::new(AtomicBool::new(false));
-    let seen = first_seen.clone();
+    let idle_after = state.settings.header_read_timeout;
+    let activity = Arc::new(Activity::default());
+    let seen = activity.clone();
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        seen.store(true, Ordering::Relaxed);
+        let guard = seen.start();
         req.extensions_mut().insert(RemoteAddr(peer));
         let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(router::route(state, req, which).await) }
+        async move {
+            let res = router::route(state, req, which).await;
+            Ok::<_, std::convert::Infallible>(guard.until_body_ends(res))
+        }
     });
     let conn = front
         .builder
@@ -147,11 +158,22 @@ async fn serve_hyper<I>(
         match head_deadline {
             Some(at) => {
                 tokio::time::sleep_until(at).await;
-                if first_seen.load(Ordering::Relaxed) {
+                if activity.started.load(Ordering::Relaxed) > 0 {
                     std::future::pending::<()>().await;
                 }
             }
             None => std::future::pending().await,
+        }
+    };
+    let idle = async {
+        let mut last = u64::MAX;
+        loop {
+            tokio::time::sleep(idle_after).await;
+            let started = activity.started.load(Ordering::Relaxed);
+            if started == last && activity.open.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            last = started;
         }
     };
     tokio::select! {
@@ -159,5 +181,45 @@ async fn serve_hyper<I>(
             tracing::debug!(error = %e, "connection ended with an error");
         },
         () = head_late => tracing::debug!("request head not complete in time: connection cut"),
+        () = idle => tracing::debug!("idle connection closed"),
+    }
+}
+
+/// Requests of one hyper connection: how many started, how many are still answering.
+#[derive(Debug, Default)]
+struct Activity {
+    started: AtomicU64,
+    open: AtomicUsize,
+}
+
+impl Activity {
+    fn start(self: &Arc<Self>) -> InFlight {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// A request in flight; it ends when its response body has been written (or dropped).
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn until_body_ends(self, res: Response<Body>) -> Response<Body> {
+        let (parts, body) = res.into_parts();
+        let body = match body {
+            Body::Stream(frames) => Body::stream(futures_util::StreamExt::map(frames, move |f| {
+                let _in_flight = &self;
+                f
+            })),
+            whole => whole,
+        };
+        Response::from_parts(parts, body)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }

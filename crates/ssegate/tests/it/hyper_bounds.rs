@@ -93,3 +93,29 @@ async fn an_unread_stream_after_another_request_is_bounded() {
     );
     drop(socks);
 }
+
+#[tokio::test]
+async fn an_idle_h2c_connection_is_closed() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.header_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let tcp = TcpStream::connect(app.addr).await.unwrap();
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(conn);
+    let req = Request::get("/healthz")
+        .header("host", app.addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = tx.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    drop(res);
+    // Nothing more is sent: the node closes the connection (hyper alone never would,
+    // and the connection would hold its descriptor and its slot of the cap for good).
+    let ended = tokio::time::timeout(crate::helpers::WAIT, driver).await;
+    assert!(ended.is_ok(), "an idle h2c connection stayed open");
+    app.stop().await;
+}
