@@ -119,10 +119,12 @@ async fn next_request(stream: &TcpStream, peer: SocketAddr, front: &Front) -> Ne
 ///   unless its first request reaches the service by then: hyper's own header timeout
 ///   starts when it takes over, so a slowloris head handed over just in time would
 ///   otherwise get the whole timeout again.
-/// - A connection with no request in flight and none started for a whole
-///   `SSEGATE_HEADER_READ_TIMEOUT` is closed. HTTP/2 has no idle timeout in hyper, so an
-///   h2c connection whose requests are done would otherwise keep its descriptor (and its
-///   slot of the listener's connection cap) for good.
+/// - A connection on which no byte moved either way for a whole
+///   `SSEGATE_HEADER_READ_TIMEOUT`, and that has no streamed response open, is closed.
+///   HTTP/2 has no idle timeout in hyper, so an h2c connection whose requests are done
+///   would otherwise keep its descriptor (and its slot of the listener's connection cap)
+///   for good. Counting bytes, not requests, leaves alone a slow client that is still
+///   reading a large reply or still sending its next head.
 async fn serve_hyper<I>(
     io: I,
     peer: SocketAddr,
@@ -146,6 +148,10 @@ async fn serve_hyper<I>(
             Ok::<_, std::convert::Infallible>(guard.until_body_ends(res))
         }
     });
+    let io = Counted {
+        io,
+        activity: activity.clone(),
+    };
     let conn = front
         .builder
         .serve_connection(TokioIo::new(io), service)
@@ -169,11 +175,11 @@ async fn serve_hyper<I>(
         let mut last = u64::MAX;
         loop {
             tokio::time::sleep(idle_after).await;
-            let started = activity.started.load(Ordering::Relaxed);
-            if started == last && activity.open.load(Ordering::Relaxed) == 0 {
+            let moved = activity.io.load(Ordering::Relaxed);
+            if moved == last && activity.open.load(Ordering::Relaxed) == 0 {
                 return;
             }
-            last = started;
+            last = moved;
         }
     };
     tokio::select! {
@@ -185,11 +191,82 @@ async fn serve_hyper<I>(
     }
 }
 
-/// Requests of one hyper connection: how many started, how many are still answering.
+/// What one hyper connection is doing: requests started, streamed responses still open,
+/// and reads and writes that moved bytes.
 #[derive(Debug, Default)]
 struct Activity {
     started: AtomicU64,
     open: AtomicUsize,
+    io: AtomicU64,
+}
+
+/// The connection's socket, counting the reads and writes that moved bytes.
+struct Counted<I> {
+    io: I,
+    activity: Arc<Activity>,
+}
+
+impl<I> Counted<I> {
+    fn moved<T>(&self, res: &std::task::Poll<std::io::Result<T>>) {
+        if matches!(res, std::task::Poll::Ready(Ok(_))) {
+            self.activity.io.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.moved(&res);
+        }
+        res
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.moved(&res);
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.moved(&res);
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 impl Activity {
