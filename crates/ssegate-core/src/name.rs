@@ -72,6 +72,12 @@ fn check(s: &str, what: &'static str, max: usize) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Whether `s` is one segment of a channel name: 1 to [`MAX_CHANNEL_LEN`] characters of
+/// the name alphabet without the segment separator `:`.
+pub fn is_segment(s: &str) -> bool {
+    check(s, "segment", MAX_CHANNEL_LEN).is_ok() && !s.contains(':')
+}
+
 /// A validated channel name. Cheap to clone (shared), because every subscription, event
 /// and hub entry refers to one.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

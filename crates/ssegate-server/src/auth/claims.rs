@@ -31,11 +31,7 @@ pub(crate) const MAX_SUB_LEN: usize = ssegate_core::name::MAX_CHANNEL_LEN;
 /// `[A-Za-z0-9_.-]`, the channel-name alphabet without the segment separator `:` (and, as
 /// channel names, without `*`).
 pub(crate) fn is_sub_segment(sub: &str) -> bool {
-    !sub.is_empty()
-        && sub.len() <= MAX_SUB_LEN
-        && sub
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    ssegate_core::name::is_segment(sub)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -197,51 +197,40 @@ impl Subscribe {
             starts,
             echo,
         } = self;
-        start_stream(&state, who, ids, channels, starts, echo).await
+        if state.is_draining() {
+            return retry_only(&state, RefuseReason::Draining);
+        }
+        if state
+            .new_streams
+            .as_ref()
+            .is_some_and(|r| r.take().is_err())
+        {
+            return retry_only(&state, RefuseReason::RateLimit);
+        }
+        let Some(subject) = state.subjects.enter(who.subject) else {
+            return retry_only(&state, RefuseReason::SubjectLimit);
+        };
+        let Some(mut guard) = state.admit_stream() else {
+            tracing::debug!("connection limit reached: told to retry");
+            return retry_only(&state, RefuseReason::ConnectionLimit);
+        };
+        guard.subject = Some(subject);
+        let expires_at = who.principal.as_ref().map(|p| p.expires_at);
+        let id = state
+            .stats
+            .next_stream_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // One span per stream; the node's span (with its id) is its parent.
+        let span = tracing::info_span!("stream", id, channels = channels.len());
+        let open = Session::open(state, guard, ids, channels, starts, echo);
+        let mut session = open.instrument(span.clone()).await;
+        if let Some(exp) = expires_at {
+            session.expire_at_unix(exp);
+        }
+        let stream = futures_util::stream::unfold(session, move |mut s| {
+            let span = span.clone();
+            async move { s.next_frame().await.map(|frame| (frame, s)) }.instrument(span)
+        });
+        sse_response(Body::stream(stream))
     }
-}
-
-async fn start_stream(
-    state: &Arc<AppState>,
-    who: Subscriber,
-    ids: IdForm,
-    channels: Vec<ChannelName>,
-    starts: Vec<StartFrom>,
-    echo: Option<String>,
-) -> Response<Body> {
-    if state.is_draining() {
-        return retry_only(state, RefuseReason::Draining);
-    }
-    if state
-        .new_streams
-        .as_ref()
-        .is_some_and(|r| r.take().is_err())
-    {
-        return retry_only(state, RefuseReason::RateLimit);
-    }
-    let Some(subject) = state.subjects.enter(who.subject) else {
-        return retry_only(state, RefuseReason::SubjectLimit);
-    };
-    let Some(mut guard) = state.admit_stream() else {
-        tracing::debug!("connection limit reached: told to retry");
-        return retry_only(state, RefuseReason::ConnectionLimit);
-    };
-    guard.subject = Some(subject);
-    let expires_at = who.principal.as_ref().map(|p| p.expires_at);
-    let id = state
-        .stats
-        .next_stream_id
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // One span per stream; the node's span (with its id) is its parent.
-    let span = tracing::info_span!("stream", id, channels = channels.len());
-    let open = Session::open(state.clone(), guard, ids, channels, starts, echo);
-    let mut session = open.instrument(span.clone()).await;
-    if let Some(exp) = expires_at {
-        session.expire_at_unix(exp);
-    }
-    let stream = futures_util::stream::unfold(session, move |mut s| {
-        let span = span.clone();
-        async move { s.next_frame().await.map(|frame| (frame, s)) }.instrument(span)
-    });
-    sse_response(Body::stream(stream))
 }
