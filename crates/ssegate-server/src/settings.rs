@@ -116,6 +116,12 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// How many events surely fit in `bytes`: as many as would at the largest allowed
+    /// event size, at least one. Sizes a broker read before any event's size is known.
+    pub fn events_fitting(&self, bytes: usize) -> usize {
+        (bytes / self.max_event_size.max(1)).max(1)
+    }
+
     /// A jittered `retry:` value in milliseconds.
     pub fn jittered_retry_ms(&self) -> u64 {
         let base = u64::try_from(self.retry.as_millis()).unwrap_or(u64::MAX);

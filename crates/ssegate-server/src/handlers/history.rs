@@ -70,7 +70,7 @@ pub(crate) async fn history(
         Cursor::At(p) if p.epoch == epoch => (ReadFrom::After(p.id), None),
         Cursor::At(_) => (ReadFrom::Oldest, Some("epoch_changed")),
     };
-    let per_read = (READ_BUDGET / state.settings.max_event_size.max(1)).max(1);
+    let per_read = state.settings.events_fitting(READ_BUDGET);
 
     let first = broker.read(&channel, from, per_read.min(limit)).await?;
     if reason.is_none() && first.gap {

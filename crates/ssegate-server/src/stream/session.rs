@@ -121,7 +121,9 @@ const REPLAY_BUDGET: usize = 128 * 1024;
 /// Events in a stream's first history read: before any size is known, as many as fit in
 /// the budget if every event had the largest allowed data.
 fn first_page_limit(settings: &crate::settings::Settings) -> usize {
-    (REPLAY_BUDGET / settings.max_event_size.max(1)).clamp(1, settings.replay_page_size.max(1))
+    settings
+        .events_fitting(REPLAY_BUDGET)
+        .min(settings.replay_page_size.max(1))
 }
 
 /// Retry delays for history reads while the broker is unreachable.
