@@ -56,21 +56,6 @@ pub struct HistoryConfig {
     pub idempotency_max_bytes: usize,
 }
 
-impl Default for HistoryConfig {
-    fn default() -> Self {
-        Self {
-            max_len: 10_000,
-            max_age: Duration::from_secs(3600),
-            max_bytes: 256 << 20,
-            live_backlog: 512,
-            live_backlog_bytes: 1 << 20,
-            idempotency_ttl: Duration::from_secs(24 * 3600),
-            idempotency_max_keys: 100_000,
-            idempotency_max_bytes: 32 << 20,
-        }
-    }
-}
-
 /// What a retained event costs besides [`StoredEvent::heap_bytes`]: the struct, its
 /// `Arc`, its place in the log and the allocator's rounding of its frame.
 const EVENT_OVERHEAD: usize = std::mem::size_of::<StoredEvent>() + 96;
@@ -550,6 +535,20 @@ impl Broker for MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Limits for these tests (the declared defaults live in the server's settings).
+    fn limits() -> HistoryConfig {
+        HistoryConfig {
+            max_len: 10_000,
+            max_age: Duration::from_secs(3600),
+            max_bytes: 256 << 20,
+            live_backlog: 512,
+            live_backlog_bytes: 1 << 20,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            idempotency_max_keys: 100_000,
+            idempotency_max_bytes: 32 << 20,
+        }
+    }
     use crate::LiveRecv;
     use crate::clock::ManualClock;
     use ssegate_core::Data;
@@ -572,7 +571,7 @@ mod tests {
             HistoryConfig {
                 max_len,
                 max_age: Duration::from_secs(60),
-                ..HistoryConfig::default()
+                ..limits()
             },
             clock,
         )
@@ -668,7 +667,7 @@ mod tests {
 
     #[tokio::test]
     async fn live_order_equals_history_order() {
-        let b = MemoryBroker::new(HistoryConfig::default());
+        let b = MemoryBroker::new(limits());
         let mut live = b.subscribe(&ch("a"));
         let ids = b
             .publish(
@@ -692,7 +691,7 @@ mod tests {
 
     #[tokio::test]
     async fn idempotency_keys_return_the_first_result() {
-        let b = MemoryBroker::new(HistoryConfig::default());
+        let b = MemoryBroker::new(limits());
         let first = b
             .publish(vec![new_event("a", "1")], Some("k"))
             .await
@@ -716,7 +715,7 @@ mod tests {
                 max_len: 1000,
                 max_age: Duration::from_secs(60),
                 max_bytes,
-                ..HistoryConfig::default()
+                ..limits()
             },
             clock,
         )
@@ -725,7 +724,7 @@ mod tests {
     /// What one event of `len` bytes of data counts against the budget.
     async fn event_cost(len: usize) -> usize {
         let clock = Arc::new(ManualClock::new(1_000_000));
-        let b = MemoryBroker::with_clock(HistoryConfig::default(), clock);
+        let b = MemoryBroker::with_clock(limits(), clock);
         b.publish(vec![new_event("a", &"x".repeat(len))], None)
             .await
             .unwrap();
@@ -823,7 +822,7 @@ mod tests {
             HistoryConfig {
                 max_len: 2,
                 max_age: Duration::from_secs(60),
-                ..HistoryConfig::default()
+                ..limits()
             },
             clock.clone(),
         );
@@ -841,7 +840,7 @@ mod tests {
 
     #[tokio::test]
     async fn data_with_a_cr_counts_twice_and_reads_back_exactly() {
-        let b = MemoryBroker::new(HistoryConfig::default());
+        let b = MemoryBroker::new(limits());
         let text = format!("a\r\n{}", "x".repeat(1000));
         publish_one(&b, "a", &text).await;
         assert!(b.history_bytes() > 2000, "the frame and the text apart");
@@ -859,7 +858,7 @@ mod tests {
         // A 100-event batch's record holds 100 ids: room for about three of them.
         let b = MemoryBroker::new(HistoryConfig {
             idempotency_max_bytes: 3 * 100 * 16 + 1000,
-            ..HistoryConfig::default()
+            ..limits()
         });
         let mut first = Vec::new();
         for k in 0..10 {
@@ -875,7 +874,7 @@ mod tests {
         // The count cap still applies too.
         let b = MemoryBroker::new(HistoryConfig {
             idempotency_max_keys: 2,
-            ..HistoryConfig::default()
+            ..limits()
         });
         for k in 0..5 {
             b.publish(vec![new_event("a", "x")], Some(&format!("k{k}")))
@@ -893,7 +892,7 @@ mod tests {
             HistoryConfig {
                 idempotency_ttl: Duration::from_secs(10),
                 idempotency_max_keys: 2,
-                ..HistoryConfig::default()
+                ..limits()
             },
             clock.clone(),
         );

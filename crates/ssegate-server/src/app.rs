@@ -29,14 +29,10 @@ const FINAL_GRACE: Duration = Duration::from_secs(3);
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// The auth settings cannot be used (a key that does not parse, a private key where
-    /// the public one belongs, ...).
-    #[error("invalid auth configuration: {0}")]
-    Auth(String),
     /// The Redis broker cannot be built (an invalid URL or pool setting). An unreachable
     /// Redis is no build error: the node starts, and is not ready until Redis answers.
     #[error("cannot set up the broker: {0}")]
-    Broker(ssegate_broker::BrokerError),
+    Broker(#[source] ssegate_broker::BrokerError),
     /// A listener cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -102,7 +98,7 @@ impl App {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        let state = AppState::new(settings, broker).map_err(BuildError::Auth)?;
+        let state = AppState::new(settings, broker);
         tracing::info!(
             streams = state.settings.max_connections,
             request_connections = state.public_connections.max_requests(),

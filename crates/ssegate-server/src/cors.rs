@@ -26,6 +26,17 @@ enum OriginPattern {
     },
 }
 
+/// An entry of the origins list that is not an origin.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    /// Not `scheme://host`.
+    #[error("{0:?} is not an origin like https://app.example.com")]
+    NotAnOrigin(String),
+    /// A `*` anywhere but a leading `*.`.
+    #[error("{0:?}: '*' only as '*.' prefix")]
+    Wildcard(String),
+}
+
 /// The configured CORS policy.
 #[derive(Debug, Clone, Default)]
 pub struct Cors {
@@ -34,19 +45,15 @@ pub struct Cors {
 
 impl Cors {
     /// Parses a comma-separated list of origins.
-    pub fn parse(list: &str) -> Result<Self, String> {
+    pub fn parse(list: &str) -> Result<Self, OriginError> {
         let mut origins = Vec::new();
         for raw in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let raw = raw.trim_end_matches('/').to_ascii_lowercase();
             let Some((scheme, host)) = raw.split_once("://") else {
-                return Err(format!(
-                    "{raw:?} is not an origin like https://app.example.com"
-                ));
+                return Err(OriginError::NotAnOrigin(raw));
             };
             if !matches!(scheme, "http" | "https") || host.is_empty() || host.contains('/') {
-                return Err(format!(
-                    "{raw:?} is not an origin like https://app.example.com"
-                ));
+                return Err(OriginError::NotAnOrigin(raw));
             }
             match host.strip_prefix("*.") {
                 Some(suffix) if !suffix.is_empty() && !suffix.contains('*') => {
@@ -55,7 +62,7 @@ impl Cors {
                         suffix: format!(".{suffix}"),
                     });
                 }
-                _ if host.contains('*') => return Err(format!("{raw:?}: '*' only as '*.' prefix")),
+                _ if host.contains('*') => return Err(OriginError::Wildcard(raw)),
                 _ => origins.push(OriginPattern::Exact(raw.clone())),
             }
         }

@@ -18,6 +18,17 @@ use http::HeaderMap;
 use ipnet::IpNet;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+/// Not an address range.
+#[derive(Debug, thiserror::Error)]
+pub enum CidrError {
+    /// The address part is not an IP address.
+    #[error("not an IP address: {0:?}")]
+    Address(String),
+    /// The prefix is not a number of bits the address has.
+    #[error("bad prefix in {0:?}")]
+    Prefix(String),
+}
+
 /// An address range, `10.0.0.0/8` or a single address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr(IpNet);
@@ -25,7 +36,7 @@ pub struct Cidr(IpNet);
 impl Cidr {
     /// `addr/prefix` or `addr` (a single address); blanks around either part are
     /// ignored, and host bits after the prefix are allowed (`10.1.2.3/8` is `10.0.0.0/8`).
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, CidrError> {
         let (ip, prefix) = match s.split_once('/') {
             Some((ip, p)) => (ip, Some(p)),
             None => (s, None),
@@ -33,14 +44,14 @@ impl Cidr {
         let addr: IpAddr = ip
             .trim()
             .parse()
-            .map_err(|_| format!("not an IP address: {ip:?}"))?;
+            .map_err(|_| CidrError::Address(ip.to_owned()))?;
         let net = match prefix {
             Some(p) => p
                 .trim()
                 .parse::<u8>()
                 .ok()
                 .and_then(|p| IpNet::new(addr, p).ok())
-                .ok_or(format!("bad prefix in {s:?}"))?,
+                .ok_or_else(|| CidrError::Prefix(s.to_owned()))?,
             None => IpNet::from(addr),
         };
         Ok(Self(net))
@@ -191,6 +202,18 @@ pub struct FileBudget {
     pub reserve: usize,
     /// What the public listener may hold: streams and request connections together.
     pub public: usize,
+}
+
+/// This process's open-files limit (the soft one, which is what `accept` runs into).
+pub fn open_files_limit() -> usize {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft).unwrap_or(usize::MAX)
+}
+
+/// Raises this process's soft open-files limit to its hard limit (what a server wants:
+/// the soft limit exists for programs that do not expect many descriptors).
+pub fn raise_open_files_limit() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
 }
 
 impl FileBudget {

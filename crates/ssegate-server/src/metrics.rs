@@ -220,12 +220,12 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ssegate_core::metric_names::check_label_values;
+    use ssegate_core::metric_names::assert_label_values;
 
     #[test]
     fn every_label_has_distinct_snake_case_values_and_indexes_its_own_handle() {
         fn check<L: LabelValue>() {
-            check_label_values::<L>().unwrap();
+            assert_label_values::<L>();
             for (i, v) in L::ALL.iter().enumerate() {
                 assert_eq!(v.index(), i, "{v:?}");
             }

@@ -36,7 +36,7 @@ pub struct AppState {
     /// When the node started (Unix ms), for the cluster view.
     pub started_at_ms: u64,
     /// Token and publisher-key checks, built from the settings.
-    pub auth: Auth,
+    pub auth: Arc<Auth>,
     /// Streams per subject, against `max_connections_per_subject`.
     pub subjects: Arc<SubjectCounts>,
     /// New streams per second; `None`: no limit.
@@ -89,16 +89,16 @@ impl Stats {
 }
 
 impl AppState {
-    /// Fails only on an unusable auth configuration.
-    pub fn new(settings: Settings, broker: Arc<dyn Broker>) -> Result<Arc<Self>, String> {
+    /// The state of a node with these settings and this broker.
+    pub fn new(settings: Settings, broker: Arc<dyn Broker>) -> Arc<Self> {
         let permits = Arc::new(Semaphore::new(settings.max_connections));
-        let auth = Auth::build(settings.auth.clone())?;
+        let auth = settings.auth.clone();
         let rate = |n: u32| (n > 0).then(|| RateLimiter::new(n));
         let public_connections = ConnectionSlots::new(
             public_connection_cap(&settings),
             settings.max_request_connections,
         );
-        Ok(Arc::new(Self {
+        Arc::new(Self {
             public_connections,
             admin_connections: ConnectionSlots::new(
                 settings.max_admin_connections,
@@ -120,7 +120,7 @@ impl AppState {
             started_at_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
-        }))
+        })
     }
 
     /// Whether shutdown has begun: new subscribers get a retry-only stream, `/readyz`

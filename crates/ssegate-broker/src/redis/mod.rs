@@ -50,17 +50,6 @@ pub struct RedisConfig {
     pub timeout: Duration,
 }
 
-impl Default for RedisConfig {
-    fn default() -> Self {
-        Self {
-            url: "redis://127.0.0.1:6379".into(),
-            pool_size: 16,
-            key_prefix: "ssegate".into(),
-            timeout: Duration::from_secs(2),
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Inner {
     pool: Pool,

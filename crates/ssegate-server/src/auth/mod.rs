@@ -35,6 +35,42 @@ pub use keys::PublishKey;
 use crate::error::ApiError;
 use crate::query::Query;
 
+/// Why the auth settings cannot be used; each names the setting to change.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// The HS256 secret is too short to be one.
+    #[error("the JWT secret must be at least 32 bytes")]
+    ShortSecret,
+    /// A private key where the public key belongs.
+    #[error(
+        "the JWT public key file holds a private key: give the public key only (a node only verifies tokens)"
+    )]
+    PrivateKey,
+    /// Not a PEM key of a kind we verify.
+    #[error("the JWT public key is neither an RSA nor an EC PEM key")]
+    NotPublicKey,
+    /// The JWKS document does not parse.
+    #[error("the JWKS file is not valid: {0}")]
+    Jwks(#[source] serde_json::Error),
+    /// A key of the JWKS document cannot be used.
+    #[error("a JWKS key cannot be used: {0}")]
+    JwksKey(#[source] jsonwebtoken::errors::Error),
+    /// A JWKS key's algorithm is not one we verify.
+    #[error("unsupported JWKS algorithm {0}")]
+    JwksAlgorithm(String),
+}
+
+impl AuthConfigError {
+    /// The setting to change.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Self::ShortSecret => "auth_jwt_secret",
+            Self::PrivateKey | Self::NotPublicKey => "auth_jwt_public_key",
+            Self::Jwks(_) | Self::JwksKey(_) | Self::JwksAlgorithm(_) => "auth_jwks_file",
+        }
+    }
+}
+
 /// Auth settings, as configured.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -61,18 +97,9 @@ pub struct AuthSettings {
 }
 
 impl Default for AuthSettings {
+    /// The declared defaults (see [`crate::settings::Options`]): auth off.
     fn default() -> Self {
-        Self {
-            jwt_secret: None,
-            jwt_public_key_pem: None,
-            jwks_json: None,
-            audience: None,
-            issuer: None,
-            cookie_name: "ssegate_token".into(),
-            publish_keys: Vec::new(),
-            mint_max_ttl: Duration::from_secs(15 * 60),
-            leeway: Duration::from_secs(5),
-        }
+        crate::Settings::default().auth.settings().clone()
     }
 }
 
@@ -133,12 +160,12 @@ pub(crate) fn forbidden(channel: &ChannelName) -> ApiError {
 
 impl Auth {
     /// Builds the authenticator; an unusable key is a configuration error.
-    pub fn build(settings: AuthSettings) -> Result<Self, String> {
+    pub fn build(settings: AuthSettings) -> Result<Self, AuthConfigError> {
         let mut verifiers = Vec::new();
         let mut signer = None;
         if let Some(secret) = &settings.jwt_secret {
             if secret.len() < 32 {
-                return Err("the JWT secret must be at least 32 bytes".into());
+                return Err(AuthConfigError::ShortSecret);
             }
             verifiers.push(Verifier {
                 kid: None,
@@ -152,7 +179,7 @@ impl Auth {
             // so a mistaken file would work and put a key that can sign any token on every
             // node. Refuse it, whatever its form (PKCS#1, PKCS#8, SEC1, encrypted).
             if pem.contains("PRIVATE KEY-----") {
-                return Err("the JWT public key file holds a private key: give the public key only (a node only verifies tokens)".into());
+                return Err(AuthConfigError::PrivateKey);
             }
             let v = if let Ok(key) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
                 Verifier {
@@ -167,21 +194,19 @@ impl Auth {
                     algorithms: vec![Algorithm::ES256],
                 }
             } else {
-                return Err("the JWT public key is neither an RSA nor an EC PEM key".into());
+                return Err(AuthConfigError::NotPublicKey);
             };
             verifiers.push(v);
         }
         if let Some(json) = &settings.jwks_json {
-            let set: JwkSet = serde_json::from_str(json)
-                .map_err(|e| format!("the JWKS file is not valid: {e}"))?;
+            let set: JwkSet = serde_json::from_str(json).map_err(AuthConfigError::Jwks)?;
             for jwk in &set.keys {
-                let key = DecodingKey::from_jwk(jwk)
-                    .map_err(|e| format!("a JWKS key cannot be used: {e}"))?;
+                let key = DecodingKey::from_jwk(jwk).map_err(AuthConfigError::JwksKey)?;
                 let algorithms = match jwk.common.key_algorithm {
                     Some(a) => vec![
                         format!("{a:?}")
                             .parse::<Algorithm>()
-                            .map_err(|_| format!("unsupported JWKS algorithm {a:?}"))?,
+                            .map_err(|_| AuthConfigError::JwksAlgorithm(format!("{a:?}")))?,
                     ],
                     None => vec![Algorithm::RS256, Algorithm::ES256],
                 };
@@ -292,7 +317,8 @@ impl Auth {
         self.verify(&presented).map(Publisher::Token)
     }
 
-    pub(crate) fn settings(&self) -> &AuthSettings {
+    /// What it was built from.
+    pub fn settings(&self) -> &AuthSettings {
         &self.settings
     }
 
@@ -341,7 +367,7 @@ mod tests {
                 Ok(_) => assert!(ok, "{file} was taken"),
                 Err(e) => {
                     assert!(!ok, "{file}: {e}");
-                    assert!(e.contains("private key"), "{e}");
+                    assert!(matches!(e, AuthConfigError::PrivateKey), "{e}");
                 }
             }
         }

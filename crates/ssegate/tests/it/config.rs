@@ -23,7 +23,7 @@ fn help_lists_every_contract_setting_with_its_default() {
         ("--auth-jwt-secret", "SSEGATE_AUTH_JWT_SECRET", "unset"),
         ("--publish-keys", "SSEGATE_PUBLISH_KEYS", "unset"),
         ("--cors-origins", "SSEGATE_CORS_ORIGINS", "unset"),
-        ("--config", "SSEGATE_CONFIG", "none"),
+        ("--config", "SSEGATE_CONFIG", "unset"),
     ] {
         let line_start = help.find(flag).unwrap_or_else(|| panic!("{flag} missing"));
         let entry = &help[line_start..];

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{WAIT, json, spawn_app, spawn_app_with};
+use crate::helpers::{WAIT, built, json, spawn_app, spawn_app_with};
 
 /// A raw client socket with what has been read but not yet consumed.
 struct Raw {
@@ -242,7 +242,10 @@ async fn bytes_sent_during_a_stream_close_the_connection_after_it() {
     // A header timeout longer than the test's patience: a connection kept after the
     // stream would be seen waiting, not cut by the timeout.
     let app = spawn_app_with(|s| {
-        s.auth.jwt_secret = Some(SECRET.into());
+        s.auth = built(ssegate_server::auth::AuthSettings {
+            jwt_secret: Some(SECRET.into()),
+            ..Default::default()
+        });
         s.header_read_timeout = WAIT * 2;
     })
     .await;

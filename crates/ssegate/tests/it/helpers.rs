@@ -39,6 +39,13 @@ pub fn test_settings() -> Settings {
     }
 }
 
+/// The authenticator of `settings`, for `Settings::auth` (built once, as the binary does).
+pub fn built(
+    settings: ssegate_server::auth::AuthSettings,
+) -> std::sync::Arc<ssegate_server::auth::Auth> {
+    std::sync::Arc::new(ssegate_server::auth::Auth::build(settings).expect("usable auth settings"))
+}
+
 /// Starts a node in this process with the default test settings changed by `tweak`.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = test_settings();

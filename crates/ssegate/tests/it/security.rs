@@ -9,7 +9,7 @@ use ssegate_client::{ConnectOptions, Connection, Item};
 use ssegate_server::auth::{AuthSettings, PublishKey};
 use ssegate_server::cors::Cors;
 
-use crate::helpers::{TestApp, WAIT, json, next_item, opening_id, spawn_app_with};
+use crate::helpers::{TestApp, WAIT, built, json, next_item, opening_id, spawn_app_with};
 
 const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
 const AUDIENCE: &str = "ssegate-test";
@@ -64,7 +64,7 @@ fn auth(tweak: impl FnOnce(&mut AuthSettings)) -> AuthSettings {
 }
 
 async fn secured() -> TestApp {
-    spawn_app_with(|s| s.auth = auth(|_| {})).await
+    spawn_app_with(|s| s.auth = built(auth(|_| {}))).await
 }
 
 /// Status and error code of a GET with headers.
@@ -246,7 +246,7 @@ async fn rs256_es256_and_jwks_tokens_are_verified_with_their_public_keys() {
         ),
     ];
     for (mode, settings, good, bad) in cases {
-        let app = spawn_app_with(|s| s.auth = settings).await;
+        let app = spawn_app_with(|s| s.auth = built(settings)).await;
         let ok = format!("Bearer {good}");
         assert_eq!(
             get(&app, "/v1/channels/news/history", &[("authorization", &ok)])
@@ -279,10 +279,10 @@ async fn rs256_es256_and_jwks_tokens_are_verified_with_their_public_keys() {
     }
     // The RS256 key of the JWKS works too.
     let app = spawn_app_with(|s| {
-        s.auth = auth(|a| {
+        s.auth = built(auth(|a| {
             a.jwt_secret = None;
             a.jwks_json = Some(key_file("jwks.json"));
-        })
+        }))
     })
     .await;
     let t = format!(
@@ -344,7 +344,9 @@ async fn publishers_need_a_key_or_a_token_with_publish_grants() {
         format!("sha256:{}", hex_sha256("a-second-publisher-key-xyz"))
     };
     let app = spawn_app_with(|s| {
-        s.auth = auth(|a| a.publish_keys.push(PublishKey::parse(&hashed).unwrap()));
+        s.auth = built(auth(|a| {
+            a.publish_keys.push(PublishKey::parse(&hashed).unwrap())
+        }));
     })
     .await;
     let app = &app;
@@ -572,7 +574,7 @@ async fn cors_allows_listed_origins_and_refuses_others() {
 async fn every_limit_refuses_the_next_connection_the_documented_way() {
     // Per subject: a third stream for alice is told to retry; bob is not affected.
     let app = spawn_app_with(|s| {
-        s.auth = auth(|_| {});
+        s.auth = built(auth(|_| {}));
         s.max_connections_per_subject = 2;
         s.max_publishes_per_second = 3;
     })
@@ -835,7 +837,7 @@ async fn identity_provider_tokens_follow_the_same_sub_rule() {
         ),
     ];
     for (mode, settings, alg, pem, kid) in sign {
-        let app = spawn_app_with(|s| s.auth = settings).await;
+        let app = spawn_app_with(|s| s.auth = built(settings)).await;
         let token = |sub: &str| signed(&claims(sub, &grants, &grants), alg, pem, kid);
         let bob = token("bob");
         assert_eq!(reads(&app, &bob, "user:bob").await, (200, 200), "{mode}");

@@ -15,10 +15,7 @@ fn state(tweak: impl FnOnce(&mut Settings)) -> (Arc<AppState>, MemoryBroker) {
     let mut settings = Settings::default();
     tweak(&mut settings);
     let broker = MemoryBroker::new(settings.history.clone());
-    (
-        AppState::new(settings, Arc::new(broker.clone())).unwrap(),
-        broker,
-    )
+    (AppState::new(settings, Arc::new(broker.clone())), broker)
 }
 
 async fn session(state: &Arc<AppState>, start: StartFrom) -> Session {
@@ -114,7 +111,7 @@ async fn a_lagging_session_catches_up_from_history_in_order() {
     let (state, broker) = state(|s| {
         s.history = HistoryConfig {
             live_backlog: 2,
-            ..HistoryConfig::default()
+            ..Settings::default().history
         };
         s.replay_page_size = 3;
     });
