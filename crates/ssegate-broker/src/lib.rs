@@ -86,11 +86,40 @@ pub struct Published {
     pub ids: Vec<EntryId>,
 }
 
+/// A broker's background work: runs until the node stops it.
+pub type Background = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Background work kept until [`Broker::background`] hands it out.
+pub(crate) struct BackgroundSlot(std::sync::Mutex<Option<Background>>);
+
+impl BackgroundSlot {
+    pub(crate) fn new(work: Background) -> Self {
+        Self(std::sync::Mutex::new(Some(work)))
+    }
+
+    pub(crate) fn take(&self) -> Option<Background> {
+        lock(&self.0).take()
+    }
+}
+
+impl std::fmt::Debug for BackgroundSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackgroundSlot")
+    }
+}
+
 /// A history store with live fan-out.
 #[async_trait::async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// A short name for logs and `/readyz` (`memory`, `redis`).
     fn kind(&self) -> &'static str;
+
+    /// The work this broker needs running beside it (the Redis pub/sub connection, the
+    /// in-memory expiry sweep), handed out once: the node spawns it in its lifecycle, so
+    /// that shutdown ends it like every other task. `None` after the first call.
+    fn background(&self) -> Option<Background> {
+        None
+    }
 
     /// The current epoch of the history store.
     async fn epoch(&self) -> Result<Epoch, BrokerError>;

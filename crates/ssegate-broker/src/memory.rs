@@ -226,6 +226,8 @@ struct Inner {
     budget: Mutex<BudgetState>,
     idempotency: Mutex<IdemCache>,
     hub: Hub,
+    /// Whether [`Broker::background`] handed out the sweeper.
+    sweeping: std::sync::atomic::AtomicBool,
 }
 
 /// The in-memory broker. Cheap to clone.
@@ -251,6 +253,7 @@ impl MemoryBroker {
                 clock,
                 channels: Mutex::new(HashMap::new()),
                 budget: Mutex::new(BudgetState::default()),
+                sweeping: std::sync::atomic::AtomicBool::new(false),
                 idempotency: Mutex::new(IdemCache::default()),
                 hub,
             }),
@@ -382,9 +385,9 @@ impl MemoryBroker {
     }
 
     /// Runs [`MemoryBroker::sweep`] every `every` until the broker is dropped.
-    pub fn spawn_sweeper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn sweeper(&self, every: Duration) -> impl Future<Output = ()> + Send + 'static {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
+        async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -392,7 +395,7 @@ impl MemoryBroker {
                 let Some(inner) = weak.upgrade() else { break };
                 MemoryBroker { inner }.sweep();
             }
-        })
+        }
     }
 
     fn publish_now(&self, events: Vec<NewEvent>) -> Published {
@@ -428,6 +431,20 @@ impl MemoryBroker {
 impl Broker for MemoryBroker {
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    /// The expiry sweep, at a tenth of the retention (100 ms to 10 s).
+    fn background(&self) -> Option<crate::Background> {
+        if self
+            .inner
+            .sweeping
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return None;
+        }
+        let every = (self.inner.config.max_age / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(10));
+        Some(Box::pin(self.sweeper(every)))
     }
 
     async fn epoch(&self) -> Result<Epoch, BrokerError> {

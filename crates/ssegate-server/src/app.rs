@@ -4,7 +4,8 @@
 //! passes SIGTERM/SIGINT and tests pass a oneshot. On shutdown: `/readyz` turns 503, new
 //! subscribers get a retry-only stream, every open stream is closed at a random moment of
 //! the drain window (after a jittered `retry:`), and once they are gone (or the window has
-//! passed) the listeners close and remaining connections get a short grace period.
+//! passed) the listeners close and remaining connections get a short grace period; then
+//! every task stops. All of it goes through the node's one [`crate::lifecycle::Lifecycle`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,10 +14,8 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use ssegate_broker::{Broker, MemoryBroker, RedisBroker};
 use tokio::net::TcpListener;
-use tracing::Instrument;
 
 use crate::conn;
 use crate::router::Listener;
@@ -49,7 +48,6 @@ pub struct App {
     listener: TcpListener,
     admin: Option<TcpListener>,
     state: Arc<AppState>,
-    sweeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Connections the kernel queues for a listener that is not accepting (at its
@@ -74,21 +72,18 @@ impl App {
     /// Builds a node: with the Redis broker when `settings.redis` is set, else with the
     /// embedded in-memory broker.
     pub async fn build(settings: Settings) -> Result<Self, BuildError> {
-        if let Some(redis) = settings.redis.clone() {
-            let broker = RedisBroker::connect(redis, settings.history.clone())
-                .map_err(BuildError::Broker)?;
-            return Self::with_broker(settings, Arc::new(broker)).await;
-        }
-        let broker = MemoryBroker::new(settings.history.clone());
-        let sweep_every = (settings.history.max_age / 10)
-            .clamp(Duration::from_millis(100), Duration::from_secs(10));
-        let sweeper = broker.spawn_sweeper(sweep_every);
-        let mut app = Self::with_broker(settings, Arc::new(broker)).await?;
-        app.sweeper = Some(sweeper);
-        Ok(app)
+        let broker: Arc<dyn Broker> = match settings.redis.clone() {
+            Some(redis) => Arc::new(
+                RedisBroker::connect(redis, settings.history.clone())
+                    .map_err(BuildError::Broker)?,
+            ),
+            None => Arc::new(MemoryBroker::new(settings.history.clone())),
+        };
+        Self::with_broker(settings, broker).await
     }
 
-    /// Builds a node on a given broker.
+    /// Builds a node on a given broker; the broker's background work (see
+    /// [`Broker::background`]) runs from [`App::run`] on.
     pub async fn with_broker(
         settings: Settings,
         broker: Arc<dyn Broker>,
@@ -115,7 +110,6 @@ impl App {
             listener,
             admin,
             state,
-            sweeper: None,
         })
     }
 
@@ -134,26 +128,28 @@ impl App {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then drains and returns.
+    /// Serves until `shutdown` resolves, then drains, stops every task and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Self {
             listener,
             admin,
             state,
-            sweeper,
         } = self;
-        let graceful = GracefulShutdown::new();
-        let announcer = crate::cluster_view::spawn_announcer(state.clone());
+        let life = &state.lifecycle;
+        if let Some(work) = state.broker.background() {
+            life.spawn(work);
+        }
+        life.spawn(crate::cluster_view::announcer(state.clone()));
         // Histograms need their upkeep (bucket draining) even when nobody scrapes.
-        let upkeep = crate::metrics::prometheus().map(|handle| {
-            tokio::spawn(async move {
+        if let Some(handle) = crate::metrics::prometheus() {
+            life.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(5));
                 loop {
                     tick.tick().await;
                     handle.run_upkeep();
                 }
-            })
-        });
+            });
+        }
         let front = |which| {
             Arc::new(conn::Front {
                 state: state.clone(),
@@ -162,50 +158,45 @@ impl App {
             })
         };
         let public = front(Listener::Public);
-        let admin_task = admin.map(|l| {
+        if let Some(l) = admin {
             let front = front(Listener::Admin);
-            tokio::spawn(async move { accept_forever(&l, front, None).await })
-        });
+            // The admin listener answers until the end (`/readyz` says draining).
+            life.spawn(async move { accept_forever(&l, front).await });
+        }
 
         tokio::select! {
-            () = accept_forever(&listener, public.clone(), Some(&graceful)) => {}
+            () = accept_forever(&listener, public.clone()) => {}
             () = shutdown => {}
         }
 
+        let streams = &life.streams;
         tracing::info!(
-            streams = state.streams.open(),
+            streams = streams.open(),
             window = ?state.settings.drain_window,
             "shutting down: draining streams"
         );
-        state.draining.send_replace(true);
+        life.begin_drain();
         let deadline =
             tokio::time::Instant::now() + state.settings.drain_window + Duration::from_secs(1);
         // Keep answering (politely) while the streams drain: new subscribers are told to
         // retry elsewhere, publishes and history still work.
         tokio::select! {
-            () = accept_forever(&listener, public, Some(&graceful)) => {}
-            () = state.streams.wait_idle() => {}
+            () = accept_forever(&listener, public) => {}
+            () = streams.wait_idle() => {}
             () = tokio::time::sleep_until(deadline) => {
-                tracing::warn!(streams = state.streams.open(), "drain window over with streams open");
+                tracing::warn!(streams = streams.open(), "drain window over with streams open");
             }
         }
         drop(listener);
-        if let Some(task) = admin_task {
-            task.abort();
-        }
-        if tokio::time::timeout(FINAL_GRACE, graceful.shutdown())
+        // Public connections finish the response they are writing, then close.
+        life.begin_close();
+        if tokio::time::timeout(FINAL_GRACE, state.public_connections.wait_empty())
             .await
             .is_err()
         {
             tracing::warn!("connections still open after the grace period: closing them");
         }
-        if let Some(s) = sweeper {
-            s.abort();
-        }
-        if let Some(u) = upkeep {
-            u.abort();
-        }
-        announcer.abort();
+        life.stop().await;
         if let Err(e) = state.broker.retire_node(&state.settings.node_id).await {
             tracing::debug!(error = %e, "cannot leave the cluster view");
         }
@@ -253,14 +244,12 @@ fn accept_backoff(n: u32) -> Duration {
     Duration::from_millis(10u64 << n.saturating_sub(1).min(7)).min(Duration::from_secs(1))
 }
 
-async fn accept_forever(
-    listener: &TcpListener,
-    front: Arc<conn::Front>,
-    graceful: Option<&GracefulShutdown>,
-) {
+async fn accept_forever(listener: &TcpListener, front: Arc<conn::Front>) {
     let state = front.state.clone();
     let (slots, streams): (_, fn(&AppState) -> usize) = match front.which {
-        Listener::Public => (state.public_connections.clone(), |s| s.streams.open()),
+        Listener::Public => (state.public_connections.clone(), |s| {
+            s.lifecycle.streams.open()
+        }),
         Listener::Admin => (state.admin_connections.clone(), |_| 0),
     };
     let mut failures = 0u32;
@@ -285,14 +274,10 @@ async fn accept_forever(
             }
         };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.map(GracefulShutdown::watcher);
-        let conn = conn::serve(stream, peer, front.clone(), watcher);
-        tokio::spawn(
-            async move {
-                let _slot = slot;
-                conn.await;
-            }
-            .in_current_span(),
-        );
+        let conn = conn::serve(stream, peer, front.clone());
+        state.lifecycle.spawn(async move {
+            let _slot = slot;
+            conn.await;
+        });
     }
 }

@@ -28,7 +28,7 @@ pub(crate) fn node_info(state: &AppState) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "broker": state.broker.kind(),
         "started_at_ms": state.started_at_ms,
-        "connections": state.streams.open(),
+        "connections": state.lifecycle.streams.open(),
         "channels": state.broker.local_channels(),
         "deliveries": Stats::get(&state.stats.deliveries),
         "deliveries_per_second": (rate * 10.0).round() / 10.0,
@@ -36,10 +36,10 @@ pub(crate) fn node_info(state: &AppState) -> Value {
     })
 }
 
-/// Refreshes this node's entry (and its delivery rate) until the task is aborted.
-pub(crate) fn spawn_announcer(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
+/// Refreshes this node's entry (and its delivery rate) until the node stops.
+pub(crate) fn announcer(state: Arc<AppState>) -> impl std::future::Future<Output = ()> + Send {
     let every = state.settings.cluster_announce_interval;
-    tokio::spawn(async move {
+    async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = (
@@ -71,7 +71,7 @@ pub(crate) fn spawn_announcer(state: Arc<AppState>) -> tokio::task::JoinHandle<(
                 tracing::debug!(error = %e, "cannot refresh the cluster view entry");
             }
         }
-    })
+    }
 }
 
 /// Every live node, sorted by id, with totals.
@@ -105,7 +105,7 @@ pub(crate) async fn list(state: &AppState) -> Response<Body> {
 /// `GET /v1/cluster/stream`: the view as SSE, every announce interval, until drain.
 pub(crate) fn stream(state: Arc<AppState>) -> Response<Body> {
     let every = state.settings.cluster_announce_interval;
-    let draining = state.draining.subscribe();
+    let draining = Box::pin(state.lifecycle.draining());
     let tick = tokio::time::interval(every);
     let stream = futures_util::stream::unfold(
         (state, draining, tick, true),
@@ -113,12 +113,12 @@ pub(crate) fn stream(state: Arc<AppState>) -> Response<Body> {
             if !first {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    _ = draining.wait_for(|d| *d) => return None,
+                    () = draining.as_mut() => return None,
                 }
             } else {
                 tick.tick().await;
             }
-            if *draining.borrow() {
+            if state.is_draining() {
                 return None;
             }
             let mut frame = BytesMut::new();

@@ -5,6 +5,7 @@
 //!
 //! - [`app`]: [`App::build`] binds the listeners; [`App::run`] serves until a shutdown
 //!   future resolves, then drains.
+//! - [`lifecycle`]: the drain and stop signals and the tracker that owns every task.
 //! - [`settings`]: [`Settings`], the validated runtime settings with their defaults.
 //! - `conn`: the public listener's connections: a lean HTTP/1.1 front that serves SSE
 //!   streams straight on the socket, hyper for everything else.
@@ -30,6 +31,7 @@ mod conn;
 pub mod cors;
 pub mod error;
 mod handlers;
+pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 mod query;

@@ -323,6 +323,18 @@ impl ConnectionSlots {
         self.open.load(Ordering::SeqCst)
     }
 
+    /// Resolves once no connection is open. For the end of shutdown, once the accept
+    /// loop (the other task that waits here) is gone.
+    pub async fn wait_empty(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.open() == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     /// The cap of all connections.
     pub fn max_total(&self) -> usize {
         self.max_total

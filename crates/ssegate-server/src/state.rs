@@ -1,12 +1,13 @@
 //! What every request handler shares.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ssegate_broker::Broker;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Auth;
+use crate::lifecycle::{Lifecycle, StreamCount};
 use crate::limits::{
     BodyBudget, ConnectionSlots, FileBudget, RateLimiter, SubjectCounts, SubjectGuard,
 };
@@ -21,12 +22,10 @@ pub struct AppState {
     pub settings: Settings,
     /// The history store and live fan-out (in-memory or Redis).
     pub broker: Arc<dyn Broker>,
-    /// Flips to true once on shutdown; every stream watches it to start its drain.
-    pub draining: watch::Sender<bool>,
+    /// Shutdown: the drain and stop signals, every task, and the open-stream count.
+    pub lifecycle: Lifecycle,
     /// One permit per open stream: the node's connection cap.
     pub stream_permits: Arc<Semaphore>,
-    /// Open streams, for `/readyz`, the stats and the end of a drain.
-    pub streams: StreamTracker,
     /// The counters the node reports about itself (`/v1/stats`, the cluster view).
     pub stats: Stats,
     /// The Prometheus handles.
@@ -111,9 +110,8 @@ impl AppState {
             publishes: rate(settings.max_publishes_per_second),
             settings,
             broker,
-            draining: watch::Sender::new(false),
+            lifecycle: Lifecycle::new(),
             stream_permits: permits,
-            streams: StreamTracker::default(),
             stats: Stats::default(),
             metrics: Metrics::new(),
             public_addr: std::sync::OnceLock::new(),
@@ -126,13 +124,17 @@ impl AppState {
     /// Whether shutdown has begun: new subscribers get a retry-only stream, `/readyz`
     /// answers 503.
     pub fn is_draining(&self) -> bool {
-        *self.draining.borrow()
+        self.lifecycle.is_draining()
     }
 
     /// A slot for a new stream, or `None` at the connection cap.
     pub fn admit_stream(&self) -> Option<StreamGuard> {
         let permit = self.stream_permits.clone().try_acquire_owned().ok()?;
-        let guard = self.streams.enter(permit);
+        let guard = StreamGuard {
+            _count: self.lifecycle.streams.enter(),
+            _permit: permit,
+            subject: None,
+        };
         // Its connection no longer counts as a request connection.
         self.public_connections.stream_started();
         Some(guard)
@@ -165,58 +167,11 @@ fn public_connection_cap(settings: &Settings) -> usize {
     wanted
 }
 
-/// Counts open streams so that shutdown can end as soon as the last one is drained.
-#[derive(Debug, Clone, Default)]
-pub struct StreamTracker {
-    inner: Arc<TrackerInner>,
-}
-
-#[derive(Debug, Default)]
-struct TrackerInner {
-    open: AtomicUsize,
-    idle: Notify,
-}
-
-impl StreamTracker {
-    fn enter(&self, permit: OwnedSemaphorePermit) -> StreamGuard {
-        self.inner.open.fetch_add(1, Ordering::SeqCst);
-        StreamGuard {
-            tracker: self.clone(),
-            _permit: permit,
-            subject: None,
-        }
-    }
-
-    /// Streams open now.
-    pub fn open(&self) -> usize {
-        self.inner.open.load(Ordering::SeqCst)
-    }
-
-    /// Resolves once no stream is open.
-    pub async fn wait_idle(&self) {
-        loop {
-            let notified = self.inner.idle.notified();
-            if self.open() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
 /// Held by a stream for its lifetime: its connection permit and its place in the count.
 #[derive(Debug)]
 pub struct StreamGuard {
-    tracker: StreamTracker,
+    _count: StreamCount,
     _permit: OwnedSemaphorePermit,
     /// The subject's slot, when per-subject limits apply.
     pub(crate) subject: Option<SubjectGuard>,
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        if self.tracker.inner.open.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.tracker.inner.idle.notify_waiters();
-        }
-    }
 }

@@ -61,7 +61,8 @@ struct Inner {
     /// The epoch last seen; refreshed from every script reply.
     epoch: Mutex<Option<Epoch>>,
     clock: SystemClock,
-    _pubsub: pubsub::Handle,
+    /// The pub/sub task until [`Broker::background`] hands it out.
+    pubsub: crate::BackgroundSlot,
 }
 
 /// The Redis broker. Cheap to clone.
@@ -108,7 +109,7 @@ impl RedisBroker {
             history.live_backlog_bytes,
             Some(Arc::new(pubsub::Observer::new(changes.clone()))),
         );
-        let handle = pubsub::spawn(client, hub.clone(), keys.clone(), changes, config.timeout);
+        let pubsub = pubsub::task(client, hub.clone(), keys.clone(), changes, config.timeout);
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
@@ -119,7 +120,7 @@ impl RedisBroker {
                 hub,
                 epoch: Mutex::new(None),
                 clock: SystemClock,
-                _pubsub: handle,
+                pubsub: crate::BackgroundSlot::new(pubsub),
             }),
         })
     }
@@ -171,6 +172,11 @@ impl RedisBroker {
 impl Broker for RedisBroker {
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    /// The node's pub/sub connection.
+    fn background(&self) -> Option<crate::Background> {
+        self.inner.pubsub.take()
     }
 
     async fn epoch(&self) -> Result<Epoch, BrokerError> {

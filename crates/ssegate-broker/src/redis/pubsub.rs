@@ -92,27 +92,17 @@ impl HubObserver for Observer {
     }
 }
 
-/// Stops the task when the broker is dropped.
-#[derive(Debug)]
-pub(crate) struct Handle(tokio::task::JoinHandle<()>);
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-pub(crate) fn spawn(
+/// The pub/sub task, for the node's lifecycle to run (see `Broker::background`).
+pub(crate) fn task(
     client: redis::Client,
     hub: Hub,
     keys: Keys,
     changes: Arc<Changes>,
     timeout: Duration,
-) -> Handle {
-    use tracing::Instrument;
+) -> crate::Background {
     let task = Task {
         client,
         hub,
@@ -121,7 +111,7 @@ pub(crate) fn spawn(
         timeout,
         subscribed: HashSet::new(),
     };
-    Handle(tokio::spawn(task.run().in_current_span()))
+    Box::pin(task.run())
 }
 
 fn jittered(d: Duration) -> Duration {

@@ -29,13 +29,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use http::Response;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::Watcher;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -57,21 +57,16 @@ pub(crate) struct Front {
 }
 
 /// Serves one connection until it ends.
-pub(crate) async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    front: Arc<Front>,
-    graceful: Option<Watcher>,
-) {
+pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, front: Arc<Front>) {
     if front.which == Listener::Admin {
-        return serve_hyper(stream, peer, &front, graceful, None).await;
+        return serve_hyper(stream, peer, &front, None).await;
     }
     loop {
         let (res, close) = match next_request(&stream, peer, &front).await {
             Next::Gone => return,
             Next::Hyper(buf, head_deadline) => {
                 let io = Prefixed::new(buf, stream);
-                return serve_hyper(io, peer, &front, graceful, Some(head_deadline)).await;
+                return serve_hyper(io, peer, &front, Some(head_deadline)).await;
             }
             Next::Respond(res, close) => (res, close),
         };
@@ -99,8 +94,30 @@ async fn next_request(stream: &TcpStream, peer: SocketAddr, front: &Front) -> Ne
     let state = &front.state;
     let mut buf = Vec::new();
     let deadline = Instant::now() + state.settings.header_read_timeout;
-    let read = std::future::poll_fn(|cx| head::poll_read(stream, &mut buf, cx));
-    match tokio::time::timeout_at(deadline, read).await {
+    // A keep-alive connection waiting for its next head when the drain is over is closed
+    // (as hyper does with its idle connections); one whose head has begun is served.
+    let started = AtomicBool::new(false);
+    let read = std::future::poll_fn(|cx| {
+        let res = head::poll_read(stream, &mut buf, cx);
+        started.store(!buf.is_empty(), Ordering::Relaxed);
+        res
+    });
+    let read = tokio::time::timeout_at(deadline, read);
+    let mut read = std::pin::pin!(read);
+    let drain = (!state.lifecycle.is_closing()).then(|| state.lifecycle.closing());
+    let head = match drain {
+        None => read.await,
+        Some(drain) => tokio::select! {
+            head = read.as_mut() => head,
+            () = drain => {
+                if !started.load(Ordering::Relaxed) {
+                    return Next::Gone;
+                }
+                read.await
+            }
+        },
+    };
+    match head {
         // Slowloris (or an idle keep-alive connection): cut it.
         Err(_) | Ok(Head::Gone) => Next::Gone,
         Ok(Head::Other) => Next::Hyper(buf, deadline),
@@ -125,13 +142,8 @@ async fn next_request(stream: &TcpStream, peer: SocketAddr, front: &Front) -> Ne
 ///   would otherwise keep its descriptor (and its slot of the listener's connection cap)
 ///   for good. Counting bytes, not requests, leaves alone a slow client that is still
 ///   reading a large reply or still sending its next head.
-async fn serve_hyper<I>(
-    io: I,
-    peer: SocketAddr,
-    front: &Front,
-    graceful: Option<Watcher>,
-    head_deadline: Option<Instant>,
-) where
+async fn serve_hyper<I>(io: I, peer: SocketAddr, front: &Front, head_deadline: Option<Instant>)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let state = front.state.clone();
@@ -156,10 +168,11 @@ async fn serve_hyper<I>(
         .builder
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
-    let fut: Pin<Box<dyn Future<Output = _> + Send>> = match graceful {
-        Some(g) => Box::pin(g.watch(conn)),
-        None => Box::pin(conn),
-    };
+    // On the public listener, the end of the drain ends the connection after its current
+    // response (keep-alive off, HTTP/2 GOAWAY); the admin listener serves until the node
+    // stops.
+    let graceful = (which == Listener::Public).then(|| front.state.lifecycle.closing());
+    let fut = graceful_on(conn, graceful);
     let head_late = async {
         match head_deadline {
             Some(at) => {
@@ -189,6 +202,22 @@ async fn serve_hyper<I>(
         () = head_late => tracing::debug!("request head not complete in time: connection cut"),
         () = idle => tracing::debug!("idle connection closed"),
     }
+}
+
+/// Serves `conn`, shutting it down gracefully once `drain` resolves.
+async fn graceful_on<C: GracefulConnection>(
+    conn: C,
+    drain: Option<impl Future<Output = ()>>,
+) -> Result<(), C::Error> {
+    let mut conn = std::pin::pin!(conn);
+    let Some(drain) = drain else {
+        return conn.await;
+    };
+    tokio::select! {
+        res = conn.as_mut() => return res,
+        () = drain => conn.as_mut().graceful_shutdown(),
+    }
+    conn.await
 }
 
 /// What one hyper connection is doing: requests started, streamed responses still open,

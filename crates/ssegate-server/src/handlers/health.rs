@@ -32,7 +32,7 @@ pub(crate) async fn readyz(state: &AppState) -> Response<Body> {
             "broker": state.broker.kind(),
             "broker_ok": broker.is_ok(),
             "draining": draining,
-            "streams": state.streams.open(),
+            "streams": state.lifecycle.streams.open(),
         }),
     )
 }
@@ -46,7 +46,7 @@ pub(crate) fn stats(state: &AppState) -> Response<Body> {
             "node_id": state.settings.node_id,
             "broker": state.broker.kind(),
             "draining": state.is_draining(),
-            "streams": state.streams.open(),
+            "streams": state.lifecycle.streams.open(),
             "slow_consumer_catchups": Stats::get(&s.slow_consumer_catchups),
             "sync_required": Stats::get(&s.sync_required),
             "deliveries": Stats::get(&s.deliveries),

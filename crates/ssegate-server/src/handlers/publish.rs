@@ -154,7 +154,7 @@ pub(crate) async fn read_body(
     let budget = &state.body_budget;
     let Some(mut share) = budget.try_take(declared) else {
         if !expects_continue {
-            discard_later(body, declared as u64);
+            discard_later(state, body, declared as u64);
         }
         return Err(overloaded());
     };
@@ -193,7 +193,7 @@ pub(crate) async fn read_body(
         }
         Ok(Err(Stop::Overloaded)) => {
             drop((buf, share));
-            discard_later(body, DRAIN_MAX);
+            discard_later(state, body, DRAIN_MAX);
             Err(overloaded())
         }
         Ok(Err(Stop::Unreadable)) => Err(ApiError::bad_request(
@@ -221,8 +221,10 @@ fn overloaded() -> ApiError {
 
 /// Reads and discards the rest of a refused body in the background, up to `budget`
 /// bytes and [`DRAIN_TIMEOUT`], while the answer is written.
-fn discard_later(mut body: hyper::body::Incoming, budget: u64) {
-    tokio::spawn(async move { drain(&mut body, budget).await });
+fn discard_later(state: &AppState, mut body: hyper::body::Incoming, budget: u64) {
+    state
+        .lifecycle
+        .spawn(async move { drain(&mut body, budget).await });
 }
 
 fn invalid_json(e: impl std::fmt::Display) -> ApiError {

@@ -169,11 +169,7 @@ impl Session {
         state.metrics.connections_opened.increment(1);
         tracing::debug!("stream opened");
         let heartbeat = Box::pin(tokio::time::sleep(state.settings.heartbeat_interval));
-        let mut rx = state.draining.subscribe();
-        let draining = Box::pin(async move {
-            // An error means the node state is gone, which only happens at exit.
-            let _ = rx.wait_for(|draining| *draining).await;
-        });
+        let draining = Box::pin(state.lifecycle.draining());
         Self {
             ids,
             epoch: None,

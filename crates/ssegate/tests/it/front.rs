@@ -177,9 +177,9 @@ async fn a_client_that_leaves_an_idle_stream_is_released_at_once() {
     raw.send(b"GET /v1/channels/idle/events HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
     raw.until(b"\n\n\r\n").await;
-    assert_eq!(app.state.streams.open(), 1);
+    assert_eq!(app.state.lifecycle.streams.open(), 1);
     drop(raw);
-    tokio::time::timeout(WAIT, app.state.streams.wait_idle())
+    tokio::time::timeout(WAIT, app.state.lifecycle.streams.wait_idle())
         .await
         .expect("the stream ends when its client leaves");
     app.stop().await;

@@ -88,7 +88,7 @@ async fn drain_ends_each_stream_within_the_window_after_a_retry() {
         s.next_frame().await.unwrap();
     }
     let start = Instant::now();
-    state.draining.send_replace(true);
+    state.lifecycle.begin_drain();
     let ends = futures_util::future::join_all(sessions.iter_mut().map(|s| async move {
         let last = s.next_frame().await.unwrap();
         assert!(text(&last).starts_with("retry: "), "{}", text(&last));
@@ -103,7 +103,7 @@ async fn drain_ends_each_stream_within_the_window_after_a_retry() {
         "closes are spread, not all at once"
     );
     drop(sessions);
-    assert_eq!(state.streams.open(), 0);
+    assert_eq!(state.lifecycle.streams.open(), 0);
 }
 
 #[tokio::test]
