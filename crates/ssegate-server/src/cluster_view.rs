@@ -14,14 +14,14 @@ use ssegate_core::sse;
 
 use crate::body::Body;
 use crate::handlers::json;
-use crate::state::{AppState, Stats};
+use crate::state::AppState;
 
 /// How many announce intervals an entry outlives its last refresh.
 const TTL_INTERVALS: u32 = 3;
 
 /// This node's entry in the cluster view.
 pub(crate) fn node_info(state: &AppState) -> Value {
-    let rate = f64::from_bits(state.stats.delivery_rate_bits.load(Ordering::Relaxed));
+    let rate = f64::from_bits(state.delivery_rate_bits.load(Ordering::Relaxed));
     json!({
         "node_id": state.settings.node_id,
         "address": state.public_addr.get().map(ToString::to_string),
@@ -30,7 +30,7 @@ pub(crate) fn node_info(state: &AppState) -> Value {
         "started_at_ms": state.started_at_ms,
         "connections": state.lifecycle.streams.open(),
         "channels": state.broker.local_channels(),
-        "deliveries": Stats::get(&state.stats.deliveries),
+        "deliveries": state.metrics.deliveries_total(),
         "deliveries_per_second": (rate * 10.0).round() / 10.0,
         "draining": state.is_draining(),
     })
@@ -44,19 +44,18 @@ pub(crate) fn announcer(state: Arc<AppState>) -> impl std::future::Future<Output
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = (
             tokio::time::Instant::now(),
-            Stats::get(&state.stats.deliveries),
+            state.metrics.deliveries_total(),
         );
         loop {
             tick.tick().await;
             let now = (
                 tokio::time::Instant::now(),
-                Stats::get(&state.stats.deliveries),
+                state.metrics.deliveries_total(),
             );
             let secs = now.0.duration_since(last.0).as_secs_f64();
             if secs > 0.0 {
                 let rate = now.1.saturating_sub(last.1) as f64 / secs;
                 state
-                    .stats
                     .delivery_rate_bits
                     .store(rate.to_bits(), Ordering::Relaxed);
             }

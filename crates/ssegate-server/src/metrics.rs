@@ -4,6 +4,7 @@
 //! enum implementing [`LabelValue`] (a handle per value, built from `ALL`).
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -144,13 +145,13 @@ pub struct Metrics {
     pub events_published: Counter,
     publish_errors: Labeled<ssegate_broker::ErrorClass>,
     /// `ssegate_deliveries_total`: events written to streams, live and replayed.
-    pub deliveries: Counter,
+    deliveries: Counter,
     /// `ssegate_replayed_events_total`: events written from history.
     pub replayed: Counter,
     sync: Labeled<ssegate_core::sse::SyncReason>,
     /// `ssegate_slow_consumer_catchups_total`: streams that fell behind live and were
     /// caught up from history.
-    pub catchups: Counter,
+    catchups: Counter,
     /// `ssegate_live_resyncs_total`: streams told to re-read history because the node's
     /// upstream subscription to their channel became active or was re-established.
     pub resyncs: Counter,
@@ -163,6 +164,18 @@ pub struct Metrics {
     /// `ssegate_delivery_latency_seconds`: publish timestamp to frame handed to the
     /// connection, for live deliveries.
     pub delivery_latency: Histogram,
+    /// The counters above that the node also reads back.
+    read: std::sync::Arc<ReadBack>,
+}
+
+/// The counters the node reads back about itself (`/v1/stats`, the cluster view's rate):
+/// a `metrics` handle cannot be read, so each of these is recorded by one method of
+/// [`Metrics`] that increments its Prometheus counter and this together.
+#[derive(Debug, Default)]
+struct ReadBack {
+    deliveries: AtomicU64,
+    catchups: AtomicU64,
+    sync_required: AtomicU64,
 }
 
 impl Metrics {
@@ -186,6 +199,7 @@ impl Metrics {
             bytes: counter!(m::BYTES_WRITTEN),
             publish_duration: histogram!(m::PUBLISH_DURATION),
             delivery_latency: histogram!(m::DELIVERY_LATENCY),
+            read: std::sync::Arc::default(),
         }
     }
 
@@ -208,6 +222,35 @@ impl Metrics {
     /// Counts a `sync-required` frame sent (`ssegate_sync_required_total`).
     pub fn sync_required(&self, reason: ssegate_core::sse::SyncReason) {
         self.sync.increment(reason);
+        self.read.sync_required.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` events written to streams (`ssegate_deliveries_total`).
+    pub fn delivered(&self, n: u64) {
+        self.deliveries.increment(n);
+        self.read.deliveries.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A stream fell behind live and is caught up from history
+    /// (`ssegate_slow_consumer_catchups_total`).
+    pub fn caught_up(&self) {
+        self.catchups.increment(1);
+        self.read.catchups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events written to streams since start.
+    pub fn deliveries_total(&self) -> u64 {
+        self.read.deliveries.load(Ordering::Relaxed)
+    }
+
+    /// Slow-consumer catch-ups since start.
+    pub fn catchups_total(&self) -> u64 {
+        self.read.catchups.load(Ordering::Relaxed)
+    }
+
+    /// `sync-required` frames sent since start.
+    pub fn sync_required_total(&self) -> u64 {
+        self.read.sync_required.load(Ordering::Relaxed)
     }
 }
 

@@ -1,7 +1,7 @@
 //! What every request handler shares.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use ssegate_broker::Broker;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -26,8 +26,11 @@ pub struct AppState {
     pub lifecycle: Lifecycle,
     /// One permit per open stream: the node's connection cap.
     pub stream_permits: Arc<Semaphore>,
-    /// The counters the node reports about itself (`/v1/stats`, the cluster view).
-    pub stats: Stats,
+    /// Source of stream ids for logs.
+    pub next_stream_id: AtomicU64,
+    /// Deliveries per second over the last announce interval (`f64` bits), for the
+    /// cluster view.
+    pub delivery_rate_bits: AtomicU64,
     /// The Prometheus handles.
     pub metrics: Metrics,
     /// The bound public address (known once listening), for the cluster view.
@@ -54,39 +57,6 @@ pub struct AppState {
 #[derive(Debug, Clone, Copy)]
 pub struct RemoteAddr(pub std::net::SocketAddr);
 
-/// Node counters shown by `/v1/stats` on the admin listener and in the cluster view. Some
-/// repeat a metric: a `metrics` handle cannot be read back, and these must be.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Times a stream fell behind its live ring and was caught up from history.
-    pub slow_consumer_catchups: AtomicU64,
-    /// `sync-required` frames sent.
-    pub sync_required: AtomicU64,
-    /// Events written to streams (for `/v1/stats` and the cluster view's rate).
-    pub deliveries: AtomicU64,
-    /// Source of stream ids for logs.
-    pub next_stream_id: AtomicU64,
-    /// Deliveries per second over the last announce interval (`f64` bits).
-    pub delivery_rate_bits: AtomicU64,
-}
-
-impl Stats {
-    /// Adds one to `counter`. Relaxed: a counter orders nothing.
-    pub fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Adds `n` to `counter`.
-    pub fn add_n(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// The current value of `counter`.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-}
-
 impl AppState {
     /// The state of a node with these settings and this broker.
     pub fn new(settings: Settings, broker: Arc<dyn Broker>) -> Arc<Self> {
@@ -112,7 +82,8 @@ impl AppState {
             broker,
             lifecycle: Lifecycle::new(),
             stream_permits: permits,
-            stats: Stats::default(),
+            next_stream_id: AtomicU64::new(0),
+            delivery_rate_bits: AtomicU64::new(0),
             metrics: Metrics::new(),
             public_addr: std::sync::OnceLock::new(),
             started_at_ms: std::time::SystemTime::now()

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::body::Body;
 use crate::handlers::json;
-use crate::state::{AppState, Stats};
+use crate::state::AppState;
 
 pub(crate) fn healthz(state: &AppState) -> Response<Body> {
     json(
@@ -39,7 +39,7 @@ pub(crate) async fn readyz(state: &AppState) -> Response<Body> {
 
 /// `GET /v1/stats` (admin listener): this node's figures.
 pub(crate) fn stats(state: &AppState) -> Response<Body> {
-    let s = &state.stats;
+    let m = &state.metrics;
     json(
         StatusCode::OK,
         &json!({
@@ -47,9 +47,9 @@ pub(crate) fn stats(state: &AppState) -> Response<Body> {
             "broker": state.broker.kind(),
             "draining": state.is_draining(),
             "streams": state.lifecycle.streams.open(),
-            "slow_consumer_catchups": Stats::get(&s.slow_consumer_catchups),
-            "sync_required": Stats::get(&s.sync_required),
-            "deliveries": Stats::get(&s.deliveries),
+            "slow_consumer_catchups": m.catchups_total(),
+            "sync_required": m.sync_required_total(),
+            "deliveries": m.deliveries_total(),
         }),
     )
 }

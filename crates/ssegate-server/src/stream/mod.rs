@@ -217,7 +217,6 @@ impl Subscribe {
         guard.subject = Some(subject);
         let expires_at = who.principal.as_ref().map(|p| p.expires_at);
         let id = state
-            .stats
             .next_stream_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // One span per stream; the node's span (with its id) is its parent.

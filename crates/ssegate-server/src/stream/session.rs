@@ -40,7 +40,7 @@ use ssegate_core::{ChannelName, EntryId, Epoch, Position, StartFrom};
 use tokio::time::{Instant, Sleep};
 
 use crate::metrics::CloseReason;
-use crate::state::{AppState, Stats, StreamGuard};
+use crate::state::{AppState, StreamGuard};
 
 /// How event ids are written on this stream.
 #[derive(Debug, Clone, Copy)]
@@ -364,7 +364,6 @@ impl Session {
             self.chans[i].cursor = page.start;
             let id = self.current_id(epoch);
             let name = self.chans[i].name.clone();
-            Stats::add(&self.state.stats.sync_required);
             self.state.metrics.sync_required(reason);
             self.pending
                 .push_back(sse::sync_required_frame(&id, name.as_str(), reason));
@@ -388,8 +387,7 @@ impl Session {
         if replayed > 0 {
             let m = &self.state.metrics;
             m.replayed.increment(replayed);
-            m.deliveries.increment(replayed);
-            Stats::add_n(&self.state.stats.deliveries, replayed);
+            m.delivered(replayed);
         }
         if !self.buf.is_empty() {
             let per_event = self.buf.len() / usize::try_from(replayed).unwrap_or(1).max(1);
@@ -499,8 +497,7 @@ impl Session {
         match recv {
             LiveRecv::Event(ev) => self.on_live_event(i, &ev),
             LiveRecv::Lagged => {
-                Stats::add(&self.state.stats.slow_consumer_catchups);
-                self.state.metrics.catchups.increment(1);
+                self.state.metrics.caught_up();
                 self.chans[i].catching_up = true;
             }
             LiveRecv::Resync => {
@@ -530,8 +527,7 @@ impl Session {
             self.chans[i].cursor = ev.id;
             self.write_event(i, ev, false);
             let m = &self.state.metrics;
-            m.deliveries.increment(1);
-            Stats::add(&self.state.stats.deliveries);
+            m.delivered(1);
             let now = ssegate_broker::clock::Clock::now_ms(&ssegate_broker::clock::SystemClock);
             m.delivery_latency
                 .record(now.saturating_sub(ev.published_at_ms) as f64 / 1000.0);

@@ -130,7 +130,7 @@ async fn a_lagging_session_catches_up_from_history_in_order() {
         .collect();
     let want: Vec<String> = (0..10).map(|n| format!("e{n}")).collect();
     assert_eq!(data, want);
-    assert!(crate::state::Stats::get(&state.stats.slow_consumer_catchups) >= 1);
+    assert!(state.metrics.catchups_total() >= 1);
 }
 
 /// The head is written once `Session::open` returns, before the body is polled: an event
@@ -161,8 +161,5 @@ async fn a_resync_is_not_a_slow_consumer() {
     broker.hub().resync(&ChannelName::new("c").unwrap());
     publish(&broker, "x").await;
     assert!(text(&s.next_frame().await.unwrap()).ends_with("data: x\n\n"));
-    assert_eq!(
-        crate::state::Stats::get(&state.stats.slow_consumer_catchups),
-        0
-    );
+    assert_eq!(state.metrics.catchups_total(), 0);
 }
