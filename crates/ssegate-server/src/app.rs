@@ -274,10 +274,8 @@ async fn accept_forever(listener: &TcpListener, front: Arc<conn::Front>) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn = conn::serve(stream, peer, front.clone());
-        state.lifecycle.spawn(async move {
-            let _slot = slot;
-            conn.await;
-        });
+        state
+            .lifecycle
+            .spawn_connection(conn::serve(stream, peer, front.clone(), slot));
     }
 }

@@ -6,6 +6,8 @@ use ssegate::config::{self, ConfigError};
 use ssegate_server::App;
 
 fn main() -> ExitCode {
+    // A server wants its hard open-files limit: the defaults are derived from it.
+    ssegate_server::limits::raise_open_files_limit();
     let config = match config::load(std::env::args_os()) {
         Ok(c) => c,
         Err(ConfigError::Exit { code, message }) => {

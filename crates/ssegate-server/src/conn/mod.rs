@@ -56,8 +56,13 @@ pub(crate) struct Front {
     pub(crate) which: Listener,
 }
 
-/// Serves one connection until it ends.
-pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, front: Arc<Front>) {
+/// Serves one connection until it ends; `_slot` is its place in the listener's cap.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    front: Arc<Front>,
+    _slot: crate::limits::ConnectionSlot,
+) {
     if front.which == Listener::Admin {
         return serve_hyper(stream, peer, &front, None).await;
     }
