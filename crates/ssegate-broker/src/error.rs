@@ -10,17 +10,25 @@ pub enum ErrorClass {
     Broker,
     /// A bug or an invariant broken here (500).
     Internal,
+    /// A publish that may or may not have been stored (504 `publish_outcome_unknown`).
+    OutcomeUnknown,
 }
 
 impl ssegate_core::metric_names::LabelValue for ErrorClass {
     const LABEL: &'static str = "class";
-    const ALL: &'static [Self] = &[Self::Client, Self::Broker, Self::Internal];
+    const ALL: &'static [Self] = &[
+        Self::Client,
+        Self::Broker,
+        Self::Internal,
+        Self::OutcomeUnknown,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             Self::Client => "client",
             Self::Broker => "broker",
             Self::Internal => "internal",
+            Self::OutcomeUnknown => "outcome_unknown",
         }
     }
 }
@@ -79,6 +87,18 @@ pub enum BrokerError {
     /// invalid Redis URL): not the client's fault, and not cured by retrying.
     #[error("internal broker error: {0}")]
     Internal(String),
+    /// The publish was sent but not confirmed: the broker did not answer in time, the
+    /// connection broke before its reply, the reply made no sense, or fewer replicas
+    /// than `SSEGATE_PUBLISH_MIN_REPLICAS` confirmed it in time. The events may be in the
+    /// stream; a retry with the same `Idempotency-Key` is safe. `published` holds their
+    /// ids when the store answered.
+    #[error("publish outcome unknown: {reason}")]
+    OutcomeUnknown {
+        /// The ids the store gave, when it answered.
+        published: Option<crate::Published>,
+        /// For logs.
+        reason: String,
+    },
 }
 
 impl BrokerError {
@@ -88,6 +108,7 @@ impl BrokerError {
             Self::Unavailable(_) => ErrorClass::Broker,
             Self::IdempotencyConflict => ErrorClass::Client,
             Self::Internal(_) => ErrorClass::Internal,
+            Self::OutcomeUnknown { .. } => ErrorClass::OutcomeUnknown,
         }
     }
 }

@@ -38,6 +38,11 @@ pub const DELIVERY_LATENCY: &str = "ssegate_delivery_latency_seconds";
 pub const BROKER_ERRORS: &str = "ssegate_broker_errors_total";
 /// Pub/sub connections re-established (counter).
 pub const PUBSUB_RECONNECTS: &str = "ssegate_pubsub_reconnects_total";
+/// Times this node found the Redis primary at another address (counter).
+pub const REDIS_PRIMARY_CHANGES: &str = "ssegate_redis_primary_changes_total";
+/// Publishes that fewer replicas than `SSEGATE_PUBLISH_MIN_REPLICAS` confirmed in time,
+/// answered `504 publish_outcome_unknown` (counter).
+pub const PUBLISH_REPLICA_TIMEOUTS: &str = "ssegate_publish_replica_timeouts_total";
 /// Channels with at least one local subscriber (gauge).
 pub const SUBSCRIBED_CHANNELS: &str = "ssegate_subscribed_channels";
 
@@ -125,6 +130,14 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     (BROKER_ERRORS, "Broker operations that failed, by op"),
     (PUBSUB_RECONNECTS, "Pub/sub connections re-established"),
+    (
+        REDIS_PRIMARY_CHANGES,
+        "Times this node found the Redis primary at another address",
+    ),
+    (
+        PUBLISH_REPLICA_TIMEOUTS,
+        "Publishes that too few replicas confirmed in time (answered 504)",
+    ),
     (
         SUBSCRIBED_CHANNELS,
         "Channels with at least one local subscriber",

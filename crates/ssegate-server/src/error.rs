@@ -27,6 +27,8 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// Answer with `Connection: close` (HTTP/1.1): the rest of the request is not read.
     pub close: bool,
+    /// For `504 publish_outcome_unknown`: the ids the events got, when the store said.
+    pub ids: Option<Vec<String>>,
 }
 
 impl ApiError {
@@ -41,6 +43,7 @@ impl ApiError {
             www_authenticate: false,
             retry_after: None,
             close: false,
+            ids: None,
         }
     }
 
@@ -89,6 +92,7 @@ impl ApiError {
             // Too much traffic, not a broken broker.
             503 if self.code == "overloaded" => ErrorClass::Client,
             503 => ErrorClass::Broker,
+            504 if self.code == "publish_outcome_unknown" => ErrorClass::OutcomeUnknown,
             500..=599 => ErrorClass::Internal,
             _ => ErrorClass::Client,
         }
@@ -100,6 +104,9 @@ impl ApiError {
         let mut error = serde_json::json!({ "code": self.code, "message": self.message });
         if let Some(i) = self.index {
             error["index"] = i.into();
+        }
+        if let Some(ids) = self.ids {
+            error["ids"] = ids.into();
         }
         let body = serde_json::json!({ "error": error }).to_string();
         let mut res = Response::new(Body::full(Bytes::from(body)));
@@ -147,6 +154,29 @@ impl From<BrokerError> for ApiError {
                     "broker_unavailable",
                     "the history store is unavailable; retry later",
                 )
+            }
+            ErrorClass::OutcomeUnknown => {
+                tracing::warn!(error = %e, "publish outcome unknown");
+                let ids = match &e {
+                    BrokerError::OutcomeUnknown {
+                        published: Some(p), ..
+                    } => Some(
+                        p.ids
+                            .iter()
+                            .map(|&id| ssegate_core::Position { epoch: p.epoch, id }.to_string())
+                            .collect(),
+                    ),
+                    _ => None,
+                };
+                Self {
+                    ids,
+                    ..Self::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "publish_outcome_unknown",
+                        "the publish was sent but not confirmed in time: the event may be stored; \
+                         retry with the same Idempotency-Key",
+                    )
+                }
             }
             ErrorClass::Internal => {
                 tracing::error!(error = %e, "internal broker error");

@@ -3,8 +3,10 @@
 //!
 //! - History: one Redis Stream per channel, trimmed by length and age in the publish
 //!   script; ids are the stream's entry ids.
-//! - Publishing: one atomic Lua script per request (see [`scripts`]), over a
-//!   deadpool-redis pool.
+//! - The primary: a fixed address or found through Sentinel, and followed through
+//!   failovers (see [`primary`] for which connections are trusted).
+//! - Publishing: one atomic Lua script per request (see [`scripts`]), over a pool of
+//!   connections to the primary, then `WAIT` for `SSEGATE_PUBLISH_MIN_REPLICAS`.
 //! - Live: a dedicated pub/sub connection per node (see [`pubsub`]) SUBSCRIBEs to the
 //!   channels that have local subscribers (reference-counted by the [`Hub`]), decodes
 //!   each message once and hands the one `Arc` to every local stream.
@@ -15,13 +17,14 @@
 
 mod codec;
 mod keys;
+mod primary;
 mod pubsub;
 mod scripts;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use deadpool::managed::{Object, Timeouts};
 use redis::Value;
 use ssegate_core::{ChannelName, Epoch, NewEvent};
 
@@ -40,8 +43,21 @@ use scripts::Scripts;
 /// How to reach Redis.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`.
-    pub url: String,
+    /// `redis://[user:password@]host:port[/db]`: the primary, or with `sentinels` only
+    /// the data nodes' credentials and db. `None`: `redis://127.0.0.1:6379`.
+    pub url: Option<String>,
+    /// Sentinels (`host`, `port`) that name the primary; empty: `url` is the primary.
+    pub sentinels: Vec<(String, u16)>,
+    /// The primary's name at the sentinels.
+    pub master_name: String,
+    /// Username at the sentinels.
+    pub sentinel_username: Option<String>,
+    /// Password at the sentinels.
+    pub sentinel_password: Option<String>,
+    /// Replicas that must confirm a publish (`WAIT`) before it is acknowledged.
+    pub min_replicas: u32,
+    /// How long `WAIT` waits for them.
+    pub replica_timeout: Duration,
     /// Connections for commands (publishes, history reads); pub/sub has its own.
     pub pool_size: usize,
     /// Prefix of every key, so several deployments can share one Redis.
@@ -52,7 +68,8 @@ pub struct RedisConfig {
 
 #[derive(Debug)]
 struct Inner {
-    pool: Pool,
+    pool: primary::Pool,
+    primary: Arc<primary::Primary>,
     keys: Keys,
     scripts: Scripts,
     history: HistoryConfig,
@@ -75,6 +92,13 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
+fn unknown(published: Option<Published>, why: impl std::fmt::Display) -> BrokerError {
+    BrokerError::OutcomeUnknown {
+        published,
+        reason: why.to_string(),
+    }
+}
+
 fn bad(e: BadReply) -> BrokerError {
     BrokerError::Internal(e.to_string())
 }
@@ -87,20 +111,16 @@ impl RedisBroker {
     /// Builds the pool and starts the pub/sub task. Does not wait for Redis: a node may
     /// start before Redis does (it is not ready until Redis answers).
     pub fn connect(config: RedisConfig, history: HistoryConfig) -> Result<Self, BrokerError> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| BrokerError::Internal(format!("invalid Redis URL: {e}")))?;
-        let mut pool_config = deadpool_redis::Config::from_url(config.url.clone());
-        pool_config.pool = Some(PoolConfig {
-            max_size: config.pool_size,
-            timeouts: Timeouts {
+        let primary = Arc::new(primary::Primary::new(&config)?);
+        let pool = primary::Pool::builder(primary::Manager(primary.clone()))
+            .max_size(config.pool_size)
+            .timeouts(Timeouts {
                 wait: Some(config.timeout),
                 create: Some(config.timeout),
                 recycle: Some(config.timeout),
-            },
-            ..PoolConfig::default()
-        });
-        let pool = pool_config
-            .create_pool(Some(Runtime::Tokio1))
+            })
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
             .map_err(|e| BrokerError::Internal(format!("cannot build the Redis pool: {e}")))?;
         let keys = Keys::new(&config.key_prefix);
         let changes = Arc::new(pubsub::Changes::default());
@@ -109,10 +129,17 @@ impl RedisBroker {
             history.live_backlog_bytes,
             Some(Arc::new(pubsub::Observer::new(changes.clone()))),
         );
-        let pubsub = pubsub::task(client, hub.clone(), keys.clone(), changes, config.timeout);
+        let pubsub = pubsub::task(
+            primary.clone(),
+            hub.clone(),
+            keys.clone(),
+            changes,
+            config.timeout,
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                primary,
                 keys,
                 scripts: Scripts::new(),
                 history,
@@ -130,20 +157,31 @@ impl RedisBroker {
         &self.inner.hub
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, BrokerError> {
-        self.inner.pool.get().await.map_err(unavailable)
+    async fn conn(&self) -> Result<Object<primary::Manager>, BrokerError> {
+        self.inner.pool.get().await.map_err(|e| match e {
+            deadpool::managed::PoolError::Backend(e) => e,
+            other => unavailable(other),
+        })
     }
 
-    /// Runs a command future with the configured timeout; failures are counted by `op`.
+    /// Runs a command future with the configured timeout; failures are counted by `op`,
+    /// and end the connection's `generation` when they suggest the primary moved.
     async fn timed<T>(
         &self,
         op: BrokerOp,
+        generation: u64,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, BrokerError> {
         let result = match tokio::time::timeout(self.inner.config.timeout, f).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(unavailable(e)),
-            Err(_) => Err(unavailable("Redis command timed out")),
+            Ok(Err(e)) => {
+                self.inner.primary.check(generation, &e);
+                Err(unavailable(e))
+            }
+            Err(_) => {
+                self.inner.primary.lost(generation, &"a command timed out");
+                Err(unavailable("Redis command timed out"))
+            }
         };
         if result.is_err() {
             pubsub::broker_error(op);
@@ -151,12 +189,71 @@ impl RedisBroker {
         result
     }
 
-    async fn conn_for(&self, op: BrokerOp) -> Result<deadpool_redis::Connection, BrokerError> {
+    async fn conn_for(&self, op: BrokerOp) -> Result<Object<primary::Manager>, BrokerError> {
         let conn = self.conn().await;
         if conn.is_err() {
             pubsub::broker_error(op);
         }
         conn
+    }
+
+    /// The ids from the publish script's reply.
+    fn published(&self, reply: &Value, fp: &str) -> Result<Published, BrokerError> {
+        let parts = codec::array(reply).map_err(bad)?;
+        let [status, epoch, rest] = parts else {
+            return Err(bad(BadReply("publish reply")));
+        };
+        let epoch = codec::epoch(codec::text(epoch).map_err(bad)?).map_err(bad)?;
+        self.remember_epoch(epoch);
+        let mut words = codec::text(rest).map_err(bad)?.split(' ');
+        if codec::text(status).map_err(bad)? == "dup" && words.next() != Some(fp) {
+            return Err(BrokerError::IdempotencyConflict);
+        }
+        let ids = words
+            .map(|w| codec::entry_id(w).map_err(bad))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Published { epoch, ids })
+    }
+
+    /// `WAIT` on the publishing connection for `min_replicas`; fewer in time is an
+    /// unknown outcome (the primary has the events, a failover may lose them).
+    async fn wait_replicas(
+        &self,
+        conn: &mut Object<primary::Manager>,
+        published: Published,
+    ) -> Result<Published, BrokerError> {
+        let config = &self.inner.config;
+        let want = config.min_replicas;
+        if want == 0 {
+            return Ok(published);
+        }
+        let wait = redis::cmd("WAIT")
+            .arg(want)
+            .arg(ms(config.replica_timeout).max(1))
+            .to_owned();
+        let generation = conn.generation;
+        let acked = tokio::time::timeout(
+            config.replica_timeout + config.timeout,
+            wait.query_async::<i64>(&mut conn.conn),
+        )
+        .await;
+        let why = match acked {
+            Ok(Ok(n)) if n >= i64::from(want) => return Ok(published),
+            Ok(Ok(n)) => format!(
+                "{n} of {want} replicas confirmed within {:?}",
+                config.replica_timeout
+            ),
+            Ok(Err(e)) => {
+                self.inner.primary.check(generation, &e);
+                format!("WAIT failed: {e}")
+            }
+            Err(_) => {
+                self.inner.primary.lost(generation, &"WAIT timed out");
+                "WAIT timed out".to_owned()
+            }
+        };
+        metrics::counter!(ssegate_core::metric_names::PUBLISH_REPLICA_TIMEOUTS).increment(1);
+        Err(unknown(Some(published), why))
     }
 
     fn remember_epoch(&self, epoch: Epoch) {
@@ -192,12 +289,17 @@ impl Broker for RedisBroker {
             .arg("NX")
             .to_owned();
         let _: Value = self
-            .timed(BrokerOp::Epoch, set.query_async(&mut conn))
+            .timed(
+                BrokerOp::Epoch,
+                conn.generation,
+                set.query_async(&mut conn.conn),
+            )
             .await?;
         let got: Option<String> = self
             .timed(
                 BrokerOp::Epoch,
-                redis::cmd("GET").arg(&key).query_async(&mut conn),
+                conn.generation,
+                redis::cmd("GET").arg(&key).query_async(&mut conn.conn),
             )
             .await?;
         let epoch = codec::epoch(got.as_deref().unwrap_or_default()).map_err(bad)?;
@@ -247,24 +349,42 @@ impl Broker for RedisBroker {
                 .arg(now)
                 .arg(e.trace.as_deref().unwrap_or(""));
         }
+        // Until the script is sent, a failure means "not published" (503); from then
+        // on, one that leaves the outcome open is said so (504, see `OutcomeUnknown`).
         let mut conn = self.conn_for(BrokerOp::Publish).await?;
-        let reply: Value = self
-            .timed(BrokerOp::Publish, inv.invoke_async(&mut conn))
-            .await?;
-        let parts = codec::array(&reply).map_err(bad)?;
-        let [status, epoch, rest] = parts else {
-            return Err(bad(BadReply("publish reply")));
+        let generation = conn.generation;
+        let sent = tokio::time::timeout(
+            self.inner.config.timeout,
+            inv.invoke_async::<Value>(&mut conn.conn),
+        )
+        .await;
+        let reply = match sent {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                pubsub::broker_error(BrokerOp::Publish);
+                self.inner.primary.check(generation, &e);
+                // A server's error reply means the script did not run (it refuses as a
+                // whole: READONLY, OOM, LOADING, NOPERM); a broken connection or a lost
+                // reply means nobody knows.
+                return Err(
+                    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                        unknown(None, e)
+                    } else {
+                        unavailable(e)
+                    },
+                );
+            }
+            Err(_) => {
+                pubsub::broker_error(BrokerOp::Publish);
+                self.inner.primary.lost(generation, &"a publish timed out");
+                return Err(unknown(None, "no reply to the publish script in time"));
+            }
         };
-        let epoch = codec::epoch(codec::text(epoch).map_err(bad)?).map_err(bad)?;
-        self.remember_epoch(epoch);
-        let mut words = codec::text(rest).map_err(bad)?.split(' ');
-        if codec::text(status).map_err(bad)? == "dup" && words.next() != Some(fp.as_str()) {
-            return Err(BrokerError::IdempotencyConflict);
-        }
-        let ids = words
-            .map(|w| codec::entry_id(w).map_err(bad))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Published { epoch, ids })
+        let published = self.published(&reply, &fp).map_err(|e| match e {
+            BrokerError::IdempotencyConflict => e,
+            other => unknown(None, other),
+        })?;
+        self.wait_replicas(&mut conn, published).await
     }
 
     fn subscribe(&self, channel: &ChannelName) -> LiveSubscription {
@@ -290,7 +410,11 @@ impl Broker for RedisBroker {
         inv.arg(limit);
         let mut conn = self.conn_for(BrokerOp::Read).await?;
         let reply: Value = self
-            .timed(BrokerOp::Read, inv.invoke_async(&mut conn))
+            .timed(
+                BrokerOp::Read,
+                conn.generation,
+                inv.invoke_async(&mut conn.conn),
+            )
             .await?;
         let parts = codec::array(&reply).map_err(bad)?;
         let [epoch, last, start, gap, entries] = parts else {
@@ -330,7 +454,11 @@ impl Broker for RedisBroker {
             .arg(ms(ttl).max(1))
             .to_owned();
         let _: Value = self
-            .timed(BrokerOp::Announce, cmd.query_async(&mut conn))
+            .timed(
+                BrokerOp::Announce,
+                conn.generation,
+                cmd.query_async(&mut conn.conn),
+            )
             .await?;
         Ok(())
     }
@@ -339,7 +467,11 @@ impl Broker for RedisBroker {
         let mut conn = self.conn_for(BrokerOp::Announce).await?;
         let cmd = redis::cmd("DEL").arg(self.inner.keys.node(id)).to_owned();
         let _: Value = self
-            .timed(BrokerOp::Announce, cmd.query_async(&mut conn))
+            .timed(
+                BrokerOp::Announce,
+                conn.generation,
+                cmd.query_async(&mut conn.conn),
+            )
             .await?;
         Ok(())
     }
@@ -359,7 +491,11 @@ impl Broker for RedisBroker {
                 .arg(1000)
                 .to_owned();
             let (next, batch): (u64, Vec<String>) = self
-                .timed(BrokerOp::Announce, cmd.query_async(&mut conn))
+                .timed(
+                    BrokerOp::Announce,
+                    conn.generation,
+                    cmd.query_async(&mut conn.conn),
+                )
                 .await?;
             keys.extend(batch);
             cursor = next;
@@ -372,7 +508,11 @@ impl Broker for RedisBroker {
         }
         let cmd = redis::cmd("MGET").arg(&keys).to_owned();
         let values: Vec<Option<String>> = self
-            .timed(BrokerOp::Announce, cmd.query_async(&mut conn))
+            .timed(
+                BrokerOp::Announce,
+                conn.generation,
+                cmd.query_async(&mut conn.conn),
+            )
             .await?;
         Ok(Some(values.into_iter().flatten().collect()))
     }
@@ -380,7 +520,11 @@ impl Broker for RedisBroker {
     async fn ready(&self) -> Result<(), BrokerError> {
         let mut conn = self.conn_for(BrokerOp::Ping).await?;
         let _: String = self
-            .timed(BrokerOp::Ping, redis::cmd("PING").query_async(&mut conn))
+            .timed(
+                BrokerOp::Ping,
+                conn.generation,
+                redis::cmd("PING").query_async(&mut conn.conn),
+            )
             .await?;
         Ok(())
     }

@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 
 use super::codec;
 use super::keys::Keys;
+use super::primary::Primary;
 use crate::error::BrokerOp;
 use crate::hub::{Hub, HubObserver};
 use crate::lock;
@@ -97,21 +98,25 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The pub/sub task, for the node's lifecycle to run (see `Broker::background`).
 pub(crate) fn task(
-    client: redis::Client,
+    primary: Arc<Primary>,
     hub: Hub,
     keys: Keys,
     changes: Arc<Changes>,
     timeout: Duration,
 ) -> crate::Background {
     let task = Task {
-        client,
+        primary,
         hub,
         keys,
         changes,
         timeout,
         subscribed: HashSet::new(),
     };
-    Box::pin(task.run())
+    let follow = task.primary.clone();
+    Box::pin(async move {
+        // The sentinel watcher (nothing for a fixed address) beside the pub/sub task.
+        futures_util::future::join(task.run(), follow.watch_sentinels()).await;
+    })
 }
 
 fn jittered(d: Duration) -> Duration {
@@ -125,6 +130,8 @@ enum Lost {
     Connect(String),
     Command(&'static str, String),
     Closed,
+    /// The primary's generation ended (a failover, or another connection's failure).
+    Moved,
 }
 
 impl std::fmt::Display for Lost {
@@ -133,12 +140,14 @@ impl std::fmt::Display for Lost {
             Self::Connect(e) => write!(f, "connecting failed: {e}"),
             Self::Command(op, e) => write!(f, "{op} failed: {e}"),
             Self::Closed => f.write_str("connection closed"),
+            Self::Moved => f.write_str("the Redis primary moved or was lost"),
         }
     }
 }
 
 struct Task {
-    client: redis::Client,
+    /// Where to connect; the connection follows its generation (see `primary`).
+    primary: Arc<Primary>,
     hub: Hub,
     keys: Keys,
     changes: Arc<Changes>,
@@ -155,6 +164,12 @@ impl Task {
             let lost = self.connection(&mut backoff, &mut connected_before).await;
             self.subscribed.clear();
             broker_error(BrokerOp::Pubsub);
+            if matches!(lost, Lost::Moved) {
+                // Follow the primary at once; a failure to reach it backs off below.
+                tracing::info!(reason = %lost, "pub/sub connection follows the primary");
+                tokio::time::sleep(jittered(BACKOFF_MIN)).await;
+                continue;
+            }
             tracing::warn!(reason = %lost, retry_in = ?backoff, "pub/sub connection given up; reconnecting");
             tokio::time::sleep(jittered(backoff)).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -164,11 +179,43 @@ impl Task {
     /// One connection, from connecting until it is lost. `backoff` is reset once the
     /// connection carries every wanted subscription.
     async fn connection(&mut self, backoff: &mut Duration, connected_before: &mut bool) -> Lost {
-        let conn = match tokio::time::timeout(self.timeout, self.client.get_async_pubsub()).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Lost::Connect(e.to_string()),
-            Err(_) => return Lost::Connect("timed out".into()),
+        let mut moved = self.primary.watch();
+        let (client, generation) = match self.primary.client().await {
+            Ok(found) => found,
+            Err(e) => return Lost::Connect(e.to_string()),
         };
+        // A generation that ended while we resolved: start over with the next one.
+        if *moved.borrow_and_update() != generation {
+            return Lost::Moved;
+        }
+        let conn = match tokio::time::timeout(self.timeout, client.get_async_pubsub()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                self.primary.lost(generation, &e);
+                return Lost::Connect(e.to_string());
+            }
+            Err(_) => {
+                self.primary.lost(generation, &"pub/sub connect timed out");
+                return Lost::Connect("timed out".into());
+            }
+        };
+        let lost = self
+            .serve(conn, backoff, connected_before, &mut moved)
+            .await;
+        if !matches!(lost, Lost::Moved) {
+            // A lost pub/sub connection is as good a sign as any that the primary moved.
+            self.primary.lost(generation, &lost);
+        }
+        lost
+    }
+
+    async fn serve(
+        &mut self,
+        conn: redis::aio::PubSub,
+        backoff: &mut Duration,
+        connected_before: &mut bool,
+        moved: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> Lost {
         let (mut sink, mut stream) = conn.split();
         // Everything wanted now, from the hub itself: the changes marked so far are
         // covered by it.
@@ -201,6 +248,7 @@ impl Task {
                         return lost;
                     }
                 }
+                _ = moved.changed() => return Lost::Moved,
             }
         }
     }

@@ -9,7 +9,8 @@
 //!   equals stream order, and a `2xx` means the entry is in the stream. With an
 //!   idempotency fingerprint, a key already recorded returns its ids and publishes nothing.
 //! - **read**: the epoch, the channel's last and newest deleted ids, the gap decision for
-//!   the cursor, and one `XRANGE` page, all from one consistent moment.
+//!   the cursor (trimmed past it, ahead of the stream, or naming an entry the stream lost),
+//!   and one `XRANGE` page, all from one consistent moment.
 //!
 //! Both create the epoch with `SET NX` when it is missing (a fresh or wiped Redis), so the
 //! first node to touch a new store names its epoch and every node agrees.
@@ -137,6 +138,14 @@ else
     start = del
   else
     start = after
+    -- A cursor names an entry the store once had. One after the newest trimmed id that
+    -- the stream does not hold was lost (a failover to a replica that lacked it): a gap,
+    -- continuing after the newest entry before it, which the client cannot have seen.
+    if after ~= '0-0' and less(del, after) and #redis.call('XRANGE', KEYS[2], after, after) == 0 then
+      gap = 1
+      local before = redis.call('XREVRANGE', KEYS[2], '(' .. after, '(' .. del, 'COUNT', 1)
+      start = (before[1] and before[1][1]) or del
+    end
   end
 end
 local entries = {}

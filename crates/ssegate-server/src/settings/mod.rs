@@ -193,12 +193,33 @@ impl Settings {
             mint_max_ttl: o.auth_token_max_ttl,
             leeway: TOKEN_LEEWAY,
         })?;
-        let redis = o.redis_url.map(|url| RedisConfig {
-            url,
+        if let Some(url) = &o.redis_url
+            && !["redis://", "unix://"].iter().any(|s| url.starts_with(s))
+        {
+            // Not echoed: a URL carries a password. rediss:// (TLS) is not built in yet.
+            return Err(SettingsError::Invalid {
+                setting: "redis_url",
+                reason: "expected redis://[user:password@]host:port[/db] or unix:///path",
+            });
+        }
+        let redis = (o.redis_url.is_some() || o.redis_sentinels.is_some()).then(|| RedisConfig {
+            url: o.redis_url,
+            sentinels: o.redis_sentinels.map(|s| s.0).unwrap_or_default(),
+            master_name: o.redis_master_name,
+            sentinel_username: o.redis_sentinel_username,
+            sentinel_password: o.redis_sentinel_password,
             pool_size: o.redis_pool_size,
             key_prefix: o.redis_key_prefix,
             timeout: o.redis_timeout,
+            min_replicas: o.publish_min_replicas,
+            replica_timeout: o.publish_replica_timeout,
         });
+        if redis.is_none() && o.publish_min_replicas > 0 {
+            return Err(SettingsError::Invalid {
+                setting: "publish_min_replicas",
+                reason: "needs Redis (--redis-url or --redis-sentinels): the embedded broker has no replicas",
+            });
+        }
         let admin_listen = o.admin_listen.0;
         // The open-files limit is shared out: streams + request connections + admin
         // connections + Redis + a reserve (see `FileBudget`).

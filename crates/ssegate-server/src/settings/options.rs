@@ -66,9 +66,21 @@ pub struct Options {
     /// Admin listener (/healthz, /readyz, /metrics, /v1/stats, /v1/cluster); 'off' to disable
     #[arg(long, default_value = "0.0.0.0:9090", value_parser = listen_or_off)]
     pub admin_listen: OptionalListen,
-    /// Redis URL for cluster mode (redis://host:port/db); unset: the embedded in-memory broker
-    #[arg(long, value_parser = redis_url)]
+    /// Redis URL for cluster mode (redis://[user:password@]host:port/db); with --redis-sentinels only its credentials and db count; unset (and no sentinels): the embedded in-memory broker
+    #[arg(long)]
     pub redis_url: Option<String>,
+    /// Sentinels (host:port,host:port,...) through which the Redis primary is found and followed through failovers
+    #[arg(long, value_parser = host_ports)]
+    pub redis_sentinels: Option<HostPorts>,
+    /// The primary's name at the sentinels
+    #[arg(long, default_value = "mymaster", value_parser = master_name)]
+    pub redis_master_name: String,
+    /// Username at the sentinels (their ACL is apart from the data nodes'); unset: none
+    #[arg(long)]
+    pub redis_sentinel_username: Option<String>,
+    /// Password at the sentinels; unset: none
+    #[arg(long)]
+    pub redis_sentinel_password: Option<String>,
     /// Redis connections for commands (pub/sub has its own)
     #[arg(long, default_value = "16", value_parser = count)]
     pub redis_pool_size: usize,
@@ -78,6 +90,12 @@ pub struct Options {
     /// Timeout of one Redis command (and of getting a connection)
     #[arg(long, default_value = "2s", value_parser = positive_duration)]
     pub redis_timeout: Duration,
+    /// Replicas that must have a publish before it is acknowledged (Redis WAIT); 0: the primary alone
+    #[arg(long, default_value = "0")]
+    pub publish_min_replicas: u32,
+    /// How long a publish waits for those replicas; past it, 504 publish_outcome_unknown
+    #[arg(long, default_value = "500ms", value_parser = positive_duration)]
+    pub publish_replica_timeout: Duration,
     /// This node's id in logs and /readyz; unset: a random UUID
     #[arg(long, value_parser = node_id)]
     pub node_id: Option<String>,
@@ -186,7 +204,12 @@ pub struct Options {
 }
 
 /// Settings whose value is a secret: never echoed, in `--help` or in an error.
-pub const SECRET_SETTINGS: &[&str] = &["auth_jwt_secret", "publish_keys"];
+pub const SECRET_SETTINGS: &[&str] = &[
+    "auth_jwt_secret",
+    "publish_keys",
+    "redis_url",
+    "redis_sentinel_password",
+];
 
 impl Options {
     /// What a node runs with when nothing is set: every declared default.
@@ -270,14 +293,35 @@ fn listen_or_off(s: &str) -> Result<OptionalListen, ValueError> {
     }
 }
 
-fn redis_url(s: &str) -> Result<String, ValueError> {
-    if ["redis://", "rediss://", "unix://"]
-        .iter()
-        .any(|scheme| s.starts_with(scheme))
-    {
+/// `host:port,host:port,...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPorts(pub Vec<(String, u16)>);
+
+fn host_ports(s: &str) -> Result<HostPorts, ValueError> {
+    const RULE: &str = "expected host:port,host:port,...";
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (host, port) = part.rsplit_once(':').ok_or(ValueError::Rule(RULE))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port.parse().map_err(|_| ValueError::Rule(RULE))?;
+        if host.is_empty() || port == 0 || !host.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ValueError::Rule(RULE));
+        }
+        out.push((host.to_owned(), port));
+    }
+    if out.is_empty() {
+        return Err(ValueError::Rule(RULE));
+    }
+    Ok(HostPorts(out))
+}
+
+fn master_name(s: &str) -> Result<String, ValueError> {
+    if !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()) {
         Ok(s.to_owned())
     } else {
-        Err(ValueError::Rule("expected redis://host:port[/db]"))
+        Err(ValueError::Rule(
+            "must be 1 to 128 visible ASCII characters",
+        ))
     }
 }
 

@@ -88,6 +88,12 @@ fn invalid_values_exit_64_naming_the_setting() {
         &["--auth-cookie-name", "a b"],
         &["--node-id", "has space"],
         &["--max-body-size", "8192MiB"],
+        &["--redis-url", "rediss://127.0.0.1:6380"],
+        &["--redis-sentinels", "127.0.0.1"],
+        &["--redis-sentinels", "127.0.0.1:0"],
+        &["--redis-master-name", ""],
+        &["--publish-min-replicas", "1"],
+        &["--publish-replica-timeout", "0s"],
     ] {
         assert_eq!(code_of(bad), EXIT_USAGE, "{bad:?}");
     }
@@ -101,6 +107,7 @@ fn secrets_are_never_echoed() {
             "too-short-secret",
         ),
         (&["--publish-keys", "tiny-key"], "tiny-key"),
+        (&["--redis-url", "http://:hunter2@x"], "hunter2"),
     ] {
         let (code, msg) = code(load_args(args));
         assert_eq!(code, EXIT_USAGE);
@@ -185,4 +192,28 @@ fn file_values_apply_and_flags_win() {
         code_of(&["--config", "/nonexistent/ssegate.toml"]),
         EXIT_USAGE
     );
+}
+
+#[test]
+fn sentinels_make_cluster_mode_and_carry_their_own_credentials() {
+    let s = load_args(&[
+        "--redis-sentinels",
+        "10.0.0.1:26379, [::1]:26380",
+        "--redis-sentinel-password",
+        "s3cret",
+        "--publish-min-replicas",
+        "1",
+    ])
+    .unwrap()
+    .settings;
+    let redis = s.redis.expect("sentinels alone make cluster mode");
+    assert_eq!(
+        redis.sentinels,
+        vec![("10.0.0.1".to_owned(), 26379), ("::1".to_owned(), 26380)]
+    );
+    assert_eq!(redis.master_name, "mymaster");
+    assert_eq!(redis.sentinel_password.as_deref(), Some("s3cret"));
+    assert!(redis.url.is_none());
+    assert_eq!(redis.min_replicas, 1);
+    assert_eq!(redis.replica_timeout, Duration::from_millis(500));
 }

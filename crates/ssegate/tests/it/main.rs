@@ -29,4 +29,5 @@ mod redis_server;
 mod replay_bounds;
 mod resume;
 mod security;
+mod sentinel;
 mod slow_consumer;

@@ -11,10 +11,12 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     persistent: bool,
+    /// More arguments (a replica's `--replicaof`), kept for a restart.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
@@ -23,14 +25,27 @@ impl RedisServer {
     /// Starts Redis; with `persistent`, an AOF fsynced on every write, so that a restart
     /// keeps everything that was acknowledged.
     pub async fn start(persistent: bool) -> Self {
+        Self::start_with(persistent, &[]).await
+    }
+
+    /// [`RedisServer::start`] with more arguments.
+    pub async fn start_with(persistent: bool, extra: &[&str]) -> Self {
         let mut server = Self {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             persistent,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             child: None,
         };
         server.boot().await;
         server
+    }
+
+    /// SIGKILL: a crash, nothing flushed.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
     }
 
     async fn boot(&mut self) {
@@ -45,6 +60,7 @@ impl RedisServer {
                 "",
             ])
             .args(["--appendonly", aof, "--appendfsync", "always"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--logfile", ""])
