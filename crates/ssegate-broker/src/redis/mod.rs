@@ -178,10 +178,9 @@ impl RedisBroker {
                 self.inner.primary.check(generation, &e);
                 Err(unavailable(e))
             }
-            Err(_) => {
-                self.inner.primary.lost(generation, &"a command timed out");
-                Err(unavailable("Redis command timed out"))
-            }
+            // A slow reply is no sign that the primary moved: ending the generation on
+            // it would make every stream on the node re-read history at a bad moment.
+            Err(_) => Err(unavailable("Redis command timed out")),
         };
         if result.is_err() {
             pubsub::broker_error(op);
@@ -247,10 +246,7 @@ impl RedisBroker {
                 self.inner.primary.check(generation, &e);
                 format!("WAIT failed: {e}")
             }
-            Err(_) => {
-                self.inner.primary.lost(generation, &"WAIT timed out");
-                "WAIT timed out".to_owned()
-            }
+            Err(_) => "WAIT timed out".to_owned(),
         };
         metrics::counter!(ssegate_core::metric_names::PUBLISH_REPLICA_TIMEOUTS).increment(1);
         Err(unknown(Some(published), why))
@@ -376,7 +372,6 @@ impl Broker for RedisBroker {
             }
             Err(_) => {
                 pubsub::broker_error(BrokerOp::Publish);
-                self.inner.primary.lost(generation, &"a publish timed out");
                 return Err(unknown(None, "no reply to the publish script in time"));
             }
         };

@@ -6,8 +6,8 @@
 //! resolution is a generation: the address given (standalone), or the address a sentinel
 //! named and that answered `ROLE` as `master` (Sentinel). Every pooled connection and the
 //! pub/sub connection carry the generation they were opened under. Whatever suggests the
-//! primary moved ends the generation at once: an I/O error or timeout on any connection,
-//! a `READONLY` or `LOADING` reply, a `+switch-master` from a sentinel, or the sentinels
+//! primary moved ends the generation at once: a broken connection (an I/O error; a slow
+//! reply alone is not one), a `READONLY`, `LOADING` or `MASTERDOWN` reply, a `+switch-master` from a sentinel, or the sentinels
 //! naming another address when asked (every [`WATCH_EVERY`]). Then pooled connections of
 //! older generations are dropped instead of being handed out, the pub/sub connection
 //! reconnects (and every stream catches up from its cursor), and the next connection
@@ -60,6 +60,9 @@ pub(crate) struct Primary {
     find: Find,
     current: Mutex<Current>,
     generation: watch::Sender<u64>,
+    /// Bumped when the sentinels announce or name a new primary (not on mere errors),
+    /// so that a reconnect waiting out its backoff can follow at once.
+    switched: watch::Sender<u64>,
     timeout: Duration,
 }
 
@@ -114,6 +117,7 @@ impl Primary {
             find,
             current: Mutex::new(Current::default()),
             generation: watch::Sender::new(0),
+            switched: watch::Sender::new(0),
             timeout: config.timeout,
         })
     }
@@ -126,6 +130,11 @@ impl Primary {
     /// Notified whenever a generation ends.
     pub(crate) fn watch(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// Notified when the sentinels announce or name a new primary.
+    pub(crate) fn switched(&self) -> watch::Receiver<u64> {
+        self.switched.subscribe()
     }
 
     /// Connection settings for every connection to the primary: our own timeouts, not
@@ -174,7 +183,6 @@ impl Primary {
         use redis::{ErrorKind, ServerErrorKind};
         let moved = e.is_io_error()
             || e.is_connection_dropped()
-            || e.is_timeout()
             || matches!(
                 e.kind(),
                 ErrorKind::Server(
@@ -324,6 +332,7 @@ impl Primary {
                     if payload.split(' ').next() == Some(master) {
                         tracing::info!(%payload, "sentinel announced a failover");
                         self.lost(self.generation(), &"+switch-master");
+                        self.switched.send_modify(|n| *n += 1);
                     }
                 }
                 _ = tick.tick() => {
@@ -332,6 +341,7 @@ impl Primary {
                     let current = lock(&self.current).client.as_ref().map(|(_, a)| a.clone());
                     if current.is_some_and(|a| a != named) {
                         self.lost(self.generation(), &"the sentinel names another primary");
+                        self.switched.send_modify(|n| *n += 1);
                     }
                 }
             }
@@ -382,10 +392,7 @@ impl managed::Manager for Manager {
                 self.0.check(c.generation, &e);
                 Err(RecycleError::Backend(unavailable(e)))
             }
-            Err(_) => {
-                self.0.lost(c.generation, &"PING timed out");
-                Err(RecycleError::message("PING timed out"))
-            }
+            Err(_) => Err(RecycleError::message("PING timed out")),
         }
     }
 }

@@ -171,7 +171,12 @@ impl Task {
                 continue;
             }
             tracing::warn!(reason = %lost, retry_in = ?backoff, "pub/sub connection given up; reconnecting");
-            tokio::time::sleep(jittered(backoff)).await;
+            // A new primary (a sentinel announced it) ends the wait: follow it at once.
+            let mut switched = self.primary.switched();
+            tokio::select! {
+                () = tokio::time::sleep(jittered(backoff)) => {}
+                _ = switched.changed() => {}
+            }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
