@@ -39,12 +39,29 @@ def volumes_of(service):
 
 
 MONITORING = {"prometheus", "grafana"}
+SENTINEL = {"redis-replica", "sentinel1", "sentinel2", "sentinel3"}
 
 
 def test_services(compose):
-    assert set(compose["services"]) == {"redis", "nginx", *NODES, *MONITORING}
+    assert set(compose["services"]) == {"redis", "nginx", *NODES, *MONITORING, *SENTINEL}
     for name in MONITORING:
         assert compose["services"][name].get("profiles") == ["monitoring"], name
+    for name in SENTINEL:
+        assert compose["services"][name].get("profiles") == ["sentinel"], name
+
+
+def test_the_sentinel_profile_watches_redis_and_the_nodes_can_follow_it(compose):
+    services = compose["services"]
+    replica = services["redis-replica"]["command"]
+    assert replica[:3] == ["redis-server", "--replicaof", "redis"], replica
+    for name in ("sentinel1", "sentinel2", "sentinel3"):
+        script = " ".join(services[name]["command"])
+        assert "sentinel monitor mymaster redis 6379 2" in script, script
+        assert "--sentinel" in script
+    for node in NODES:
+        env = services[node]["environment"]
+        # Empty unless the sentinel profile's variable is set: empty counts as unset.
+        assert "SSEGATE_REDIS_SENTINELS" in env, env
 
 
 def test_prometheus_scrapes_every_node_and_grafana_shows_the_dashboard(compose):
