@@ -92,6 +92,12 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
+/// Timeouts a resolution through `n` sentinels may take: two per sentinel, and the
+/// connection itself.
+fn sentinel_rounds(n: usize) -> u32 {
+    u32::try_from(n.min(16)).unwrap_or(16) * 2 + 1
+}
+
 fn unknown(published: Option<Published>, why: impl std::fmt::Display) -> BrokerError {
     BrokerError::OutcomeUnknown {
         published,
@@ -116,7 +122,9 @@ impl RedisBroker {
             .max_size(config.pool_size)
             .timeouts(Timeouts {
                 wait: Some(config.timeout),
-                create: Some(config.timeout),
+                // Through Sentinel a new connection may first ask each sentinel (its
+                // address, then the primary's ROLE, each within the timeout).
+                create: Some(config.timeout * sentinel_rounds(config.sentinels.len())),
                 recycle: Some(config.timeout),
             })
             .runtime(deadpool::Runtime::Tokio1)
@@ -359,16 +367,28 @@ impl Broker for RedisBroker {
             Ok(Err(e)) => {
                 pubsub::broker_error(BrokerOp::Publish);
                 self.inner.primary.check(generation, &e);
-                // A server's error reply means the script did not run (it refuses as a
-                // whole: READONLY, OOM, LOADING, NOPERM); a broken connection or a lost
-                // reply means nobody knows.
-                return Err(
-                    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                        unknown(None, e)
-                    } else {
-                        unavailable(e)
-                    },
+                // These replies mean the script did not run (Redis refused it as a whole);
+                // any other failure (a broken connection, a lost reply, an error raised
+                // by the script after a write: scripts are not rolled back) leaves the
+                // outcome open.
+                let refused = matches!(
+                    e.code(),
+                    Some(
+                        "READONLY"
+                            | "OOM"
+                            | "LOADING"
+                            | "NOPERM"
+                            | "NOAUTH"
+                            | "BUSY"
+                            | "MASTERDOWN"
+                            | "NOREPLICAS"
+                    )
                 );
+                return Err(if refused {
+                    unavailable(e)
+                } else {
+                    unknown(None, e)
+                });
             }
             Err(_) => {
                 pubsub::broker_error(BrokerOp::Publish);

@@ -168,29 +168,46 @@ impl Primary {
 
     /// Ends `generation` (if it is still current): something suggests the primary moved.
     pub(crate) fn lost(&self, generation: u64, why: &dyn std::fmt::Display) {
+        // Under the lock, so that a resolution that read the old generation cannot cache
+        // its client into the new one (`client` compares under the same lock).
         let mut current = lock(&self.current);
         if self.generation() != generation {
             return;
         }
         current.client = None;
+        self.generation.send_modify(|g| *g += 1);
         drop(current);
         tracing::debug!(%why, "Redis primary connection lost; resolving it again");
-        self.generation.send_modify(|g| *g += 1);
     }
 
-    /// Ends the generation when `e` suggests the primary moved or restarted.
+    /// Whether the primary is found through sentinels.
+    fn follows_sentinels(&self) -> bool {
+        matches!(self.find, Find::Sentinel { .. })
+    }
+
+    /// A connection to the primary could not be opened: through Sentinel, resolve again
+    /// (it may have died, a replica may be promoted); a fixed address stays what it is.
+    pub(crate) fn unreachable(&self, generation: u64, why: &dyn std::fmt::Display) {
+        if self.follows_sentinels() {
+            self.lost(generation, why);
+        }
+    }
+
+    /// Ends the generation when `e` says the server is no longer the primary. A broken
+    /// connection alone does not: Redis's idle `timeout` or a proxy closes idle pooled
+    /// connections routinely, and the pool replaces those by itself; a dead primary
+    /// shows when a new connection cannot be opened ([`Primary::unreachable`]), when
+    /// the pub/sub connection drops, and at the sentinels.
     pub(crate) fn check(&self, generation: u64, e: &redis::RedisError) {
         use redis::{ErrorKind, ServerErrorKind};
-        let moved = e.is_io_error()
-            || e.is_connection_dropped()
-            || matches!(
-                e.kind(),
-                ErrorKind::Server(
-                    ServerErrorKind::ReadOnly
-                        | ServerErrorKind::BusyLoading
-                        | ServerErrorKind::MasterDown
-                )
-            );
+        let moved = matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::ReadOnly
+                    | ServerErrorKind::BusyLoading
+                    | ServerErrorKind::MasterDown
+            )
+        );
         if moved {
             self.lost(generation, e);
         }
@@ -239,6 +256,34 @@ impl Primary {
         let (host, port) = self.named(sentinel, master).await?;
         let info = data.clone().set_addr(ConnectionAddr::Tcp(host, port));
         let client = redis::Client::open(info.clone()).map_err(|e| e.to_string())?;
+        if self.role_is_master(&client).await? {
+            Ok((client, address(&info)))
+        } else {
+            Err(format!("{} is not a primary (yet)", address(&info)))
+        }
+    }
+
+    /// Whether `host:port` answers `ROLE` as a primary.
+    async fn is_primary(&self, addr: &str) -> bool {
+        let Find::Sentinel { data, .. } = &self.find else {
+            return false;
+        };
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            return false;
+        };
+        let Ok(port) = port.parse() else {
+            return false;
+        };
+        let info = data
+            .clone()
+            .set_addr(ConnectionAddr::Tcp(host.to_owned(), port));
+        let Ok(client) = redis::Client::open(info) else {
+            return false;
+        };
+        self.role_is_master(&client).await.unwrap_or(false)
+    }
+
+    async fn role_is_master(&self, client: &redis::Client) -> Result<bool, String> {
         let role = async {
             let mut conn = client
                 .get_multiplexed_async_connection_with_config(&self.connection_config())
@@ -251,17 +296,11 @@ impl Primary {
             .await
             .map_err(|_| "ROLE timed out".to_owned())?
             .map_err(|e| e.to_string())?;
-        match role {
-            redis::Value::Array(parts)
-                if parts.first().is_some_and(|p| {
-                    matches!(p, redis::Value::BulkString(b) if b == b"master")
-                        || matches!(p, redis::Value::SimpleString(s) if s == "master")
-                }) =>
-            {
-                Ok((client, address(&info)))
-            }
-            _ => Err(format!("{} is not a primary (yet)", address(&info))),
-        }
+        Ok(matches!(role, redis::Value::Array(parts)
+        if parts.first().is_some_and(|p| {
+            matches!(p, redis::Value::BulkString(b) if b == b"master")
+                || matches!(p, redis::Value::SimpleString(s) if s == "master")
+        })))
     }
 
     /// `SENTINEL get-master-addr-by-name`.
@@ -339,7 +378,9 @@ impl Primary {
                     let named = self.named(sentinel, master).await?;
                     let named = format!("{}:{}", named.0, named.1);
                     let current = lock(&self.current).client.as_ref().map(|(_, a)| a.clone());
-                    if current.is_some_and(|a| a != named) {
+                    // Only a named address that says it is the primary counts: a stale
+                    // sentinel in a minority must not end the generation every tick.
+                    if current.is_some_and(|a| a != named) && self.is_primary(&named).await {
                         self.lost(self.generation(), &"the sentinel names another primary");
                         self.switched.send_modify(|n| *n += 1);
                     }
@@ -371,9 +412,14 @@ impl managed::Manager for Manager {
             .get_multiplexed_async_connection_with_config(&self.0.connection_config())
             .await
         {
+            // A generation that ended while we connected (a failover announced): this
+            // connection may reach the demoted primary; nothing was sent on it yet.
+            Ok(_) if self.0.generation() != generation => {
+                Err(unavailable("the Redis primary changed while connecting"))
+            }
             Ok(conn) => Ok(Conn { conn, generation }),
             Err(e) => {
-                self.0.lost(generation, &e);
+                self.0.unreachable(generation, &e);
                 Err(unavailable(e))
             }
         }

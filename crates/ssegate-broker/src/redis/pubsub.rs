@@ -160,23 +160,26 @@ impl Task {
     async fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
         let mut connected_before = false;
+        // Subscribed once, so that a switch announced before the connection was lost
+        // still ends the backoff below (at worst an old one skips one backoff).
+        let mut switched = self.primary.switched();
         loop {
             let lost = self.connection(&mut backoff, &mut connected_before).await;
             self.subscribed.clear();
-            broker_error(BrokerOp::Pubsub);
             if matches!(lost, Lost::Moved) {
                 // Follow the primary at once; a failure to reach it backs off below.
                 tracing::info!(reason = %lost, "pub/sub connection follows the primary");
                 tokio::time::sleep(jittered(BACKOFF_MIN)).await;
                 continue;
             }
+            broker_error(BrokerOp::Pubsub);
             tracing::warn!(reason = %lost, retry_in = ?backoff, "pub/sub connection given up; reconnecting");
             // A new primary (a sentinel announced it) ends the wait: follow it at once.
-            let mut switched = self.primary.switched();
             tokio::select! {
                 () = tokio::time::sleep(jittered(backoff)) => {}
                 _ = switched.changed() => {}
             }
+            switched.borrow_and_update();
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
@@ -196,11 +199,12 @@ impl Task {
         let conn = match tokio::time::timeout(self.timeout, client.get_async_pubsub()).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
-                self.primary.lost(generation, &e);
+                self.primary.unreachable(generation, &e);
                 return Lost::Connect(e.to_string());
             }
             Err(_) => {
-                self.primary.lost(generation, &"pub/sub connect timed out");
+                self.primary
+                    .unreachable(generation, &"pub/sub connect timed out");
                 return Lost::Connect("timed out".into());
             }
         };

@@ -42,7 +42,13 @@ pub(crate) const PUBLISH: &str = with_epoch!(
 local fp = ARGV[6]
 if fp ~= '' then
   local done = redis.call('GET', KEYS[2])
-  if done then return {'dup', epoch, done} end
+  if done then
+    -- A write, so that WAIT on this connection covers the original publish too (the
+    -- replication stream is ordered): a retry is acknowledged only once it is replicated.
+    local ttl = redis.call('PTTL', KEYS[2])
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+    return {'dup', epoch, done}
+  end
 end
 local maxlen = ARGV[2]
 local maxage = tonumber(ARGV[3])
@@ -140,11 +146,11 @@ else
     start = after
     -- A cursor names an entry the store once had. One after the newest trimmed id that
     -- the stream does not hold was lost (a failover to a replica that lacked it): a gap,
-    -- continuing after the newest entry before it, which the client cannot have seen.
+    -- continuing from the oldest retained event as for any gap (the new primary may have
+    -- written entries below the cursor since, which the client has not seen).
     if after ~= '0-0' and less(del, after) and #redis.call('XRANGE', KEYS[2], after, after) == 0 then
       gap = 1
-      local before = redis.call('XREVRANGE', KEYS[2], '(' .. after, '(' .. del, 'COUNT', 1)
-      start = (before[1] and before[1][1]) or del
+      start = del
     end
   end
 end

@@ -146,3 +146,33 @@ async fn a_redis_that_lost_its_data_is_an_epoch_change_never_a_silent_gap() {
     assert_eq!(live_reasons, ["epoch_changed"]);
     assert_eq!(next.data, "new");
 }
+
+/// What a failover to a replica that lacked the newest events leaves behind: the stream
+/// no longer has an entry that clients received, while newer ones exist. A client resuming
+/// from the lost entry is told (`sync-required`) and continues from the oldest retained
+/// event, instead of silently skipping whatever the new primary wrote below its cursor.
+#[tokio::test]
+async fn a_cursor_naming_a_lost_entry_is_a_gap_never_a_silent_one() {
+    let redis = RedisServer::start(false).await;
+    let nodes = cluster(&redis, 1, &[]).await;
+    let http = HttpClient::new();
+    publish(&http, &nodes[0], "gone", "a").await;
+    let (_, lost) = publish(&http, &nodes[0], "gone", "b").await;
+    publish(&http, &nodes[0], "gone", "c").await;
+    // The entry id is the cursor after its epoch (`<epoch>-<ms>-<seq>`).
+    let entry = lost.split_once('-').unwrap().1;
+    redis.cmd(&["XDEL", "ssegate:{gone}:s", entry]).await;
+
+    let mut resumed = stream(&nodes[0], "/v1/channels/gone/events", Some(&lost)).await;
+    let (reasons, first) = sync_reasons_then_event(&mut resumed).await;
+    assert_eq!(reasons, ["history_trimmed"]);
+    assert_eq!(first.data, "a", "continues from the oldest retained event");
+    assert_eq!(events(&mut resumed, 1).await[0].data, "c");
+    // A cursor on an entry the stream still has is no gap.
+    let (_, kept) = publish(&http, &nodes[0], "gone", "d").await;
+    publish(&http, &nodes[0], "gone", "e").await;
+    let mut fine = stream(&nodes[0], "/v1/channels/gone/events", Some(&kept)).await;
+    let (reasons, next) = sync_reasons_then_event(&mut fine).await;
+    assert!(reasons.is_empty(), "{reasons:?}");
+    assert_eq!(next.data, "e");
+}
