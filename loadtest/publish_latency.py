@@ -66,7 +66,7 @@ def measure(port, n, label):
         res.read()
         dt = time.perf_counter() - t0
         if res.status != 201:
-            raise SystemExit(f"{label}: publish answered {res.status}")
+            raise SystemExit(f"{label}: publish {i} answered {res.status}")
         if i >= 50:  # warm-up
             times.append(dt * 1000)
     conn.close()
@@ -97,7 +97,13 @@ def main():
         wait_port(p1)
         replica = redis(p2, b, "--replicaof", "127.0.0.1", str(p1))
         wait_port(p2)
-        time.sleep(1)  # the first full sync
+        # The replica's first full sync: until the primary reports it online.
+        end = time.monotonic() + 20
+        while b"state=online" not in subprocess.run(
+                ["redis-cli", "-p", str(p1), "INFO", "replication"], capture_output=True).stdout:
+            if time.monotonic() > end:
+                raise SystemExit("the replica never came online")
+            time.sleep(0.05)
         rows = []
         try:
             for label, extra in [("min_replicas=0", {}), ("min_replicas=1", {"SSEGATE_PUBLISH_MIN_REPLICAS": "1"})]:
