@@ -40,7 +40,7 @@ use ssegate_core::{ChannelName, EntryId, Epoch, NewEvent};
 pub use error::{BrokerError, BrokerOp, ErrorClass};
 pub use event::{StoredData, StoredEvent};
 pub use hub::{LiveRecv, LiveSubscription};
-pub use memory::{HistoryConfig, MemoryBroker};
+pub use memory::{MemoryBroker, StoreLimits};
 pub use redis::{RedisBroker, RedisConfig};
 
 /// Where a history read starts.

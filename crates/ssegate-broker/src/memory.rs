@@ -30,9 +30,10 @@ use crate::fingerprint::fingerprint;
 use crate::hub::Hub;
 use crate::{Broker, BrokerError, LiveSubscription, Published, ReadFrom, ReadPage, lock};
 
-/// History and fan-out limits.
+/// What a broker keeps and for how long: history retention, the live ring (fan-out
+/// backlog) and idempotency records. (Named for all three: it was `HistoryConfig`.)
 #[derive(Debug, Clone)]
-pub struct HistoryConfig {
+pub struct StoreLimits {
     /// Events kept per channel; older ones are trimmed on publish.
     pub max_len: usize,
     /// Events older than this expire.
@@ -220,7 +221,7 @@ impl IdemCache {
 #[derive(Debug)]
 struct Inner {
     epoch: Epoch,
-    config: HistoryConfig,
+    config: StoreLimits,
     clock: Arc<dyn Clock>,
     channels: Mutex<HashMap<ChannelName, Arc<Mutex<ChannelLog>>>>,
     budget: Mutex<BudgetState>,
@@ -239,12 +240,12 @@ pub struct MemoryBroker {
 impl MemoryBroker {
     /// A broker on the system clock, with a fresh random epoch (so cursors from before a
     /// restart are answered with `epoch_changed`).
-    pub fn new(config: HistoryConfig) -> Self {
+    pub fn new(config: StoreLimits) -> Self {
         Self::with_clock(config, Arc::new(SystemClock))
     }
 
     /// A broker whose ids and expiry follow `clock` (tests step it, backwards too).
-    pub fn with_clock(config: HistoryConfig, clock: Arc<dyn Clock>) -> Self {
+    pub fn with_clock(config: StoreLimits, clock: Arc<dyn Clock>) -> Self {
         let hub = Hub::new(config.live_backlog, config.live_backlog_bytes, None);
         Self {
             inner: Arc::new(Inner {
@@ -554,8 +555,8 @@ mod tests {
     use super::*;
 
     /// Limits for these tests (the declared defaults live in the server's settings).
-    fn limits() -> HistoryConfig {
-        HistoryConfig {
+    fn limits() -> StoreLimits {
+        StoreLimits {
             max_len: 10_000,
             max_age: Duration::from_secs(3600),
             max_bytes: 256 << 20,
@@ -585,7 +586,7 @@ mod tests {
 
     fn broker(max_len: usize, clock: Arc<ManualClock>) -> MemoryBroker {
         MemoryBroker::with_clock(
-            HistoryConfig {
+            StoreLimits {
                 max_len,
                 max_age: Duration::from_secs(60),
                 ..limits()
@@ -728,7 +729,7 @@ mod tests {
 
     fn budget_broker(max_bytes: usize, clock: Arc<ManualClock>) -> MemoryBroker {
         MemoryBroker::with_clock(
-            HistoryConfig {
+            StoreLimits {
                 max_len: 1000,
                 max_age: Duration::from_secs(60),
                 max_bytes,
@@ -836,7 +837,7 @@ mod tests {
     async fn trimming_and_expiry_give_their_bytes_back_to_the_budget() {
         let clock = Arc::new(ManualClock::new(1_000_000));
         let b = MemoryBroker::with_clock(
-            HistoryConfig {
+            StoreLimits {
                 max_len: 2,
                 max_age: Duration::from_secs(60),
                 ..limits()
@@ -873,7 +874,7 @@ mod tests {
                 .collect()
         };
         // A 100-event batch's record holds 100 ids: room for about three of them.
-        let b = MemoryBroker::new(HistoryConfig {
+        let b = MemoryBroker::new(StoreLimits {
             idempotency_max_bytes: 3 * 100 * 16 + 1000,
             ..limits()
         });
@@ -889,7 +890,7 @@ mod tests {
         let again = b.publish(batch(0), Some("key-0")).await.unwrap();
         assert_ne!(again, first[0]);
         // The count cap still applies too.
-        let b = MemoryBroker::new(HistoryConfig {
+        let b = MemoryBroker::new(StoreLimits {
             idempotency_max_keys: 2,
             ..limits()
         });
@@ -906,7 +907,7 @@ mod tests {
     async fn an_expired_key_used_again_is_not_forgotten_in_place_of_an_older_one() {
         let clock = Arc::new(ManualClock::new(1_000_000));
         let b = MemoryBroker::with_clock(
-            HistoryConfig {
+            StoreLimits {
                 idempotency_ttl: Duration::from_secs(10),
                 idempotency_max_keys: 2,
                 ..limits()

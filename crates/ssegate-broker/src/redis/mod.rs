@@ -33,7 +33,7 @@ use crate::error::BrokerOp;
 use crate::fingerprint::fingerprint;
 use crate::hub::Hub;
 use crate::lock;
-use crate::memory::HistoryConfig;
+use crate::memory::StoreLimits;
 use crate::{Broker, BrokerError, LiveSubscription, Published, ReadFrom, ReadPage};
 
 use codec::BadReply;
@@ -72,7 +72,7 @@ struct Inner {
     primary: Arc<primary::Primary>,
     keys: Keys,
     scripts: Scripts,
-    history: HistoryConfig,
+    history: StoreLimits,
     config: RedisConfig,
     hub: Hub,
     /// The epoch last seen; refreshed from every script reply.
@@ -116,7 +116,7 @@ fn ms(d: Duration) -> u64 {
 impl RedisBroker {
     /// Builds the pool and starts the pub/sub task. Does not wait for Redis: a node may
     /// start before Redis does (it is not ready until Redis answers).
-    pub fn connect(config: RedisConfig, history: HistoryConfig) -> Result<Self, BrokerError> {
+    pub fn connect(config: RedisConfig, history: StoreLimits) -> Result<Self, BrokerError> {
         let primary = Arc::new(primary::Primary::new(&config)?);
         let pool = primary::Pool::builder(primary::Manager(primary.clone()))
             .max_size(config.pool_size)

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ssegate_broker::{HistoryConfig, RedisConfig};
+use ssegate_broker::{RedisConfig, StoreLimits};
 
 use crate::auth::{Auth, AuthConfigError, AuthSettings, PublishKey};
 use crate::cors::Cors;
@@ -121,7 +121,7 @@ pub struct Settings {
     /// A client must send its request headers within this time (slowloris).
     pub header_read_timeout: Duration,
     /// History retention and live-ring limits, handed to the broker.
-    pub history: HistoryConfig,
+    pub history: StoreLimits,
     /// How often this node refreshes its cluster-view entry (which expires after three
     /// of these), and how often the dashboard updates.
     pub cluster_announce_interval: Duration,
@@ -255,7 +255,7 @@ impl Settings {
             open_files_limit: Some(open_files),
             replay_page_size: REPLAY_PAGE_SIZE,
             header_read_timeout: o.header_read_timeout,
-            history: HistoryConfig {
+            history: StoreLimits {
                 max_len: o.history_max_len,
                 max_age: o.history_max_age,
                 max_bytes: o.memory_history_max_bytes,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ssegate_broker::{Broker, HistoryConfig, MemoryBroker};
+use ssegate_broker::{Broker, MemoryBroker, StoreLimits};
 use ssegate_core::{ChannelName, Data, NewEvent, StartFrom};
 use tokio::time::Instant;
 
@@ -109,7 +109,7 @@ async fn drain_ends_each_stream_within_the_window_after_a_retry() {
 #[tokio::test]
 async fn a_lagging_session_catches_up_from_history_in_order() {
     let (state, broker) = state(|s| {
-        s.history = HistoryConfig {
+        s.history = StoreLimits {
             live_backlog: 2,
             ..Settings::default().history
         };
