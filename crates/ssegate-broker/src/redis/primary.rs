@@ -314,13 +314,27 @@ impl Primary {
             let mut conn = client
                 .get_multiplexed_async_connection_with_config(&self.connection_config())
                 .await?;
-            redis::cmd("SENTINEL")
-                .arg("get-master-addr-by-name")
-                .arg(master)
-                .query_async::<Option<(String, u16)>>(&mut conn)
-                .await
+            Self::master_addr(&mut conn, master).await
         };
-        match tokio::time::timeout(self.timeout, ask).await {
+        Self::named_reply(master, tokio::time::timeout(self.timeout, ask).await)
+    }
+
+    async fn master_addr(
+        conn: &mut MultiplexedConnection,
+        master: &str,
+    ) -> redis::RedisResult<Option<(String, u16)>> {
+        redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(master)
+            .query_async::<Option<(String, u16)>>(conn)
+            .await
+    }
+
+    fn named_reply(
+        master: &str,
+        reply: Result<redis::RedisResult<Option<(String, u16)>>, tokio::time::error::Elapsed>,
+    ) -> Result<(String, u16), String> {
+        match reply {
             Err(_) => Err("timed out".into()),
             Ok(Err(e)) => Err(e.to_string()),
             Ok(Ok(None)) => Err(format!("the sentinel does not know {master:?}")),
@@ -361,6 +375,14 @@ impl Primary {
             .map_err(|_| "SUBSCRIBE timed out".to_owned())?
             .map_err(|e| e.to_string())?;
         let mut messages = pubsub.on_message();
+        // One connection for the periodic question, kept while the sentinel answers.
+        let mut asking = tokio::time::timeout(
+            self.timeout,
+            client.get_multiplexed_async_connection_with_config(&self.connection_config()),
+        )
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
         let mut tick = tokio::time::interval(WATCH_EVERY);
         loop {
             tokio::select! {
@@ -375,7 +397,8 @@ impl Primary {
                     }
                 }
                 _ = tick.tick() => {
-                    let named = self.named(sentinel, master).await?;
+                    let reply = tokio::time::timeout(self.timeout, Self::master_addr(&mut asking, master)).await;
+                    let named = Self::named_reply(master, reply)?;
                     let named = format!("{}:{}", named.0, named.1);
                     let current = lock(&self.current).client.as_ref().map(|(_, a)| a.clone());
                     // Only a named address that says it is the primary counts: a stale
