@@ -107,6 +107,9 @@ struct RingState {
     parked: Vec<(u32, Waker)>,
     /// The list the last send woke, emptied, kept so that the next send allocates nothing.
     spare: Vec<(u32, Waker)>,
+    /// The newest event id this ring carried, so that a failover cannot hand it to
+    /// another event (see `Hub::newest_ids`).
+    newest: Option<ssegate_core::EntryId>,
 }
 
 impl RingState {
@@ -209,6 +212,9 @@ impl Ring {
     /// Appends an entry for every joined subscriber and wakes those that wait.
     fn push(&self, msg: HubMsg, limits: Limits) {
         let mut st = lock(&self.state);
+        if let HubMsg::Event(ev) = &msg {
+            st.newest = Some(st.newest.map_or(ev.id, |n| n.max(ev.id)));
+        }
         let unread = st.subscribers();
         if unread == 0 {
             return;
@@ -375,6 +381,19 @@ impl Hub {
     /// How many channels have local subscribers.
     pub fn channel_count(&self) -> usize {
         lock(&self.shared.channels).len()
+    }
+
+    /// For each channel with local subscribers that carried a live event, the newest id
+    /// it carried: an id some local client may hold as its cursor.
+    pub fn newest_ids(&self) -> Vec<(ChannelName, ssegate_core::EntryId)> {
+        let rings: Vec<Arc<Ring>> = lock(&self.shared.channels)
+            .values()
+            .map(|c| c.ring.clone())
+            .collect();
+        rings
+            .iter()
+            .filter_map(|r| Some((r.channel.clone(), lock(&r.state).newest?)))
+            .collect()
     }
 
     /// The channels with local subscribers.

@@ -92,6 +92,12 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
+/// How long a channel's keys outlive their newest event: one more max age, so that the
+/// ids they keep tell a returning cursor whether it missed anything.
+fn stream_ttl_ms(history: &StoreLimits) -> u64 {
+    ms(history.max_age).saturating_mul(2).max(1)
+}
+
 /// Timeouts a resolution through `n` sentinels may take: two per sentinel, and the
 /// connection itself.
 fn sentinel_rounds(n: usize) -> u32 {
@@ -143,6 +149,7 @@ impl RedisBroker {
             keys.clone(),
             changes,
             config.timeout,
+            stream_ttl_ms(&history),
         );
         Ok(Self {
             inner: Arc::new(Inner {
@@ -335,7 +342,7 @@ impl Broker for RedisBroker {
         };
         // Keys outlive their events by one more max age: the ids they keep tell a
         // returning cursor whether it missed anything.
-        let expire = ms(history.max_age).saturating_mul(2).max(1);
+        let expire = stream_ttl_ms(history);
         inv.arg(Epoch::random().to_string())
             .arg(history.max_len)
             .arg(ms(history.max_age))

@@ -103,6 +103,7 @@ pub(crate) fn task(
     keys: Keys,
     changes: Arc<Changes>,
     timeout: Duration,
+    stream_ttl_ms: u64,
 ) -> crate::Background {
     let task = Task {
         primary,
@@ -110,6 +111,8 @@ pub(crate) fn task(
         keys,
         changes,
         timeout,
+        stream_ttl_ms,
+        guard: redis::Script::new(super::scripts::GUARD),
         subscribed: HashSet::new(),
     };
     let follow = task.primary.clone();
@@ -152,6 +155,10 @@ struct Task {
     keys: Keys,
     changes: Arc<Changes>,
     timeout: Duration,
+    /// The streams' expiry (for a stream the guard has to create).
+    stream_ttl_ms: u64,
+    /// `scripts::GUARD`, run after every reconnect.
+    guard: redis::Script,
     /// Channels Redis confirmed on the current connection.
     subscribed: HashSet<ChannelName>,
 }
@@ -208,6 +215,9 @@ impl Task {
                 return Lost::Connect("timed out".into());
             }
         };
+        if *connected_before {
+            self.raise_ids(&client).await;
+        }
         let lost = self
             .serve(conn, backoff, connected_before, &mut moved)
             .await;
@@ -259,6 +269,40 @@ impl Task {
                 }
                 _ = moved.changed() => return Lost::Moved,
             }
+        }
+    }
+
+    /// After a reconnect: no stream may hand a new event an id this node delivered (see
+    /// `scripts::GUARD`). Best effort, in batches of [`BATCH`] channels: a failure is
+    /// logged, and the read script's lost-entry check still answers such a cursor.
+    async fn raise_ids(&self, client: &redis::Client) {
+        let newest = self.hub.newest_ids();
+        if newest.is_empty() {
+            return;
+        }
+        let run = async {
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&self.primary.connection_config())
+                .await?;
+            let mut raised = 0i64;
+            for batch in newest.chunks(BATCH) {
+                let mut inv = self.guard.prepare_invoke();
+                inv.arg(self.stream_ttl_ms);
+                for (ch, id) in batch {
+                    inv.key(self.keys.stream(ch)).arg(id.to_string());
+                }
+                raised += inv.invoke_async::<i64>(&mut conn).await?;
+            }
+            Ok::<_, redis::RedisError>(raised)
+        };
+        match tokio::time::timeout(self.timeout * 4, run).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(raised)) => tracing::warn!(
+                streams = raised,
+                "streams lacked events this node delivered (a failover lost them): their ids are not reused"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot guard stream ids after a reconnect"),
+            Err(_) => tracing::warn!("guarding stream ids after a reconnect timed out"),
         }
     }
 

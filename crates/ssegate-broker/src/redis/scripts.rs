@@ -163,6 +163,45 @@ return {epoch, last, start, gap, entries}
 "
 );
 
+/// After a reconnect (a failover, maybe): raise each stream's last-generated id to the
+/// newest id this node delivered on it (`KEYS`: streams; `ARGV[1]`: the streams' expiry in
+/// ms; `ARGV[1 + i]`: the id for `KEYS[i]`). A new primary that lacked the newest events
+/// would otherwise hand those ids to new events, and a client holding one as its cursor
+/// would skip the new event as one it has; now the lost id is a gap (the read script's
+/// "cursor names an entry the stream lacks"). Only ever raises an id.
+pub(crate) const GUARD: &str = r"
+local function split(id)
+  local a, b = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(a), tonumber(b)
+end
+local function less(x, y)
+  local xa, xb = split(x)
+  local ya, yb = split(y)
+  return xa < ya or (xa == ya and xb < yb)
+end
+local raised = 0
+for i = 1, #KEYS do
+  local id = ARGV[i + 1]
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local info = redis.call('XINFO', 'STREAM', KEYS[i])
+    local g = '0-0'
+    for j = 1, #info, 2 do
+      if info[j] == 'last-generated-id' then g = info[j + 1] end
+    end
+    if less(g, id) then
+      redis.call('XSETID', KEYS[i], id)
+      raised = raised + 1
+    end
+  else
+    redis.call('XADD', KEYS[i], id, 'k', '')
+    redis.call('XDEL', KEYS[i], id)
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+    raised = raised + 1
+  end
+end
+return raised
+";
+
 /// The scripts, hashed once (EVALSHA, loading them on `NOSCRIPT`).
 #[derive(Debug)]
 pub(crate) struct Scripts {

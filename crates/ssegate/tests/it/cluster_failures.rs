@@ -176,3 +176,52 @@ async fn a_cursor_naming_a_lost_entry_is_a_gap_never_a_silent_one() {
     assert!(reasons.is_empty(), "{reasons:?}");
     assert_eq!(next.data, "e");
 }
+
+/// After a failover that lost the newest event of a channel, the new primary would hand
+/// that event's id to the next event, and a client holding it as its cursor would skip
+/// the new event as one it has. On reconnecting, a node raises each stream's id past what
+/// it delivered; the client is told of the loss and gets the new event.
+#[tokio::test]
+async fn after_a_lost_event_its_id_is_never_given_to_another() {
+    let redis = RedisServer::start(false).await;
+    let nodes = cluster(&redis, 1, &[]).await;
+    let http = HttpClient::new();
+    let mut live = stream(&nodes[0], "/v1/channels/guard/events", None).await;
+    let (_, a) = publish(&http, &nodes[0], "guard", "a").await;
+    assert_eq!(events(&mut live, 1).await[0].data, "a");
+    // What a replica that lacked `a` looks like once promoted.
+    let entry = a.split_once('-').unwrap().1.to_owned();
+    redis.cmd(&["XDEL", "ssegate:{guard}:s", &entry]).await;
+    redis.cmd(&["XSETID", "ssegate:{guard}:s", "1-0"]).await;
+    redis.cmd(&["HDEL", "ssegate:{guard}:m", "last"]).await;
+    // The node's pub/sub connection drops (as it does in a failover) and comes back.
+    redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let info = redis.cmd(&["XINFO", "STREAM", "ssegate:{guard}:s"]).await;
+        let redis::Value::Array(fields) = info else {
+            panic!("{info:?}")
+        };
+        let last = fields
+            .chunks(2)
+            .find(|kv| kv[0] == redis::Value::BulkString(b"last-generated-id".to_vec()))
+            .map(|kv| match &kv[1] {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                other => panic!("{other:?}"),
+            })
+            .unwrap();
+        if last == entry {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the id was never raised: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, b) = publish(&http, &nodes[0], "guard", "b").await;
+    assert!(b > a, "{b} comes after {a}");
+    let (reasons, next) = sync_reasons_then_event(&mut live).await;
+    assert_eq!(reasons, ["history_trimmed"], "the lost event is announced");
+    assert_eq!(next.data, "b");
+}
