@@ -150,6 +150,7 @@ impl RedisBroker {
             changes,
             config.timeout,
             stream_ttl_ms(&history),
+            config.min_replicas,
         );
         Ok(Self {
             inner: Arc::new(Inner {

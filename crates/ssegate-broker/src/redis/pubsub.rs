@@ -104,6 +104,7 @@ pub(crate) fn task(
     changes: Arc<Changes>,
     timeout: Duration,
     stream_ttl_ms: u64,
+    min_replicas: u32,
 ) -> crate::Background {
     let task = Task {
         primary,
@@ -112,6 +113,7 @@ pub(crate) fn task(
         changes,
         timeout,
         stream_ttl_ms,
+        min_replicas,
         guard: redis::Script::new(super::scripts::GUARD),
         subscribed: HashSet::new(),
     };
@@ -157,6 +159,8 @@ struct Task {
     timeout: Duration,
     /// The streams' expiry (for a stream the guard has to create).
     stream_ttl_ms: u64,
+    /// `SSEGATE_PUBLISH_MIN_REPLICAS`, checked against the primary at every connect.
+    min_replicas: u32,
     /// `scripts::GUARD`, run after every reconnect.
     guard: redis::Script,
     /// Channels Redis confirmed on the current connection.
@@ -218,6 +222,7 @@ impl Task {
         if *connected_before {
             self.raise_ids(&client).await;
         }
+        self.check_replicas(&client).await;
         let lost = self
             .serve(conn, backoff, connected_before, &mut moved)
             .await;
@@ -268,6 +273,37 @@ impl Task {
                     }
                 }
                 _ = moved.changed() => return Lost::Moved,
+            }
+        }
+    }
+
+    /// Warns when the primary has fewer replicas than publishes wait for: every publish
+    /// would be answered 504 until more connect.
+    async fn check_replicas(&self, client: &redis::Client) {
+        if self.min_replicas == 0 {
+            return;
+        }
+        let info = async {
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&self.primary.connection_config())
+                .await?;
+            redis::cmd("INFO")
+                .arg("replication")
+                .query_async::<String>(&mut conn)
+                .await
+        };
+        if let Ok(Ok(text)) = tokio::time::timeout(self.timeout, info).await {
+            let replicas = text
+                .lines()
+                .find_map(|l| l.strip_prefix("connected_slaves:"))
+                .and_then(|n| n.trim().parse::<u32>().ok())
+                .unwrap_or(0);
+            if replicas < self.min_replicas {
+                tracing::warn!(
+                    replicas,
+                    min_replicas = self.min_replicas,
+                    "the Redis primary has fewer replicas than SSEGATE_PUBLISH_MIN_REPLICAS: publishes are answered 504 until enough confirm"
+                );
             }
         }
     }
