@@ -63,6 +63,8 @@ pub(crate) struct Primary {
     /// Bumped when the sentinels announce or name a new primary (not on mere errors),
     /// so that a reconnect waiting out its backoff can follow at once.
     switched: watch::Sender<u64>,
+    /// Held while resolving (an async mutex: it is held across the sentinels' replies).
+    resolving: tokio::sync::Mutex<()>,
     timeout: Duration,
 }
 
@@ -118,6 +120,7 @@ impl Primary {
             current: Mutex::new(Current::default()),
             generation: watch::Sender::new(0),
             switched: watch::Sender::new(0),
+            resolving: tokio::sync::Mutex::new(()),
             timeout: config.timeout,
         })
     }
@@ -147,10 +150,19 @@ impl Primary {
 
     /// A client for the primary of the current generation, resolving it when needed.
     pub(crate) async fn client(&self) -> Result<(redis::Client, u64), BrokerError> {
-        let generation = self.generation();
-        if let Some((client, _)) = lock(&self.current).client.clone() {
-            return Ok((client, generation));
+        if let Some(found) = self.cached() {
+            return Ok(found);
         }
+        // One resolution at a time (a failover would otherwise send every pooled
+        // connection being opened to the sentinels at once); the others take its result.
+        let _one = self.resolving.lock().await;
+        if let Some(found) = self.cached() {
+            return Ok(found);
+        }
+        let generation = {
+            let _current = lock(&self.current);
+            self.generation()
+        };
         let (client, addr) = self.resolve().await?;
         let mut current = lock(&self.current);
         if self.generation() == generation {
@@ -164,6 +176,14 @@ impl Primary {
             current.client = Some((client.clone(), addr));
         }
         Ok((client, generation))
+    }
+
+    /// The client of the current generation, if it is resolved. The generation is read
+    /// under the same lock as `lost` ends it under, so the pair is consistent.
+    fn cached(&self) -> Option<(redis::Client, u64)> {
+        let current = lock(&self.current);
+        let client = current.client.as_ref()?.0.clone();
+        Some((client, self.generation()))
     }
 
     /// Ends `generation` (if it is still current): something suggests the primary moved.
