@@ -228,18 +228,31 @@ impl FileBudget {
         }
     }
 
+    /// The budget of a node with `limit` open files, its admin listener (if on) of at
+    /// most `max_admin` connections, and its Redis (if any).
+    pub fn for_node(
+        limit: usize,
+        admin_listen: Option<std::net::SocketAddr>,
+        max_admin: usize,
+        redis: Option<&ssegate_broker::RedisConfig>,
+    ) -> Self {
+        Self::new(
+            limit,
+            admin_listen.map_or(0, |_| max_admin),
+            redis.map_or(0, |r| r.pool_size + REDIS_EXTRA_FILES),
+        )
+    }
+
     /// Descriptors a node's settings keep back from the public listener.
     pub fn of(settings: &crate::Settings) -> Option<Self> {
-        let admin = settings
-            .admin_listen
-            .map_or(0, |_| settings.max_admin_connections);
-        let redis = settings
-            .redis
-            .as_ref()
-            .map_or(0, |r| r.pool_size + REDIS_EXTRA_FILES);
-        settings
-            .open_files_limit
-            .map(|limit| Self::new(limit, admin, redis))
+        settings.open_files_limit.map(|limit| {
+            Self::for_node(
+                limit,
+                settings.admin_listen,
+                settings.max_admin_connections,
+                settings.redis.as_ref(),
+            )
+        })
     }
 
     /// The default cap of request connections: a quarter of the public share, between

@@ -200,6 +200,13 @@ impl Primary {
         tracing::debug!(%why, "Redis primary connection lost; resolving it again");
     }
 
+    /// The sentinels name a new primary: end the generation, and wake a reconnect that
+    /// waits out its backoff.
+    fn switch(&self, why: &dyn std::fmt::Display) {
+        self.lost(self.generation(), why);
+        self.switched.send_modify(|n| *n += 1);
+    }
+
     /// Whether the primary is found through sentinels.
     fn follows_sentinels(&self) -> bool {
         matches!(self.find, Find::Sentinel { .. })
@@ -274,6 +281,17 @@ impl Primary {
         data: &ConnectionInfo,
     ) -> Result<(redis::Client, String), String> {
         let (host, port) = self.named(sentinel, master).await?;
+        self.primary_at(data, host, port).await
+    }
+
+    /// A client for `host:port` (with the data nodes' credentials), if it answers `ROLE`
+    /// as a primary.
+    async fn primary_at(
+        &self,
+        data: &ConnectionInfo,
+        host: String,
+        port: u16,
+    ) -> Result<(redis::Client, String), String> {
         let info = data.clone().set_addr(ConnectionAddr::Tcp(host, port));
         let client = redis::Client::open(info.clone()).map_err(|e| e.to_string())?;
         if self.role_is_master(&client).await? {
@@ -281,26 +299,6 @@ impl Primary {
         } else {
             Err(format!("{} is not a primary (yet)", address(&info)))
         }
-    }
-
-    /// Whether `host:port` answers `ROLE` as a primary.
-    async fn is_primary(&self, addr: &str) -> bool {
-        let Find::Sentinel { data, .. } = &self.find else {
-            return false;
-        };
-        let Some((host, port)) = addr.rsplit_once(':') else {
-            return false;
-        };
-        let Ok(port) = port.parse() else {
-            return false;
-        };
-        let info = data
-            .clone()
-            .set_addr(ConnectionAddr::Tcp(host.to_owned(), port));
-        let Ok(client) = redis::Client::open(info) else {
-            return false;
-        };
-        self.role_is_master(&client).await.unwrap_or(false)
     }
 
     async fn role_is_master(&self, client: &redis::Client) -> Result<bool, String> {
@@ -367,7 +365,9 @@ impl Primary {
     /// node stops; does nothing for a fixed address.
     pub(crate) async fn watch_sentinels(&self) {
         let Find::Sentinel {
-            sentinels, master, ..
+            sentinels,
+            master,
+            data,
         } = &self.find
         else {
             return;
@@ -375,7 +375,7 @@ impl Primary {
         let mut i = 0;
         loop {
             let sentinel = &sentinels[i % sentinels.len()];
-            if let Err(e) = self.follow(sentinel, master).await {
+            if let Err(e) = self.follow(sentinel, master, data).await {
                 tracing::debug!(sentinel = %address(sentinel), error = %e, "sentinel connection lost");
             }
             i += 1;
@@ -384,7 +384,12 @@ impl Primary {
     }
 
     /// One sentinel, until its connection fails.
-    async fn follow(&self, sentinel: &ConnectionInfo, master: &str) -> Result<(), String> {
+    async fn follow(
+        &self,
+        sentinel: &ConnectionInfo,
+        master: &str,
+        data: &ConnectionInfo,
+    ) -> Result<(), String> {
         let client = redis::Client::open(sentinel.clone()).map_err(|e| e.to_string())?;
         let mut pubsub = tokio::time::timeout(self.timeout, client.get_async_pubsub())
             .await
@@ -412,20 +417,20 @@ impl Primary {
                     let payload: String = msg.get_payload().unwrap_or_default();
                     if payload.split(' ').next() == Some(master) {
                         tracing::info!(%payload, "sentinel announced a failover");
-                        self.lost(self.generation(), &"+switch-master");
-                        self.switched.send_modify(|n| *n += 1);
+                        self.switch(&"+switch-master");
                     }
                 }
                 _ = tick.tick() => {
                     let reply = tokio::time::timeout(self.timeout, Self::master_addr(&mut asking, master)).await;
-                    let named = Self::named_reply(master, reply)?;
-                    let named = format!("{}:{}", named.0, named.1);
+                    let (host, port) = Self::named_reply(master, reply)?;
+                    let named = format!("{host}:{port}");
                     let current = lock(&self.current).client.as_ref().map(|(_, a)| a.clone());
                     // Only a named address that says it is the primary counts: a stale
                     // sentinel in a minority must not end the generation every tick.
-                    if current.is_some_and(|a| a != named) && self.is_primary(&named).await {
-                        self.lost(self.generation(), &"the sentinel names another primary");
-                        self.switched.send_modify(|n| *n += 1);
+                    if current.is_some_and(|a| a != named)
+                        && self.primary_at(data, host, port).await.is_ok()
+                    {
+                        self.switch(&"the sentinel names another primary");
                     }
                 }
             }

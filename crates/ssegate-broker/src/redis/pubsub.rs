@@ -219,10 +219,7 @@ impl Task {
                 return Lost::Connect("timed out".into());
             }
         };
-        if *connected_before {
-            self.raise_ids(&client).await;
-        }
-        self.check_replicas(&client).await;
+        self.on_connect(&client, *connected_before).await;
         let lost = self
             .serve(conn, backoff, connected_before, &mut moved)
             .await;
@@ -277,22 +274,44 @@ impl Task {
         }
     }
 
-    /// Warns when the primary has fewer replicas than publishes wait for: every publish
-    /// would be answered 504 until more connect.
-    async fn check_replicas(&self, client: &redis::Client) {
-        if self.min_replicas == 0 {
+    /// At a (re)connect, on one command connection: after a reconnect, guard the stream
+    /// ids; every time, check the primary's replicas. Best effort: a failure is logged.
+    async fn on_connect(&self, client: &redis::Client, reconnect: bool) {
+        let newest = if reconnect {
+            self.hub.newest_ids()
+        } else {
+            Vec::new()
+        };
+        if newest.is_empty() && self.min_replicas == 0 {
             return;
         }
-        let info = async {
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&self.primary.connection_config())
-                .await?;
-            redis::cmd("INFO")
-                .arg("replication")
-                .query_async::<String>(&mut conn)
-                .await
+        let config = self.primary.connection_config();
+        let conn = client.get_multiplexed_async_connection_with_config(&config);
+        let mut conn = match tokio::time::timeout(self.timeout, conn).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                return tracing::warn!(error = %e, "no command connection after a pub/sub connect");
+            }
+            Err(_) => {
+                return tracing::warn!("no command connection after a pub/sub connect: timed out");
+            }
         };
-        if let Ok(Ok(text)) = tokio::time::timeout(self.timeout, info).await {
+        if !newest.is_empty() {
+            self.raise_ids(&mut conn, &newest).await;
+        }
+        if self.min_replicas > 0 {
+            self.check_replicas(&mut conn).await;
+        }
+    }
+
+    /// Warns when the primary has fewer replicas than publishes wait for: every publish
+    /// would be answered 504 until more connect.
+    async fn check_replicas(&self, conn: &mut redis::aio::MultiplexedConnection) {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("replication");
+        if let Ok(Ok(text)) =
+            tokio::time::timeout(self.timeout, cmd.query_async::<String>(conn)).await
+        {
             let replicas = text
                 .lines()
                 .find_map(|l| l.strip_prefix("connected_slaves:"))
@@ -309,17 +328,14 @@ impl Task {
     }
 
     /// After a reconnect: no stream may hand a new event an id this node delivered (see
-    /// `scripts::GUARD`). Best effort, in batches of [`BATCH`] channels: a failure is
-    /// logged, and the read script's lost-entry check still answers such a cursor.
-    async fn raise_ids(&self, client: &redis::Client) {
-        let newest = self.hub.newest_ids();
-        if newest.is_empty() {
-            return;
-        }
+    /// `scripts::GUARD`). In batches of [`BATCH`] channels; a failure is logged, and the
+    /// read script's lost-entry check still answers such a cursor.
+    async fn raise_ids(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        newest: &[(ChannelName, ssegate_core::EntryId)],
+    ) {
         let run = async {
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&self.primary.connection_config())
-                .await?;
             let mut raised = 0i64;
             for batch in newest.chunks(BATCH) {
                 let mut inv = self.guard.prepare_invoke();
@@ -327,7 +343,7 @@ impl Task {
                 for (ch, id) in batch {
                     inv.key(self.keys.stream(ch)).arg(id.to_string());
                 }
-                raised += inv.invoke_async::<i64>(&mut conn).await?;
+                raised += inv.invoke_async::<i64>(&mut *conn).await?;
             }
             Ok::<_, redis::RedisError>(raised)
         };

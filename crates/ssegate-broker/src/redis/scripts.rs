@@ -21,10 +21,30 @@
 
 use redis::Script;
 
-/// Both scripts begin the same way: `KEYS[1]` is the epoch key, `ARGV[1]` a fresh candidate
+/// `less(x, y)`: stream ids `<ms>-<seq>` in numeric order (as strings they are not), for
+/// the scripts that compare ids.
+macro_rules! with_id_order {
+    ($body:literal) => {
+        concat!(
+            r"
+local function split(id)
+  local a, b = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(a), tonumber(b)
+end
+local function less(x, y)
+  local xa, xb = split(x)
+  local ya, yb = split(y)
+  return xa < ya or (xa == ya and xb < yb)
+end",
+            $body
+        )
+    };
+}
+
+/// The publish and read scripts begin the same way: `KEYS[1]` is the epoch key, `ARGV[1]` a fresh candidate
 /// epoch that becomes the store's epoch if it has none (`SET NX`: the first writer wins).
 macro_rules! with_epoch {
-    ($body:literal) => {
+    ($body:expr) => {
         concat!(
             r"
 local epoch = redis.call('GET', KEYS[1])
@@ -116,20 +136,11 @@ return {'ok', epoch, all}
 "
 );
 
-pub(crate) const READ: &str = with_epoch!(
+pub(crate) const READ: &str = with_epoch!(with_id_order!(
     r"
 local m = redis.call('HMGET', KEYS[3], 'last', 'del')
 local last = m[1] or '0-0'
 local del = m[2] or '0-0'
-local function split(id)
-  local a, b = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(a), tonumber(b)
-end
-local function less(x, y)
-  local xa, xb = split(x)
-  local ya, yb = split(y)
-  return xa < ya or (xa == ya and xb < yb)
-end
 local gap = 0
 local start
 if ARGV[2] == 'oldest' then
@@ -161,7 +172,7 @@ if count > 0 and less(start, last) then
 end
 return {epoch, last, start, gap, entries}
 "
-);
+));
 
 /// After a reconnect (a failover, maybe): raise each stream's last-generated id to the
 /// newest id this node delivered on it (`KEYS`: streams; `ARGV[1]`: the streams' expiry in
@@ -169,16 +180,8 @@ return {epoch, last, start, gap, entries}
 /// would otherwise hand those ids to new events, and a client holding one as its cursor
 /// would skip the new event as one it has; now the lost id is a gap (the read script's
 /// "cursor names an entry the stream lacks"). Only ever raises an id.
-pub(crate) const GUARD: &str = r"
-local function split(id)
-  local a, b = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(a), tonumber(b)
-end
-local function less(x, y)
-  local xa, xb = split(x)
-  local ya, yb = split(y)
-  return xa < ya or (xa == ya and xb < yb)
-end
+pub(crate) const GUARD: &str = with_id_order!(
+    r"
 local raised = 0
 for i = 1, #KEYS do
   local id = ARGV[i + 1]
@@ -200,7 +203,8 @@ for i = 1, #KEYS do
   end
 end
 return raised
-";
+"
+);
 
 /// The scripts, hashed once (EVALSHA, loading them on `NOSCRIPT`).
 #[derive(Debug)]

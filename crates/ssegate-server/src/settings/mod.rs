@@ -20,7 +20,7 @@ use ssegate_broker::{RedisConfig, StoreLimits};
 
 use crate::auth::{Auth, AuthConfigError, AuthSettings, PublishKey};
 use crate::cors::Cors;
-use crate::limits::{Cidr, FileBudget, REDIS_EXTRA_FILES};
+use crate::limits::{Cidr, FileBudget};
 
 pub use options::Options;
 
@@ -223,12 +223,11 @@ impl Settings {
         let admin_listen = o.admin_listen.0;
         // The open-files limit is shared out: streams + request connections + admin
         // connections + Redis + a reserve (see `FileBudget`).
-        let files = FileBudget::new(
+        let files = FileBudget::for_node(
             open_files,
-            admin_listen.map_or(0, |_| o.max_admin_connections),
-            redis
-                .as_ref()
-                .map_or(0, |c| c.pool_size + REDIS_EXTRA_FILES),
+            admin_listen,
+            o.max_admin_connections,
+            redis.as_ref(),
         );
         let max_request_connections = o
             .max_request_connections

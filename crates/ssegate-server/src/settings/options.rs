@@ -73,7 +73,7 @@ pub struct Options {
     #[arg(long, value_parser = host_ports)]
     pub redis_sentinels: Option<HostPorts>,
     /// The primary's name at the sentinels
-    #[arg(long, default_value = "mymaster", value_parser = master_name)]
+    #[arg(long, default_value = "mymaster", value_parser = short_name)]
     pub redis_master_name: String,
     /// Username at the sentinels (their ACL is apart from the data nodes'); unset: none
     #[arg(long)]
@@ -97,7 +97,7 @@ pub struct Options {
     #[arg(long, default_value = "500ms", value_parser = positive_duration)]
     pub publish_replica_timeout: Duration,
     /// This node's id in logs and /readyz; unset: a random UUID
-    #[arg(long, value_parser = node_id)]
+    #[arg(long, value_parser = short_name)]
     pub node_id: Option<String>,
     /// Comment heartbeat on idle streams
     #[arg(long, default_value = "15s", value_parser = positive_duration)]
@@ -315,48 +315,46 @@ fn host_ports(s: &str) -> Result<HostPorts, ValueError> {
     Ok(HostPorts(out))
 }
 
-fn master_name(s: &str) -> Result<String, ValueError> {
-    if !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()) {
+/// `s`, when it is 1 to `max` bytes and every byte is `allowed`; else `rule`.
+fn text_of(
+    s: &str,
+    max: usize,
+    allowed: fn(u8) -> bool,
+    rule: &'static str,
+) -> Result<String, ValueError> {
+    if !s.is_empty() && s.len() <= max && s.bytes().all(allowed) {
         Ok(s.to_owned())
     } else {
-        Err(ValueError::Rule(
-            "must be 1 to 128 visible ASCII characters",
-        ))
+        Err(ValueError::Rule(rule))
     }
+}
+
+/// A node id or a sentinel's primary name.
+fn short_name(s: &str) -> Result<String, ValueError> {
+    text_of(
+        s,
+        128,
+        |b| b.is_ascii_graphic(),
+        "must be 1 to 128 visible ASCII characters",
+    )
 }
 
 fn key_prefix(s: &str) -> Result<String, ValueError> {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
-    {
-        Ok(s.to_owned())
-    } else {
-        Err(ValueError::Rule("must be visible ASCII without braces"))
-    }
-}
-
-fn node_id(s: &str) -> Result<String, ValueError> {
-    if !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()) {
-        Ok(s.to_owned())
-    } else {
-        Err(ValueError::Rule(
-            "must be 1 to 128 visible ASCII characters",
-        ))
-    }
+    text_of(
+        s,
+        usize::MAX,
+        |b| b.is_ascii_graphic() && b != b'{' && b != b'}',
+        "must be visible ASCII without braces",
+    )
 }
 
 fn cookie_name(s: &str) -> Result<String, ValueError> {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        Ok(s.to_owned())
-    } else {
-        Err(ValueError::Rule(
-            "a cookie name of A-Z, a-z, 0-9, '_' and '-'",
-        ))
-    }
+    text_of(
+        s,
+        usize::MAX,
+        |b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-',
+        "a cookie name of A-Z, a-z, 0-9, '_' and '-'",
+    )
 }
 
 fn cors(s: &str) -> Result<Cors, ValueError> {
