@@ -12,12 +12,17 @@ use crate::redis_server::RedisServer;
 
 /// `n` gateway processes on `redis`, with extra settings.
 pub async fn cluster(redis: &RedisServer, n: usize, env: &[(&str, &str)]) -> Vec<TestProcess> {
-    let url = redis.url();
+    nodes_on(("SSEGATE_REDIS_URL", &redis.url()), n, env).await
+}
+
+/// `n` gateway processes, node1..nodeN, on the Redis that `redis` (a setting and its
+/// value) names, with extra settings.
+pub async fn nodes_on(redis: (&str, &str), n: usize, env: &[(&str, &str)]) -> Vec<TestProcess> {
     let mut nodes = Vec::new();
     for i in 0..n {
         let id = format!("node{}", i + 1);
         let mut all = vec![
-            ("SSEGATE_REDIS_URL", url.as_str()),
+            redis,
             ("SSEGATE_NODE_ID", id.as_str()),
             ("SSEGATE_RETRY", "100ms"),
             ("SSEGATE_RETRY_JITTER", "100ms"),

@@ -16,6 +16,17 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
+/// One command to the Redis (or sentinel) on `port` of loopback.
+pub async fn query<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> redis::RedisResult<T> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(&mut conn).await
+}
+
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -91,19 +102,8 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    pub async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        redis::Client::open(self.url())?
-            .get_multiplexed_async_connection()
-            .await
-    }
-
     pub async fn cmd(&self, args: &[&str]) -> redis::Value {
-        let mut c = self.conn().await.unwrap();
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query_async(&mut c).await.unwrap()
+        query(self.port, args).await.unwrap()
     }
 
     /// Stops Redis (SIGTERM: a clean shutdown) and waits for it to exit.

@@ -11,9 +11,9 @@ use ssegate_client::{Connection, Item};
 use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 
-use crate::cluster::stream;
-use crate::helpers::{TestProcess, WAIT, spawn_process};
-use crate::redis_server::{RedisServer, free_port};
+use crate::cluster::{nodes_on, stream};
+use crate::helpers::{TestProcess, WAIT};
+use crate::redis_server::{RedisServer, free_port, query};
 
 const MASTER: &str = "mymaster";
 
@@ -24,26 +24,7 @@ pub struct Sentinels {
 }
 
 async fn ping(port: u16) -> bool {
-    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
-        return false;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return false;
-    };
-    redis::cmd("PING")
-        .query_async::<String>(&mut conn)
-        .await
-        .is_ok()
-}
-
-async fn query<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> redis::RedisResult<T> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query_async(&mut conn).await
+    query::<String>(port, &["PING"]).await.is_ok()
 }
 
 /// Polls `check` every 50 ms until it holds, failing the test after [`WAIT`].
@@ -171,22 +152,12 @@ impl Sentinels {
 
 /// Gateway nodes on the sentinels.
 async fn nodes(set: &Sentinels, n: usize, env: &[(&str, &str)]) -> Vec<TestProcess> {
-    let addrs = set.addrs();
-    let mut out = Vec::new();
-    for i in 0..n {
-        let id = format!("node{}", i + 1);
-        let mut all = vec![
-            ("SSEGATE_REDIS_SENTINELS", addrs.as_str()),
-            ("SSEGATE_NODE_ID", id.as_str()),
-            ("SSEGATE_RETRY", "100ms"),
-            ("SSEGATE_RETRY_JITTER", "100ms"),
-            ("SSEGATE_REDIS_TIMEOUT", "1s"),
-            ("SSEGATE_HEARTBEAT_INTERVAL", "500ms"),
-        ];
-        all.extend_from_slice(env);
-        out.push(spawn_process(&all).await);
-    }
-    out
+    let mut all = vec![
+        ("SSEGATE_REDIS_TIMEOUT", "1s"),
+        ("SSEGATE_HEARTBEAT_INTERVAL", "500ms"),
+    ];
+    all.extend_from_slice(env);
+    nodes_on(("SSEGATE_REDIS_SENTINELS", &set.addrs()), n, &all).await
 }
 
 /// What one subscriber saw: event ids with their data, `sync-required` frames, whether
