@@ -2,11 +2,13 @@
 # Smoke test of the load generator: every scenario once at a small size against real
 # ssegate processes (one node with the embedded broker; then redis-server + three nodes
 # for the cluster scenarios), each run with --check: it fails on any gap, duplicate,
-# missing event or subscriber that never went live. No timing is asserted. Then one
-# run of the randomized history checker (`check`, about 50 s) against three nodes.
+# missing event or subscriber that never went live. No timing is asserted. Then the
+# randomized history checker (`check`) against three nodes: on one Redis (about 50 s),
+# then twice behind Sentinel (about 35 s each).
 #
 # Usage: loadtest/smoke.sh   (SMOKE_SUBSCRIBERS=200 SMOKE_SECONDS=2 by default;
-#        SMOKE_CHECK_SECONDS=45 for the checker, SMOKE_CHECK_SEED to pin its seed;
+#        SMOKE_CHECK_SECONDS=45 for the checker, SMOKE_SENTINEL_SECONDS=30 for its
+#        Sentinel runs, SMOKE_CHECK_SEED to pin its seed;
 #        SSEGATE_BIN=path to test that gateway binary instead of building one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -101,13 +103,25 @@ done
 # random clients, idempotent publishers and seeded faults (node SIGKILL/SIGTERM, pub/sub
 # kills, Redis restart and DEBUG SLEEP, stalled clients) and checks every session against
 # the delivery contract. A fresh seed each run (printed; SMOKE_CHECK_SEED pins one).
+# Then twice behind Sentinel (a primary, a replica, three sentinels; failovers and primary
+# SIGKILLs among the faults): without replica confirmation (every loss announced) and
+# with SSEGATE_PUBLISH_MIN_REPLICAS=1 (nothing acknowledged lost).
 CHECK_S=${SMOKE_CHECK_SECONDS:-45}
-echo "== loadtest smoke: check --duration $CHECK_S --nodes 3 (faults on)"
-if ! "$LT" check --duration "$CHECK_S" --nodes 3 --gateway-bin "$GW" \
-  ${SMOKE_CHECK_SEED:+--seed "$SMOKE_CHECK_SEED"} >"$WORK/check.out" 2>"$WORK/check.err"; then
-  cat "$WORK/check.err" "$WORK/check.out" >&2
-  echo "loadtest smoke FAILED: check" >&2
-  exit 1
-fi
-tail -n 1 "$WORK/check.out"
-echo "loadtest smoke: 6 scenarios, 0 gaps, 0 duplicates; history check: 0 anomalies"
+SENTINEL_S=${SMOKE_SENTINEL_SECONDS:-30}
+check() {
+  local name=$1 secs=$2
+  shift 2
+  echo "== loadtest smoke: check $* --duration $secs --nodes 3 (faults on)"
+  # shellcheck disable=SC2086
+  if ! "$LT" check --duration "$secs" --nodes 3 --gateway-bin "$GW" "$@" \
+    ${SMOKE_CHECK_SEED:+--seed "$SMOKE_CHECK_SEED"} >"$WORK/$name.out" 2>"$WORK/$name.err"; then
+    cat "$WORK/$name.err" "$WORK/$name.out" >&2
+    echo "loadtest smoke FAILED: check $*" >&2
+    exit 1
+  fi
+  tail -n 1 "$WORK/$name.out"
+}
+check check "$CHECK_S"
+check check-sentinel "$SENTINEL_S" --sentinel
+check check-durable "$SENTINEL_S" --sentinel --min-replicas 1
+echo "loadtest smoke: 6 scenarios, 0 gaps, 0 duplicates; history checks (standalone, Sentinel, Sentinel with a replica confirming): 0 anomalies"

@@ -59,11 +59,13 @@ pub struct ReadPage {
     pub epoch: Epoch,
     /// Events after [`ReadPage::start`], oldest first, at most the requested limit.
     pub events: Vec<Arc<StoredEvent>>,
-    /// True when events after the requested cursor are gone (trimmed or expired), or the
-    /// cursor is ahead of everything the store has: the reader must be told.
+    /// True when events after the requested cursor are gone (trimmed, expired, or lost in
+    /// a failover), or the cursor is ahead of everything the store has: the reader must be
+    /// told.
     pub gap: bool,
     /// The position the page continues from: the requested cursor, or after a gap the
-    /// newest deleted entry (so resuming from it yields the oldest retained event).
+    /// newest deleted entry (so resuming from it yields the oldest retained event), or the
+    /// end of the lost region the read passed (Redis, after a failover).
     pub start: EntryId,
     /// The channel's newest entry id (`0-0` when it has none).
     pub last: EntryId,

@@ -2,7 +2,7 @@
 //! faults at the same moments), then executed one fault at a time.
 //!
 //! One at a time on purpose: the contract promises nothing lost across *a* node crash, a
-//! Redis restart or a pub/sub reconnect, and overlapping faults would mostly test how
+//! Redis restart or failover, or a pub/sub reconnect, and overlapping faults would mostly test how
 //! long clients wait. Every fault ends with the system whole again (a killed node or
 //! Redis is restarted before the next fault), and at the end of the run anything still
 //! down is restored before the quiet phase.
@@ -15,7 +15,8 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::check::publish;
 use crate::check::record::{FaultRecord, Recorder};
-use crate::check::topology::{Topology, redis_cmd};
+use crate::check::redis::{Reply, query};
+use crate::check::topology::Topology;
 
 /// Events published on a stalled client's channels while it does not read, and their
 /// data size: together more than a loopback socket's send and receive buffers hold
@@ -36,8 +37,13 @@ pub(crate) enum Fault {
     PubsubKill,
     /// Redis stops cleanly (SIGTERM, AOF flushed) and starts again on the same port.
     RedisRestart { down_ms: u64 },
-    /// `DEBUG SLEEP 0.5`: Redis answers nothing for half a second.
+    /// `DEBUG SLEEP 0.5`: Redis (the primary) answers nothing for half a second.
     RedisSleep,
+    /// `SENTINEL FAILOVER` (Sentinel only): the replica is promoted, the primary demoted.
+    Failover,
+    /// SIGKILL of the primary (Sentinel only); the sentinels promote the replica, and
+    /// `down_ms` after that the old primary comes back as a replica.
+    KillPrimary { down_ms: u64 },
     /// Client `client` stops reading for `ms`, then reads on; meanwhile a burst of big
     /// events on its channels fills its socket, so that the node has to catch it up.
     Stall { client: usize, ms: u64 },
@@ -51,6 +57,8 @@ impl Fault {
             Self::PubsubKill => "pubsub-kill",
             Self::RedisRestart { .. } => "redis-restart",
             Self::RedisSleep => "redis-sleep",
+            Self::Failover => "failover",
+            Self::KillPrimary { .. } => "kill-primary",
             Self::Stall { .. } => "stall",
         }
     }
@@ -66,6 +74,12 @@ impl Fault {
             Self::PubsubKill => "redis CLIENT KILL TYPE pubsub".into(),
             Self::RedisRestart { down_ms } => format!("redis SIGTERM + restart, down {down_ms} ms"),
             Self::RedisSleep => "redis DEBUG SLEEP 0.5".into(),
+            Self::Failover => "SENTINEL FAILOVER".into(),
+            Self::KillPrimary { down_ms } => {
+                format!(
+                    "SIGKILL the Redis primary, back as a replica {down_ms} ms after the promotion"
+                )
+            }
             Self::Stall { client, ms } => {
                 format!(
                     "client {client} stops reading for {ms} ms; a burst of {BURST} big events on its channels"
@@ -82,8 +96,15 @@ pub(crate) struct Planned {
     pub(crate) fault: Fault,
 }
 
-/// Draws the schedule: a fault every 1.5–4 s from 1.5 s until 2 s before the end.
-pub(crate) fn schedule(seed: u64, duration_ms: u64, nodes: usize, clients: usize) -> Vec<Planned> {
+/// Draws the schedule: a fault every 1.5–4 s from 1.5 s until 2 s before the end. Behind
+/// Sentinel, failovers and primary crashes take the place of Redis restarts.
+pub(crate) fn schedule(
+    seed: u64,
+    duration_ms: u64,
+    nodes: usize,
+    clients: usize,
+    sentinel: bool,
+) -> Vec<Planned> {
     let mut rng = fastrand::Rng::with_seed(seed ^ 0xfa17_5eed);
     let mut out = Vec::new();
     let mut at = 1500;
@@ -98,8 +119,12 @@ pub(crate) fn schedule(seed: u64, duration_ms: u64, nodes: usize, clients: usize
                 down_ms: rng.u64(200..1000),
             },
             35..50 => Fault::PubsubKill,
+            50..60 if sentinel => Fault::Failover,
             50..60 => Fault::RedisRestart {
                 down_ms: rng.u64(100..800),
+            },
+            60..75 if sentinel => Fault::KillPrimary {
+                down_ms: rng.u64(0..1000),
             },
             60..75 => Fault::RedisSleep,
             _ => Fault::Stall {
@@ -138,9 +163,11 @@ impl Runner {
     ) -> anyhow::Result<()> {
         for p in plan {
             let at = start + Duration::from_millis(p.at_ms);
+            // Stop first: a fault that ran long leaves the next one already due.
             tokio::select! {
-                () = sleep_until(at) => {}
+                biased;
                 _ = stop.wait_for(|s| *s) => break,
+                () = sleep_until(at) => {}
             }
             self.reap().await;
             let t0 = self.rec.now();
@@ -181,26 +208,33 @@ impl Runner {
                 } else {
                     "TERM"
                 };
-                self.topo.lock().await.stop_node(node, signal).await?;
+                self.topo.lock().await.stop_node(node, signal).await;
                 sleep(Duration::from_millis(down_ms)).await;
                 self.topo.lock().await.start_node(node).await
             }
             Fault::PubsubKill => {
-                let addr = self.topo.lock().await.redis_addr();
-                redis_cmd(addr, &["CLIENT", "KILL", "TYPE", "pubsub"])
+                let addr = self.topo.lock().await.redis.primary().await?;
+                query(addr, &["CLIENT", "KILL", "TYPE", "pubsub"])
                     .await
                     .map(drop)
             }
             Fault::RedisRestart { down_ms } => {
-                self.topo.lock().await.stop_redis().await?;
-                sleep(Duration::from_millis(down_ms)).await;
-                self.topo.lock().await.start_redis().await
+                let down = Duration::from_millis(down_ms);
+                self.topo.lock().await.redis.restart(down).await
             }
             Fault::RedisSleep => {
-                let addr = self.topo.lock().await.redis_addr();
-                let reply = redis_cmd(addr, &["DEBUG", "SLEEP", "0.5"]).await?;
-                anyhow::ensure!(reply == "+OK", "DEBUG SLEEP answered {reply}");
+                let addr = self.topo.lock().await.redis.primary().await?;
+                let reply = query(addr, &["DEBUG", "SLEEP", "0.5"]).await?;
+                anyhow::ensure!(
+                    reply == Reply::Simple("OK".into()),
+                    "DEBUG SLEEP answered {reply:?}"
+                );
                 Ok(())
+            }
+            Fault::Failover => self.topo.lock().await.redis.failover().await,
+            Fault::KillPrimary { down_ms } => {
+                let down = Duration::from_millis(down_ms);
+                self.topo.lock().await.redis.kill_primary(down).await
             }
             Fault::Stall { client, ms } => {
                 if let Some(tx) = self.stalls.get(client) {
@@ -231,12 +265,20 @@ mod tests {
 
     #[test]
     fn schedule_is_reproducible_and_bounded() {
-        let a = schedule(7, 45_000, 3, 20);
-        assert_eq!(a, schedule(7, 45_000, 3, 20));
-        assert_ne!(a, schedule(8, 45_000, 3, 20));
+        let a = schedule(7, 45_000, 3, 20, false);
+        assert_eq!(a, schedule(7, 45_000, 3, 20, false));
+        assert_ne!(a, schedule(8, 45_000, 3, 20, false));
         assert!(a.len() >= 10, "{a:?}");
         assert!(a.iter().all(|p| p.at_ms >= 1500 && p.at_ms + 2000 < 45_000));
         assert!(a.windows(2).all(|w| w[0].at_ms < w[1].at_ms));
-        assert!(schedule(7, 3000, 3, 20).is_empty());
+        assert!(schedule(7, 3000, 3, 20, false).is_empty());
+        let plain = |p: &Planned| !matches!(p.fault, Fault::Failover | Fault::KillPrimary { .. });
+        assert!(a.iter().all(plain));
+        let ha = schedule(7, 120_000, 3, 20, true);
+        assert!(ha.iter().any(|p| !plain(p)), "{ha:?}");
+        assert!(
+            ha.iter()
+                .all(|p| !matches!(p.fault, Fault::RedisRestart { .. }))
+        );
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::check::model::{Anomaly, Index};
+use crate::check::model::{Anomaly, Contract, Index};
 use crate::check::record::{History, ObsKind, Outcome, Session, parse_id, secs};
 
 /// Anomalies shown with their history; the rest get one line each.
@@ -78,9 +78,15 @@ impl Totals {
 }
 
 /// The whole report, as text.
-pub(crate) fn render(h: &History, anomalies: &[Anomaly], seed: u64, extra: &str) -> String {
+pub(crate) fn render(
+    h: &History,
+    contract: Contract,
+    anomalies: &[Anomaly],
+    seed: u64,
+    extra: &str,
+) -> String {
     let t = Totals::of(h);
-    let ix = Index::new(h);
+    let ix = Index::new(h, contract);
     let mut out = String::new();
     let _ = writeln!(out, "== ssegate-loadtest check, seed {seed}");
     let _ = writeln!(
@@ -110,6 +116,18 @@ pub(crate) fn render(h: &History, anomalies: &[Anomaly], seed: u64, extra: &str)
         "streams: {} channels, {stream_len} entries",
         h.truth.channels.len()
     );
+    if contract.failovers {
+        let (acked, other) = crate::check::model::vanished(h, contract);
+        let _ = writeln!(
+            out,
+            "lost in failovers: {acked} acknowledged events ({}), {other} more that sessions got (publish answered 504 or never answered)",
+            if contract.acked_may_vanish {
+                "allowed without replica confirmation, if announced"
+            } else {
+                "none allowed"
+            }
+        );
+    }
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     for a in anomalies {
         *kinds.entry(a.kind.as_str()).or_default() += 1;

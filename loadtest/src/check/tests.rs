@@ -4,7 +4,7 @@
 //! Entry `i` of channel `c` has key `(100 + i, 0)`, id `ep-<100+i>-0`; publish `op`s
 //! are numbered by the tests.
 
-use crate::check::model::{Kind, check};
+use crate::check::model::{Contract, Kind, check};
 use crate::check::record::{Entry, History, Obs, ObsKind, Outcome, PublishOp, Session, Truth};
 
 const EPOCH: &str = "ep";
@@ -93,8 +93,19 @@ fn id_only(pos: i64) -> ObsKind {
     ObsKind::IdOnly { id: id(pos) }
 }
 
+/// What a run without failovers promises; `complete`: nothing can have been trimmed.
+fn plain(complete: bool) -> Contract {
+    Contract {
+        history_complete: complete,
+        ..Contract::default()
+    }
+}
+
 fn kinds(h: &History, complete: bool) -> Vec<Kind> {
-    check(h, complete).into_iter().map(|a| a.kind).collect()
+    check(h, plain(complete))
+        .into_iter()
+        .map(|a| a.kind)
+        .collect()
 }
 
 fn with(mut h: History, s: Session) -> History {
@@ -121,7 +132,7 @@ fn event_published_after_the_head_but_before_the_start_is_lost() {
     // The old bug: head at 12, the position is read later and includes entry 1 (published
     // at 20), so the opening id already says "up to entry 1" and entry 1 never comes.
     let h = with(five(), session(None, 12, vec![id_only(1), ev(3, 2)]));
-    let a = check(&h, true);
+    let a = check(&h, plain(true));
     assert_eq!(a.len(), 1, "{a:?}");
     assert_eq!((a[0].kind, a[0].positions.clone()), (Kind::Lost, vec![1]));
     // The same without the id-only frame: the first event is entry 2.
@@ -150,7 +161,7 @@ fn a_gap_after_the_cursor_is_lost() {
         five(),
         session(Some(0), 60, vec![id_only(0), ev(2, 1), ev(4, 3)]),
     );
-    let a = check(&h, true);
+    let a = check(&h, plain(true));
     assert_eq!(
         (a.len(), a[0].kind, a[0].positions.clone()),
         (1, Kind::Lost, vec![2])
@@ -215,7 +226,7 @@ fn sync_required_excuses_a_gap() {
 fn final_sessions_owe_the_rest() {
     let mut s = session(Some(1), 60, vec![id_only(1), ev(3, 2)]);
     s.final_ = true;
-    let a = check(&with(five(), s.clone()), true);
+    let a = check(&with(five(), s.clone()), plain(true));
     assert_eq!(
         (a.len(), a[0].kind, a[0].positions.clone()),
         (1, Kind::Lost, vec![3, 4])
@@ -368,4 +379,81 @@ fn the_streams_against_the_publishes() {
     // Concurrent publishes may land in either order.
     let h = history(&[(1, 10, 15), (3, 22, 35), (2, 20, 25)]);
     assert_eq!(kinds(&h, true), vec![]);
+}
+
+/// `five()` after a failover at 5 that lost entry 2 (op 3, acknowledged): the store
+/// holds entries 0, 1, 3, 4.
+fn failed_over() -> History {
+    let mut h = five();
+    if let Some(es) = h.truth.channels.get_mut("a") {
+        es.remove(2);
+    }
+    h.faults.push(crate::check::record::FaultRecord {
+        start: 5,
+        end: 8,
+        kind: "failover",
+        what: "SENTINEL FAILOVER".into(),
+    });
+    h
+}
+
+fn failover_kinds(h: &History, acked_may_vanish: bool) -> Vec<Kind> {
+    let contract = Contract {
+        history_complete: true,
+        failovers: true,
+        acked_may_vanish,
+    };
+    check(h, contract).into_iter().map(|a| a.kind).collect()
+}
+
+fn sync_at(pos: i64) -> ObsKind {
+    ObsKind::Sync {
+        id: id(pos),
+        channel: "a".into(),
+        reason: "history_trimmed".into(),
+    }
+}
+
+#[test]
+fn a_lost_acknowledged_event_must_be_announced() {
+    // Resumed at 1, it goes on to 3: past the lost event 2, silently.
+    let h = with(
+        failed_over(),
+        session(Some(1), 60, vec![ev(4, 3), ev(5, 4)]),
+    );
+    assert_eq!(failover_kinds(&h, true), vec![Kind::Lost]);
+    // Told where the loss is: fine.
+    let h = with(
+        failed_over(),
+        session(Some(1), 60, vec![sync_at(2), ev(4, 3), ev(5, 4)]),
+    );
+    assert_eq!(failover_kinds(&h, true), vec![]);
+    // With replica confirmation an acknowledged event must not vanish at all.
+    let h = with(
+        failed_over(),
+        session(Some(1), 60, vec![sync_at(2), ev(4, 3), ev(5, 4)]),
+    );
+    assert_eq!(failover_kinds(&h, false), vec![Kind::AckedMissing]);
+}
+
+#[test]
+fn a_session_holding_a_lost_event_must_be_told() {
+    // It got event 2 live before the failover lost it, then goes on without a word.
+    let h = with(
+        failed_over(),
+        session(Some(1), 60, vec![ev(3, 2), ev(4, 3), ev(5, 4)]),
+    );
+    assert_eq!(failover_kinds(&h, true), vec![Kind::Lost]);
+    // Resumed from the lost event, silently going on: the same.
+    let h = with(
+        failed_over(),
+        session(Some(2), 60, vec![ev(4, 3), ev(5, 4)]),
+    );
+    assert_eq!(failover_kinds(&h, true), vec![Kind::Lost]);
+    // Told: fine, and the announcement after a failover is no anomaly.
+    let h = with(
+        failed_over(),
+        session(Some(2), 60, vec![sync_at(2), ev(4, 3), ev(5, 4)]),
+    );
+    assert_eq!(failover_kinds(&h, true), vec![]);
 }

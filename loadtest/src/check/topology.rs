@@ -1,41 +1,37 @@
-//! The system under test, started by the checker itself: one `redis-server` and N
-//! gateway nodes on loopback, each restartable, all killed when the run ends.
-//!
-//! Redis runs with `--appendonly yes` (and no RDB snapshots) in the run's directory, so a
-//! restart (SIGTERM: Redis flushes the AOF on a clean shutdown; `SHUTDOWN NOSAVE` would
-//! too, but only a clean shutdown is what the fault means) keeps every acknowledged event
-//! and the epoch, and a resumed client must then see no gap at all.
+//! The system under test, started by the checker itself: Redis ([`RedisSet`]: one
+//! `redis-server`, or a primary, a replica and three sentinels) and N gateway nodes on
+//! loopback, each restartable, all killed when the run ends.
 //!
 //! Nodes listen on `127.0.0.1:0` the first time and print `http=ADDR` on stdout (read
 //! from a file, like `loadtest/smoke.sh` does); a restarted node asks for the same port
 //! again, as a load balancer's backend would come back, and falls back to a new one.
 //!
-//! [`Guard`] owns the cleanup: every child's pid is registered the moment it is spawned,
-//! and dropping the guard (normal end, error, panic unwinding) SIGKILLs whatever is still
-//! registered, so no `ssegate` or `redis-server` outlives the run. The children are also
-//! `kill_on_drop`, for the runtime's own shutdown.
+//! [`Guard`] owns the cleanup: every child's pid is registered the moment it is spawned
+//! ([`Procs`]), and dropping the guard (normal end, error, panic unwinding) SIGKILLs
+//! whatever is still registered, so no `ssegate` or `redis-server` outlives the run. The
+//! children are also `kill_on_drop`, for the runtime's own shutdown.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
 
+use crate::check::redis::RedisSet;
+
 /// Longest wait for a process to come up or go down.
-const START_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Kills every registered child when dropped; removes the run directory unless kept.
 #[derive(Debug)]
 pub(crate) struct Guard {
-    pids: Arc<Mutex<BTreeSet<u32>>>,
+    procs: Procs,
     pub(crate) dir: PathBuf,
     pub(crate) keep_dir: bool,
 }
@@ -44,7 +40,7 @@ impl Guard {
     pub(crate) fn new(dir: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self {
-            pids: Arc::default(),
+            procs: Procs::default(),
             dir,
             keep_dir: false,
         })
@@ -54,6 +50,7 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         let pids: Vec<String> = self
+            .procs
             .pids
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -73,67 +70,40 @@ impl Drop for Guard {
     }
 }
 
-/// What to start.
-#[derive(Debug, Clone)]
-pub(crate) struct Spec {
-    pub(crate) gateway_bin: PathBuf,
-    pub(crate) redis_bin: String,
-    pub(crate) nodes: usize,
-    /// Extra `SSEGATE_*` settings for every node.
-    pub(crate) env: Vec<(String, String)>,
-}
-
 /// A started process.
 #[derive(Debug)]
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
-    pid: u32,
+    pub(crate) pid: u32,
 }
 
-#[derive(Debug)]
-pub(crate) struct Topology {
-    spec: Spec,
-    dir: PathBuf,
+impl Proc {
+    /// Its exit status, if it has exited.
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+/// Spawns and stops children, registering each with the [`Guard`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Procs {
     pids: Arc<Mutex<BTreeSet<u32>>>,
-    redis_port: u16,
-    redis: Option<Proc>,
-    nodes: Vec<Option<Proc>>,
-    starts: Vec<u32>,
-    /// Every node's current address, shared with clients and publishers.
-    pub(crate) addrs: Arc<RwLock<Vec<SocketAddr>>>,
 }
 
-impl Topology {
-    /// Starts Redis and every node.
-    pub(crate) async fn start(spec: Spec, guard: &Guard) -> anyhow::Result<Self> {
-        let redis_port = free_port()?;
-        let placeholder = SocketAddr::from(([127, 0, 0, 1], 1));
-        let mut t = Self {
-            nodes: (0..spec.nodes).map(|_| None).collect(),
-            starts: vec![0; spec.nodes],
-            addrs: Arc::new(RwLock::new(vec![placeholder; spec.nodes])),
-            spec,
-            dir: guard.dir.clone(),
-            pids: guard.pids.clone(),
-            redis_port,
-            redis: None,
-        };
-        t.start_redis().await?;
-        for i in 0..t.spec.nodes {
-            t.start_node(i).await?;
-        }
-        Ok(t)
+impl Procs {
+    /// Spawns `cmd` with no stdin and stdout and stderr appended to `out`.
+    pub(crate) fn spawn(&self, cmd: &mut Command, out: &Path) -> anyhow::Result<Proc> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.spawn_as_is(cmd)
     }
 
-    pub(crate) fn redis_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.redis_port))
-    }
-
-    pub(crate) fn node_addr(&self, i: usize) -> SocketAddr {
-        self.addrs.read().unwrap_or_else(|p| p.into_inner())[i]
-    }
-
-    fn spawn(&self, cmd: &mut Command) -> anyhow::Result<Proc> {
+    fn spawn_as_is(&self, cmd: &mut Command) -> anyhow::Result<Proc> {
         let child = cmd.kill_on_drop(true).spawn()?;
         let pid = child.id().context("child has no pid")?;
         self.pids
@@ -143,74 +113,81 @@ impl Topology {
         Ok(Proc { child, pid })
     }
 
-    fn forget(&self, pid: u32) {
+    pub(crate) fn forget(&self, pid: u32) {
         self.pids
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&pid);
     }
 
-    /// Starts (or restarts) Redis on its port, waiting until it answers `PING`.
-    pub(crate) async fn start_redis(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("redis.out"))?;
-        let mut cmd = Command::new(&self.spec.redis_bin);
-        cmd.args([
-            "--port",
-            &self.redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-        ])
-        .arg("--dir")
-        .arg(&self.dir)
-        .args(["--logfile", "redis.log"]);
-        if redis_major(&self.spec.redis_bin).await >= 7 {
-            // DEBUG SLEEP is a fault we inject; Redis 7 disables DEBUG by default.
-            cmd.args(["--enable-debug-command", "yes"]);
+    /// Sends `signal` (`KILL`, `TERM`) and waits for the exit (SIGKILL after
+    /// [`STOP_TIMEOUT`]).
+    pub(crate) async fn stop(&self, mut p: Proc, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(p.pid.to_string())
+            .status()
+            .await;
+        if timeout(STOP_TIMEOUT, p.child.wait()).await.is_err() {
+            let _ = p.child.start_kill();
+            let _ = timeout(STOP_TIMEOUT, p.child.wait()).await;
         }
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let p = self.spawn(&mut cmd).context("starting redis-server")?;
-        self.redis = Some(p);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(reply) = redis_cmd(self.redis_addr(), &["PING"]).await
-                && reply == "+PONG"
-            {
-                return Ok(());
-            }
-            if let Some(p) = self.redis.as_mut()
-                && let Ok(Some(status)) = p.child.try_wait()
-            {
-                bail!(
-                    "redis-server exited at start ({status}); see {}",
-                    self.dir.join("redis.log").display()
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!("redis-server did not answer PING within {START_TIMEOUT:?}");
-            }
-            sleep(Duration::from_millis(50)).await;
+        self.forget(p.pid);
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    pub(crate) gateway_bin: PathBuf,
+    pub(crate) redis_bin: String,
+    /// Redis behind Sentinel (a primary, a replica, three sentinels).
+    pub(crate) sentinel: bool,
+    pub(crate) nodes: usize,
+    /// Extra `SSEGATE_*` settings for every node.
+    pub(crate) env: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Topology {
+    spec: Spec,
+    dir: PathBuf,
+    procs: Procs,
+    pub(crate) redis: RedisSet,
+    nodes: Vec<Option<Proc>>,
+    starts: Vec<u32>,
+    /// Every node's current address, shared with clients and publishers.
+    pub(crate) addrs: Arc<RwLock<Vec<SocketAddr>>>,
+}
+
+impl Topology {
+    /// Starts Redis and every node.
+    pub(crate) async fn start(spec: Spec, guard: &Guard) -> anyhow::Result<Self> {
+        let placeholder = SocketAddr::from(([127, 0, 0, 1], 1));
+        let redis = RedisSet::start(
+            &spec.redis_bin,
+            guard.dir.clone(),
+            guard.procs.clone(),
+            spec.sentinel,
+        )
+        .await?;
+        let mut t = Self {
+            nodes: (0..spec.nodes).map(|_| None).collect(),
+            starts: vec![0; spec.nodes],
+            addrs: Arc::new(RwLock::new(vec![placeholder; spec.nodes])),
+            spec,
+            dir: guard.dir.clone(),
+            procs: guard.procs.clone(),
+            redis,
+        };
+        for i in 0..t.spec.nodes {
+            t.start_node(i).await?;
         }
+        Ok(t)
     }
 
-    /// Stops Redis cleanly (SIGTERM: the AOF is flushed) and waits for it to exit.
-    pub(crate) async fn stop_redis(&mut self) -> anyhow::Result<()> {
-        if let Some(p) = self.redis.take() {
-            self.stop(p, "TERM").await?;
-        }
-        Ok(())
+    pub(crate) fn node_addr(&self, i: usize) -> SocketAddr {
+        self.addrs.read().unwrap_or_else(|p| p.into_inner())[i]
     }
 
     /// Starts node `i` and waits for its `http=` line.
@@ -239,20 +216,19 @@ impl Topology {
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SSEGATE_")) {
             cmd.env_remove(k);
         }
-        cmd.env(
-            "SSEGATE_REDIS_URL",
-            format!("redis://{}", self.redis_addr()),
-        )
-        .env("SSEGATE_LISTEN", format!("127.0.0.1:{}", port.unwrap_or(0)))
-        .env("SSEGATE_ADMIN_LISTEN", "off")
-        .env("SSEGATE_NODE_ID", format!("node{}", i + 1))
-        .env("SSEGATE_LOG", "warn");
+        let (redis_key, redis_value) = self.redis.node_env();
+        cmd.env(redis_key, redis_value)
+            .env("SSEGATE_LISTEN", format!("127.0.0.1:{}", port.unwrap_or(0)))
+            .env("SSEGATE_ADMIN_LISTEN", "off")
+            .env("SSEGATE_NODE_ID", format!("node{}", i + 1))
+            .env("SSEGATE_LOG", "warn");
         for (k, v) in &self.spec.env {
             cmd.env(k, v);
         }
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let mut p = self
-            .spawn(&mut cmd)
+            .procs
+            .spawn_as_is(&mut cmd)
             .with_context(|| format!("starting {}", self.spec.gateway_bin.display()))?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -266,8 +242,8 @@ impl Topology {
                 self.nodes[i] = Some(p);
                 return Ok(());
             }
-            if let Ok(Some(status)) = p.child.try_wait() {
-                self.forget(p.pid);
+            if let Some(status) = p.exited() {
+                self.procs.forget(p.pid);
                 bail!(
                     "node{} exited at start ({status}): {}",
                     i + 1,
@@ -275,7 +251,7 @@ impl Topology {
                 );
             }
             if Instant::now() >= deadline {
-                self.stop(p, "KILL").await?;
+                self.procs.stop(p, "KILL").await;
                 bail!(
                     "node{} printed no http= line within {START_TIMEOUT:?}",
                     i + 1
@@ -291,49 +267,22 @@ impl Topology {
 
     /// Sends `signal` (`KILL` or `TERM`) to node `i` and waits for it to exit (SIGKILL
     /// after [`STOP_TIMEOUT`]: a drain must end).
-    pub(crate) async fn stop_node(&mut self, i: usize, signal: &str) -> anyhow::Result<()> {
+    pub(crate) async fn stop_node(&mut self, i: usize, signal: &str) {
         if let Some(p) = self.nodes[i].take() {
-            self.stop(p, signal).await?;
+            self.procs.stop(p, signal).await;
         }
-        Ok(())
-    }
-
-    async fn stop(&self, mut p: Proc, signal: &str) -> anyhow::Result<()> {
-        let _ = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(p.pid.to_string())
-            .status()
-            .await;
-        if timeout(STOP_TIMEOUT, p.child.wait()).await.is_err() {
-            let _ = p.child.start_kill();
-            let _ = timeout(STOP_TIMEOUT, p.child.wait()).await;
-        }
-        self.forget(p.pid);
-        Ok(())
     }
 
     /// Processes that exited without being told to: (what, details). They are restarted.
     pub(crate) async fn reap_crashed(&mut self) -> Vec<String> {
-        let mut crashed = Vec::new();
-        if let Some(p) = self.redis.as_mut()
-            && let Ok(Some(status)) = p.child.try_wait()
-        {
-            let pid = p.pid;
-            self.redis = None;
-            self.forget(pid);
-            crashed.push(format!("redis-server exited by itself ({status})"));
-            if let Err(e) = self.start_redis().await {
-                crashed.push(format!("redis-server did not restart: {e:#}"));
-            }
-        }
+        let mut crashed = self.redis.reap_crashed().await;
         for i in 0..self.nodes.len() {
-            let exited = match self.nodes[i].as_mut() {
-                Some(p) => p.child.try_wait().ok().flatten().map(|s| (s, p.pid)),
-                None => None,
-            };
+            let exited = self.nodes[i]
+                .as_mut()
+                .and_then(|p| p.exited().map(|s| (s, p.pid)));
             if let Some((status, pid)) = exited {
                 self.nodes[i] = None;
-                self.forget(pid);
+                self.procs.forget(pid);
                 crashed.push(format!(
                     "node{} exited by itself ({status}): {}",
                     i + 1,
@@ -349,9 +298,7 @@ impl Topology {
 
     /// Brings everything that is down back up.
     pub(crate) async fn restore(&mut self) -> anyhow::Result<()> {
-        if self.redis.is_none() {
-            self.start_redis().await?;
-        }
+        self.redis.restore().await?;
         for i in 0..self.nodes.len() {
             if self.nodes[i].is_none() {
                 self.start_node(i).await?;
@@ -373,35 +320,4 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-/// The major version of `redis-server` (0 when unknown).
-async fn redis_major(bin: &str) -> u32 {
-    let out = Command::new(bin).arg("--version").output().await;
-    let text = out
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    text.split_whitespace()
-        .find_map(|w| w.strip_prefix("v="))
-        .and_then(|v| v.split('.').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Sends one command to Redis over a fresh connection and returns the first reply line
-/// (enough for `PING`, `CLIENT KILL`, `DEBUG SLEEP`). Bounded by a timeout.
-pub(crate) async fn redis_cmd(addr: SocketAddr, args: &[&str]) -> anyhow::Result<String> {
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    let exchange = async {
-        let mut tcp = TcpStream::connect(addr).await?;
-        tcp.write_all(req.as_bytes()).await?;
-        let mut line = String::new();
-        BufReader::new(tcp).read_line(&mut line).await?;
-        anyhow::Ok(line.trim_end().to_owned())
-    };
-    timeout(Duration::from_secs(5), exchange)
-        .await
-        .context("redis command timed out")?
 }

@@ -327,8 +327,8 @@ impl Task {
         }
     }
 
-    /// After a reconnect: no stream may hand a new event an id this node delivered (see
-    /// `scripts::GUARD`). In batches of [`BATCH`] channels; a failure is logged, and the
+    /// After a reconnect: an event this node delivered that the store lost is marked lost
+    /// (a cursor before it is a gap) and its id is never reused (see `scripts::GUARD`). In batches of [`BATCH`] channels; a failure is logged, and the
     /// read script's lost-entry check still answers such a cursor.
     async fn raise_ids(
         &self,
@@ -339,9 +339,12 @@ impl Task {
             let mut raised = 0i64;
             for batch in newest.chunks(BATCH) {
                 let mut inv = self.guard.prepare_invoke();
-                inv.arg(self.stream_ttl_ms);
+                inv.arg(self.stream_ttl_ms)
+                    .arg(super::scripts::MAX_LOST_REGIONS);
                 for (ch, id) in batch {
-                    inv.key(self.keys.stream(ch)).arg(id.to_string());
+                    inv.key(self.keys.stream(ch))
+                        .key(self.keys.meta(ch))
+                        .arg(id.to_string());
                 }
                 raised += inv.invoke_async::<i64>(&mut *conn).await?;
             }
@@ -351,7 +354,7 @@ impl Task {
             Ok(Ok(0)) => {}
             Ok(Ok(raised)) => tracing::warn!(
                 streams = raised,
-                "streams lacked events this node delivered (a failover lost them): their ids are not reused"
+                "streams lacked events this node delivered (a failover lost them): a cursor before them is answered sync-required, their ids are not reused"
             ),
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot guard stream ids after a reconnect"),
             Err(_) => tracing::warn!("guarding stream ids after a reconnect timed out"),

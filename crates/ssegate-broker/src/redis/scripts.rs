@@ -1,4 +1,4 @@
-//! The two Lua scripts. Each runs atomically in Redis, which is what the delivery
+//! The Lua scripts. Each runs atomically in Redis, which is what the delivery
 //! guarantees rest on:
 //!
 //! - **publish**: per event, read the channel's last id (the new event's `prev`), `XADD`,
@@ -9,7 +9,8 @@
 //!   equals stream order, and a `2xx` means the entry is in the stream. With an
 //!   idempotency fingerprint, a key already recorded returns its ids and publishes nothing.
 //! - **read**: the epoch, the channel's last and newest deleted ids, the gap decision for
-//!   the cursor (trimmed past it, ahead of the stream, or naming an entry the stream lost),
+//!   the cursor (trimmed past it, ahead of the stream, before an event a node reported
+//!   lost, or naming an entry the stream lost),
 //!   and one `XRANGE` page, all from one consistent moment.
 //!
 //! Both create the epoch with `SET NX` when it is missing (a fresh or wiped Redis), so the
@@ -21,10 +22,10 @@
 
 use redis::Script;
 
-/// `less(x, y)`: stream ids `<ms>-<seq>` in numeric order (as strings they are not), for
-/// the scripts that compare ids.
+/// `less(x, y)`: stream ids `<ms>-<seq>` in numeric order (as strings they are not), and
+/// `succ(id)`, the id right after `id`, for the scripts that compare ids.
 macro_rules! with_id_order {
-    ($body:literal) => {
+    ($body:expr) => {
         concat!(
             r"
 local function split(id)
@@ -35,6 +36,10 @@ local function less(x, y)
   local xa, xb = split(x)
   local ya, yb = split(y)
   return xa < ya or (xa == ya and xb < yb)
+end
+local function succ(id)
+  local a, b = split(id)
+  return string.format('%d-%d', a, b + 1)
 end",
             $body
         )
@@ -136,15 +141,56 @@ return {'ok', epoch, all}
 "
 );
 
-pub(crate) const READ: &str = with_epoch!(with_id_order!(
+/// The read script's lost regions: the metadata's `lost` field holds `lo hi lo hi ...`,
+/// sorted: after `lo` (the newest entry the stream kept below the loss, or its trim
+/// marker) and before `hi` (the id right after the newest lost event a node had
+/// delivered, never an event's id) the store lost events (see `GUARD`). A cursor in
+/// `[lo, hi)` missed a lost event, or holds one the store no longer has: either way its
+/// client is told (a gap), and continues at `hi`. `through_lost(from)` gives where a read
+/// from `from` continues (past a region `from` is in), whether that passed a region (a
+/// gap), and the read's upper bound (the next region's `lo`: its gap is reported when the
+/// read gets there, after the entries before it).
+macro_rules! with_lost_regions {
+    ($body:expr) => {
+        concat!(
+            r"
+local function regions_of(field)
+  local r = {}
+  if field then
+    for id in string.gmatch(field, '%S+') do r[#r + 1] = id end
+  end
+  return r
+end
+local function through_lost(regions, from)
+  local g, upto = 0, '+'
+  for j = 1, #regions, 2 do
+    local lo, hi = regions[j], regions[j + 1]
+    if less(from, hi) then
+      if less(from, lo) then
+        upto = lo
+        break
+      end
+      g = 1
+      from = hi
+    end
+  end
+  return from, g, upto
+end",
+            $body
+        )
+    };
+}
+
+pub(crate) const READ: &str = with_epoch!(with_id_order!(with_lost_regions!(
     r"
-local m = redis.call('HMGET', KEYS[3], 'last', 'del')
+local m = redis.call('HMGET', KEYS[3], 'last', 'del', 'lost')
 local last = m[1] or '0-0'
 local del = m[2] or '0-0'
-local gap = 0
-local start
+local regions = regions_of(m[3])
+local gap, g = 0, 0
+local start, upto = nil, '+'
 if ARGV[2] == 'oldest' then
-  start = del
+  start, g, upto = through_lost(regions, del)
 else
   local after = ARGV[3]
   if less(last, after) then
@@ -152,59 +198,138 @@ else
     start = last
   elseif less(after, del) then
     gap = 1
-    start = del
+    start, g, upto = through_lost(regions, del)
   else
-    start = after
-    -- A cursor names an entry the store once had. One after the newest trimmed id that
-    -- the stream does not hold was lost (a failover to a replica that lacked it): a gap,
-    -- continuing from the oldest retained event as for any gap (the new primary may have
-    -- written entries below the cursor since, which the client has not seen).
-    if after ~= '0-0' and less(del, after) and #redis.call('XRANGE', KEYS[2], after, after) == 0 then
+    start, g, upto = through_lost(regions, after)
+    if g == 1 then
       gap = 1
-      start = del
+    elseif after ~= '0-0' and less(del, after) and #redis.call('XRANGE', KEYS[2], after, after) == 0 then
+      -- A cursor names an entry the store does not have (lost in a failover no node has
+      -- reported yet, or made up; a region's `hi` is where a read continues past it: no
+      -- gap). A gap, continuing after the cursor: the client had every event before it,
+      -- and the new primary's events come after it (its ids follow its clock). The read
+      -- continues from the newest entry below the cursor (none lies between), so that the
+      -- signal's id names an entry and a reconnect right after it is no gap again. The
+      -- cursor is not recorded as a region: a client's word is not evidence of a loss.
+      local at_hi = false
+      for j = 2, #regions, 2 do
+        if regions[j] == after then at_hi = true end
+      end
+      if not at_hi then
+        gap = 1
+        local below = redis.call('XREVRANGE', KEYS[2], '(' .. after, '-', 'COUNT', 1)
+        if below[1] and less(del, below[1][1]) then start = below[1][1] else start = del end
+      end
     end
   end
 end
 local entries = {}
 local count = tonumber(ARGV[4])
 if count > 0 and less(start, last) then
-  entries = redis.call('XRANGE', KEYS[2], '(' .. start, '+', 'COUNT', count)
+  entries = redis.call('XRANGE', KEYS[2], '(' .. start, upto, 'COUNT', count)
 end
 return {epoch, last, start, gap, entries}
 "
-));
+)));
 
-/// After a reconnect (a failover, maybe): raise each stream's last-generated id to the
-/// newest id this node delivered on it (`KEYS`: streams; `ARGV[1]`: the streams' expiry in
-/// ms; `ARGV[1 + i]`: the id for `KEYS[i]`). A new primary that lacked the newest events
-/// would otherwise hand those ids to new events, and a client holding one as its cursor
-/// would skip the new event as one it has; now the lost id is a gap (the read script's
-/// "cursor names an entry the stream lacks"). Only ever raises an id.
-pub(crate) const GUARD: &str = with_id_order!(
+/// Lost regions kept per channel; past that the oldest becomes part of the trimmed
+/// history (the stream is trimmed to its end), which a cursor before it is told about
+/// the same way.
+pub(crate) const MAX_LOST_REGIONS: usize = 16;
+
+/// After a reconnect (a failover, maybe), per channel this node delivered events on
+/// (`KEYS[2i-1]`: the stream, `KEYS[2i]`: its metadata; `ARGV[1]`: the keys' expiry in ms;
+/// `ARGV[2]`: [`MAX_LOST_REGIONS`]; `ARGV[2 + i]`: the newest id the node delivered):
+/// when the stream lacks that event although nothing trimmed it, the store lost it (a
+/// replica promoted without it). Then
+///
+/// - a lost region is recorded from the newest entry the stream kept below it to the id
+///   right after it (merged with regions it overlaps): a read that passes it reports a gap
+///   there, after the entries before it, so a client behind the loss, or holding the lost
+///   event, is told instead of silently going on, and loses nothing the store kept;
+/// - the metadata's `last` (the next event's `prev`) and the stream's last-generated id are
+///   raised to the region's end: no new event gets an id a client already holds (it would
+///   skip the new event as one it has), and a node whose subscriber holds a lost event
+///   sees the `prev` mismatch and catches it up, finding the gap.
+///
+/// An id already inside a recorded region changes nothing. Returns how many channels had
+/// newly found losses. (The region's end is a fresh id only because the new primary's
+/// ids come from its own clock, seconds after the loss: with a clock skewed back that far,
+/// an entry written in the same millisecond could take it, and a read past the region
+/// would start after that entry.)
+pub(crate) const GUARD: &str = with_id_order!(with_lost_regions!(
     r"
 local raised = 0
-for i = 1, #KEYS do
-  local id = ARGV[i + 1]
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    local info = redis.call('XINFO', 'STREAM', KEYS[i])
-    local g = '0-0'
-    for j = 1, #info, 2 do
-      if info[j] == 'last-generated-id' then g = info[j + 1] end
-    end
-    if less(g, id) then
-      redis.call('XSETID', KEYS[i], id)
-      raised = raised + 1
-    end
-  else
-    redis.call('XADD', KEYS[i], id, 'k', '')
-    redis.call('XDEL', KEYS[i], id)
-    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+local max_regions = tonumber(ARGV[2])
+for i = 1, #KEYS / 2 do
+  local skey, mkey, had = KEYS[2 * i - 1], KEYS[2 * i], ARGV[i + 2]
+  local hi = succ(had)
+  local m = redis.call('HMGET', mkey, 'last', 'del', 'lost')
+  local last, del = m[1] or '0-0', m[2] or '0-0'
+  local regions = regions_of(m[3])
+  local covered = false
+  for j = 1, #regions, 2 do
+    if less(regions[j], had) and less(had, regions[j + 1]) then covered = true end
+  end
+  if not covered and less(del, had) and #redis.call('XRANGE', skey, had, had) == 0 then
     raised = raised + 1
+    local below = redis.call('XREVRANGE', skey, '(' .. had, '-', 'COUNT', 1)
+    local lo = del
+    if below[1] and less(del, below[1][1]) then lo = below[1][1] end
+    local out, placed = {}, false
+    for j = 1, #regions, 2 do
+      local a, b = regions[j], regions[j + 1]
+      if not less(del, b) then
+        -- trimmed past: obsolete
+      elseif less(b, lo) then
+        out[#out + 1] = a
+        out[#out + 1] = b
+      elseif less(hi, a) then
+        if not placed then
+          out[#out + 1] = lo
+          out[#out + 1] = hi
+          placed = true
+        end
+        out[#out + 1] = a
+        out[#out + 1] = b
+      else
+        if less(a, lo) then lo = a end
+        if less(hi, b) then hi = b end
+      end
+    end
+    if not placed then
+      out[#out + 1] = lo
+      out[#out + 1] = hi
+    end
+    while #out > 2 * max_regions do
+      local old_hi = table.remove(out, 2)
+      table.remove(out, 1)
+      redis.call('XTRIM', skey, 'MINID', old_hi)
+      if less(del, old_hi) then
+        del = old_hi
+        redis.call('HSET', mkey, 'del', del)
+      end
+    end
+    redis.call('HSET', mkey, 'lost', table.concat(out, ' '))
+    if less(last, hi) then redis.call('HSET', mkey, 'last', hi) end
+    if redis.call('EXISTS', skey) == 1 then
+      local info = redis.call('XINFO', 'STREAM', skey)
+      local g = '0-0'
+      for j = 1, #info, 2 do
+        if info[j] == 'last-generated-id' then g = info[j + 1] end
+      end
+      if less(g, hi) then redis.call('XSETID', skey, hi) end
+    else
+      redis.call('XADD', skey, hi, 'k', '')
+      redis.call('XDEL', skey, hi)
+    end
+    redis.call('PEXPIRE', skey, ARGV[1])
+    redis.call('PEXPIRE', mkey, ARGV[1])
   end
 end
 return raised
 "
-);
+));
 
 /// The scripts, hashed once (EVALSHA, loading them on `NOSCRIPT`).
 #[derive(Debug)]

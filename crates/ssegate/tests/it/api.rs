@@ -3,7 +3,7 @@
 use http::{Method, StatusCode};
 use ssegate_client::HttpClient;
 
-use crate::helpers::{events, json, opening_id, spawn_app};
+use crate::helpers::{events, history_data, json, opening_id, spawn_app};
 
 #[tokio::test]
 async fn publish_then_receive_on_a_single_channel_stream() {
@@ -190,12 +190,7 @@ async fn history_pages_through_retained_events() {
     assert_eq!(page["has_more"], true);
     let next = format!("/v1/channels/h/history?after={}&limit=10", ids[1]);
     let page = json(&app.request(Method::GET, &next, &[], "").await.body);
-    let data: Vec<&str> = page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["data"].as_str().unwrap())
-        .collect();
+    let data = history_data(&page);
     assert_eq!(data, ["e2", "e3", "e4"]);
     assert_eq!(page["has_more"], false);
     assert!(page["sync_required"].is_null());

@@ -7,7 +7,7 @@ use http::StatusCode;
 use ssegate_client::{HttpClient, Item};
 
 use crate::cluster::{cluster, publish, stream};
-use crate::helpers::{WAIT, events, json, next_item, sync_reasons_then_event};
+use crate::helpers::{WAIT, events, history_data, json, next_item, sync_reasons_then_event};
 use crate::redis_server::RedisServer;
 
 #[tokio::test]
@@ -148,15 +148,15 @@ async fn a_redis_that_lost_its_data_is_an_epoch_change_never_a_silent_gap() {
 }
 
 /// What a failover to a replica that lacked the newest events leaves behind: the stream
-/// no longer has an entry that clients received, while newer ones exist. A client resuming
-/// from the lost entry is told (`sync-required`) and continues from the oldest retained
-/// event, instead of silently skipping whatever the new primary wrote below its cursor.
+/// no longer has an entry that clients received, while newer ones exist, and no node has
+/// reported it yet. A client resuming from the lost entry is told (`sync-required`: it
+/// holds an event the store lost) and continues after its cursor, with nothing repeated.
 #[tokio::test]
 async fn a_cursor_naming_a_lost_entry_is_a_gap_never_a_silent_one() {
     let redis = RedisServer::start(false).await;
     let nodes = cluster(&redis, 1, &[]).await;
     let http = HttpClient::new();
-    publish(&http, &nodes[0], "gone", "a").await;
+    let (_, a) = publish(&http, &nodes[0], "gone", "a").await;
     let (_, lost) = publish(&http, &nodes[0], "gone", "b").await;
     publish(&http, &nodes[0], "gone", "c").await;
     // The entry id is the cursor after its epoch (`<epoch>-<ms>-<seq>`).
@@ -164,10 +164,30 @@ async fn a_cursor_naming_a_lost_entry_is_a_gap_never_a_silent_one() {
     redis.cmd(&["XDEL", "ssegate:{gone}:s", entry]).await;
 
     let mut resumed = stream(&nodes[0], "/v1/channels/gone/events", Some(&lost)).await;
-    let (reasons, first) = sync_reasons_then_event(&mut resumed).await;
-    assert_eq!(reasons, ["history_trimmed"]);
-    assert_eq!(first.data, "a", "continues from the oldest retained event");
-    assert_eq!(events(&mut resumed, 1).await[0].data, "c");
+    let signal = loop {
+        match next_item(&mut resumed).await {
+            Some(Item::Event(e)) if e.event == "sync-required" => break e,
+            Some(Item::Event(e)) => panic!("an event before the signal: {e:?}"),
+            Some(_) => {}
+            None => panic!("the stream ended"),
+        }
+    };
+    assert_eq!(json(signal.data.as_bytes())["reason"], "history_trimmed");
+    assert_eq!(
+        events(&mut resumed, 1).await[0].data,
+        "c",
+        "continues after the cursor"
+    );
+    // The signal's id names the entry before the lost one: reconnecting from it right
+    // away is no gap again, and nothing repeats.
+    assert_eq!(
+        signal.id, a,
+        "the signal continues from the entry before the cursor"
+    );
+    let mut again = stream(&nodes[0], "/v1/channels/gone/events", Some(&signal.id)).await;
+    let (reasons, first) = sync_reasons_then_event(&mut again).await;
+    assert!(reasons.is_empty(), "{reasons:?}");
+    assert_eq!(first.data, "c");
     // A cursor on an entry the stream still has is no gap.
     let (_, kept) = publish(&http, &nodes[0], "gone", "d").await;
     publish(&http, &nodes[0], "gone", "e").await;
@@ -179,21 +199,29 @@ async fn a_cursor_naming_a_lost_entry_is_a_gap_never_a_silent_one() {
 
 /// After a failover that lost the newest event of a channel, the new primary would hand
 /// that event's id to the next event, and a client holding it as its cursor would skip
-/// the new event as one it has. On reconnecting, a node raises each stream's id past what
-/// it delivered; the client is told of the loss and gets the new event.
+/// the new event as one it has; a client whose cursor is before the lost event would skip
+/// it silently. On reconnecting, a node reports the newest id it delivered: the stream's
+/// ids are raised past it, and a cursor before it, or at it, is a gap.
 #[tokio::test]
 async fn after_a_lost_event_its_id_is_never_given_to_another() {
     let redis = RedisServer::start(false).await;
     let nodes = cluster(&redis, 1, &[]).await;
     let http = HttpClient::new();
-    let mut live = stream(&nodes[0], "/v1/channels/guard/events", None).await;
+    let (_, first) = publish(&http, &nodes[0], "guard", "first").await;
+    let (_, before) = publish(&http, &nodes[0], "guard", "before").await;
+    let mut live = stream(&nodes[0], "/v1/channels/guard/events", Some(&before)).await;
     let (_, a) = publish(&http, &nodes[0], "guard", "a").await;
     assert_eq!(events(&mut live, 1).await[0].data, "a");
     // What a replica that lacked `a` looks like once promoted.
     let entry = a.split_once('-').unwrap().1.to_owned();
+    let before_entry = before.split_once('-').unwrap().1.to_owned();
     redis.cmd(&["XDEL", "ssegate:{guard}:s", &entry]).await;
-    redis.cmd(&["XSETID", "ssegate:{guard}:s", "1-0"]).await;
-    redis.cmd(&["HDEL", "ssegate:{guard}:m", "last"]).await;
+    redis
+        .cmd(&["XSETID", "ssegate:{guard}:s", &before_entry])
+        .await;
+    redis
+        .cmd(&["HSET", "ssegate:{guard}:m", "last", &before_entry])
+        .await;
     // The node's pub/sub connection drops (as it does in a failover) and comes back.
     redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -210,7 +238,7 @@ async fn after_a_lost_event_its_id_is_never_given_to_another() {
                 other => panic!("{other:?}"),
             })
             .unwrap();
-        if last == entry {
+        if last == succ(&entry) {
             break;
         }
         assert!(
@@ -221,7 +249,54 @@ async fn after_a_lost_event_its_id_is_never_given_to_another() {
     }
     let (_, b) = publish(&http, &nodes[0], "guard", "b").await;
     assert!(b > a, "{b} comes after {a}");
+    // The live client holds `a`, which the store no longer has: it is told.
     let (reasons, next) = sync_reasons_then_event(&mut live).await;
+    assert_eq!(
+        reasons,
+        ["history_trimmed"],
+        "holding a lost event is announced"
+    );
+    assert_eq!(next.data, "b");
+    // A client that had only `before` missed `a`, and is told.
+    let mut early = stream(&nodes[0], "/v1/channels/guard/events", Some(&before)).await;
+    let (reasons, next) = sync_reasons_then_event(&mut early).await;
     assert_eq!(reasons, ["history_trimmed"], "the lost event is announced");
     assert_eq!(next.data, "b");
+    // Resuming from the lost event itself too; resuming from where that announcement
+    // continues is not (the client was told once).
+    let mut had = stream(&nodes[0], "/v1/channels/guard/events", Some(&a)).await;
+    let (reasons, next) = sync_reasons_then_event(&mut had).await;
+    assert_eq!(reasons, ["history_trimmed"]);
+    assert_eq!(next.data, "b");
+    let told = format!("{}-{}", a.split_once('-').unwrap().0, succ(&entry));
+    let mut again = stream(&nodes[0], "/v1/channels/guard/events", Some(&told)).await;
+    let (reasons, next) = sync_reasons_then_event(&mut again).await;
+    assert!(reasons.is_empty(), "{reasons:?}");
+    assert_eq!(next.data, "b");
+    // A client further behind gets what the store kept first, and is told where the loss
+    // is: after `before`, not instead of it.
+    let mut behind = stream(&nodes[0], "/v1/channels/guard/events", Some(&first)).await;
+    let (reasons, next) = sync_reasons_then_event(&mut behind).await;
+    assert!(reasons.is_empty(), "{reasons:?}");
+    assert_eq!(next.data, "before");
+    let (reasons, next) = sync_reasons_then_event(&mut behind).await;
+    assert_eq!(reasons, ["history_trimmed"], "the lost event is announced");
+    assert_eq!(next.data, "b");
+    // The history endpoint says the same, page by page.
+    let url = nodes[0].url(&format!("/v1/channels/guard/history?after={first}"));
+    let page = json(&http.get(&url).await.unwrap().body);
+    assert_eq!(page["events"][0]["data"], "before", "{page}");
+    assert_eq!(page["sync_required"], serde_json::Value::Null, "{page}");
+    let next_after = page["next_after"].as_str().unwrap();
+    let url = nodes[0].url(&format!("/v1/channels/guard/history?after={next_after}"));
+    let page = json(&http.get(&url).await.unwrap().body);
+    assert_eq!(page["sync_required"]["reason"], "history_trimmed", "{page}");
+    let data = history_data(&page);
+    assert_eq!(data, ["b"], "{page}");
+}
+
+/// The stream id right after `id` (`ms-seq`): where a read continues past a lost event.
+fn succ(id: &str) -> String {
+    let (ms, seq) = id.split_once('-').unwrap();
+    format!("{ms}-{}", seq.parse::<u64>().unwrap() + 1)
 }

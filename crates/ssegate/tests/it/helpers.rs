@@ -140,6 +140,15 @@ pub fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
 }
 
+/// The `data` of each event of a history page, in order.
+pub fn history_data(page: &serde_json::Value) -> Vec<&str> {
+    let events = page["events"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    events.iter().filter_map(|e| e["data"].as_str()).collect()
+}
+
 /// The next item of a stream, failing the test on a hang.
 pub async fn next_item(conn: &mut Connection) -> Option<Item> {
     tokio::time::timeout(WAIT, conn.next_item())

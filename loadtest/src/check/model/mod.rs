@@ -26,12 +26,37 @@
 //! The publishes are checked against the streams as well: an acknowledged event is there
 //! once with the id it was given, a refused one is not there, nothing is there twice, and
 //! an event acknowledged before another's publish started comes first.
+//!
+//! Behind Sentinel ([`Contract::failovers`]) the store itself may lose events: a replica
+//! promoted without the newest writes. Such an event is *vanished*: a session may have
+//! got it (its id names no entry of the stream, but the event is a publish of the
+//! channel), and the model then takes its id as the session's position. An event whose
+//! publish was answered `504` may vanish; an acknowledged one only without replica
+//! confirmation ([`Contract::acked_may_vanish`]), and then never silently: a session
+//! whose position moves over a vanished acknowledged event it did not get, without a
+//! `sync-required` for that channel, lost it; one that got a vanished event and moves on
+//! from it without one keeps, unknowing, an event the history no longer has.
 
 mod session;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::check::record::{Entry, History, Key, Micros, Outcome, PublishOp, secs};
+use crate::check::record::{
+    Entry, History, Key, Micros, ObsKind, Outcome, PublishOp, parse_id, parse_single, secs,
+};
+
+/// What the run's settings promise, i.e. what the model may excuse.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Contract {
+    /// Nothing can have been trimmed (the run's history limits are far above what it
+    /// publishes), so a `sync-required` needs another reason.
+    pub(crate) history_complete: bool,
+    /// Redis fails over (Sentinel): the store may lose its newest events, and a
+    /// `sync-required` after the first failover may announce that.
+    pub(crate) failovers: bool,
+    /// Acknowledged events may be among the lost ones (no replica confirmation).
+    pub(crate) acked_may_vanish: bool,
+}
 
 /// What kind of contract violation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -111,11 +136,17 @@ pub(crate) struct Index<'a> {
     pub(crate) ops: HashMap<u64, &'a PublishOp>,
     /// Where each publish is in the streams (first occurrence).
     pub(crate) pos: HashMap<u64, (&'a str, usize)>,
+    pub(crate) contract: Contract,
+    /// Per channel, the keys of vanished events (see the module docs; only with
+    /// failovers): `true` for an acknowledged one, which nobody may skip silently.
+    pub(crate) vanished: HashMap<&'a str, BTreeMap<Key, bool>>,
+    /// When the first failover began (a `sync-required` before it is spurious).
+    pub(crate) first_failover: Option<Micros>,
 }
 
 impl<'a> Index<'a> {
-    pub(crate) fn new(h: &'a History) -> Self {
-        let ops = h.publishes.iter().map(|p| (p.op, p)).collect();
+    pub(crate) fn new(h: &'a History, contract: Contract) -> Self {
+        let ops: HashMap<u64, &PublishOp> = h.publishes.iter().map(|p| (p.op, p)).collect();
         let mut pos = HashMap::new();
         for (ch, entries) in &h.truth.channels {
             for (i, e) in entries.iter().enumerate() {
@@ -124,7 +155,80 @@ impl<'a> Index<'a> {
                 }
             }
         }
-        Self { h, ops, pos }
+        let mut ix = Self {
+            h,
+            ops,
+            pos,
+            contract,
+            vanished: HashMap::new(),
+            first_failover: None,
+        };
+        if contract.failovers {
+            ix.find_vanished();
+        }
+        ix
+    }
+
+    /// Fills `vanished` and `first_failover`.
+    fn find_vanished(&mut self) {
+        let h = self.h;
+        self.first_failover = h
+            .faults
+            .iter()
+            .filter(|f| matches!(f.kind, "failover" | "kill-primary"))
+            .map(|f| f.start)
+            .min();
+        let mut vanished: HashMap<&'a str, BTreeMap<Key, bool>> = HashMap::new();
+        for op in &h.publishes {
+            if let Outcome::Acked { id } = &op.outcome
+                && !self.pos.contains_key(&op.op)
+                && let Some((_, k)) = parse_single(id)
+            {
+                vanished
+                    .entry(op.channel.as_str())
+                    .or_default()
+                    .insert(k, true);
+            }
+        }
+        for s in &h.sessions {
+            for o in &s.obs {
+                let ObsKind::Event {
+                    id, op: Some(op), ..
+                } = &o.kind
+                else {
+                    continue;
+                };
+                let Some(p) = self.ops.get(op) else { continue };
+                let Some(ci) = s.channels.iter().position(|c| *c == p.channel) else {
+                    continue;
+                };
+                let Some((_, keys)) = parse_id(id, s.multi, s.channels.len()) else {
+                    continue;
+                };
+                let k = keys[ci];
+                if !self.is_entry(&p.channel, k) {
+                    vanished
+                        .entry(p.channel.as_str())
+                        .or_default()
+                        .entry(k)
+                        .or_insert(false);
+                }
+            }
+        }
+        self.vanished = vanished;
+    }
+
+    /// Whether `key` is an entry of the channel's stream.
+    pub(crate) fn is_entry(&self, channel: &str, key: Key) -> bool {
+        usize::try_from(self.pos_of_key(channel, key))
+            .is_ok_and(|p| self.entries(channel)[p].key == key)
+    }
+
+    /// Whether `key` is a vanished event of the channel.
+    pub(crate) fn is_vanished(&self, channel: &str, key: Key) -> bool {
+        self.vanished
+            .get(channel)
+            .is_some_and(|v| v.contains_key(&key))
     }
 
     pub(crate) fn entries(&self, channel: &str) -> &'a [Entry] {
@@ -148,14 +252,13 @@ impl<'a> Index<'a> {
     }
 }
 
-/// Checks the whole history. `history_complete`: nothing can have been trimmed or lost
-/// (the run's settings), so any `sync-required` is spurious.
-pub(crate) fn check(h: &History, history_complete: bool) -> Vec<Anomaly> {
-    let ix = Index::new(h);
+/// Checks the whole history against what `contract` promises.
+pub(crate) fn check(h: &History, contract: Contract) -> Vec<Anomaly> {
+    let ix = Index::new(h, contract);
     let mut out = Vec::new();
     check_streams(&ix, &mut out);
     for (si, s) in h.sessions.iter().enumerate() {
-        session::SessionCheck::new(&ix, si, s, history_complete).run(&mut out);
+        session::SessionCheck::new(&ix, si, s).run(&mut out);
     }
     for &c in &h.unfinished {
         out.push(global(
@@ -169,6 +272,20 @@ pub(crate) fn check(h: &History, history_complete: bool) -> Vec<Anomaly> {
     }
     out.sort_by_key(|a| (a.kind, a.at));
     out
+}
+
+/// Events the store lost in failovers: (acknowledged ones, others that sessions got).
+pub(crate) fn vanished(h: &History, contract: Contract) -> (usize, usize) {
+    let ix = Index::new(h, contract);
+    ix.vanished
+        .values()
+        .flat_map(|v| v.values())
+        .fold(
+            (0, 0),
+            |(a, o), &acked| {
+                if acked { (a + 1, o) } else { (a, o + 1) }
+            },
+        )
 }
 
 fn global(kind: Kind, at: Micros, detail: String) -> Anomaly {
@@ -286,13 +403,21 @@ fn check_streams(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
                 )
             });
         }
-        if matches!(op.outcome, Outcome::Acked { .. }) && !ix.pos.contains_key(&op.op) {
+        // Lost in a failover: allowed without replica confirmation (counted by
+        // `vanished`), and then the sessions must have been told.
+        if let Outcome::Acked { id } = &op.outcome
+            && !ix.pos.contains_key(&op.op)
+            && !(ix.contract.failovers && ix.contract.acked_may_vanish)
+        {
             out.push(Anomaly {
                 channel: Some(op.channel.clone()),
                 ..global(
                     Kind::AckedMissing,
                     op.end,
-                    format!("op {} was acknowledged but is not in the stream", op.op),
+                    format!(
+                        "op {} was acknowledged ({id}) but is not in the stream",
+                        op.op
+                    ),
                 )
             });
         }

@@ -2,6 +2,7 @@
 //! keeping the position it has everything up to (see the rules in the parent module).
 
 use std::collections::HashSet;
+use std::ops::Bound;
 
 use crate::check::model::{Anomaly, Index, Kind};
 use crate::check::record::{Key, Micros, ObsKind, Outcome, Session, parse_id, secs};
@@ -17,13 +18,15 @@ struct Track {
     /// A `sync-required` for this channel excuses the next jump.
     excused: bool,
     seen: HashSet<usize>,
+    /// The key of the last observation (with failovers: where vanished events are
+    /// looked for between observations).
+    key: Option<Key>,
 }
 
 pub(super) struct SessionCheck<'a, 'b> {
     ix: &'b Index<'a>,
     si: usize,
     s: &'a Session,
-    history_complete: bool,
     tracks: Vec<Track>,
     found: Vec<Anomaly>,
     /// The observation being looked at.
@@ -32,17 +35,11 @@ pub(super) struct SessionCheck<'a, 'b> {
 }
 
 impl<'a, 'b> SessionCheck<'a, 'b> {
-    pub(super) fn new(
-        ix: &'b Index<'a>,
-        si: usize,
-        s: &'a Session,
-        history_complete: bool,
-    ) -> Self {
+    pub(super) fn new(ix: &'b Index<'a>, si: usize, s: &'a Session) -> Self {
         Self {
             ix,
             si,
             s,
-            history_complete,
             tracks: vec![Track::default(); s.channels.len()],
             found: Vec::new(),
             cur: 0,
@@ -87,6 +84,7 @@ impl<'a, 'b> SessionCheck<'a, 'b> {
                         let p = self.ix.pos_of_key(&s.channels[ci], k);
                         self.tracks[ci].last = Some(p);
                         self.tracks[ci].cursor = Some(p);
+                        self.tracks[ci].key = Some(k);
                     }
                 }
                 None => return out.append(&mut self.found),
@@ -103,7 +101,10 @@ impl<'a, 'b> SessionCheck<'a, 'b> {
                     reason,
                 } => {
                     if let Some(ci) = s.channels.iter().position(|c| c == channel) {
-                        if self.history_complete {
+                        // After a failover a loss of the store may be announced.
+                        let after_failover = self.ix.contract.failovers
+                            && self.ix.first_failover.is_some_and(|f| o.t >= f);
+                        if self.ix.contract.history_complete && !after_failover {
                             let d = format!(
                                 "sync-required ({reason}) though nothing was trimmed or lost"
                             );
@@ -160,12 +161,18 @@ impl<'a, 'b> SessionCheck<'a, 'b> {
         for (ci, k) in keys.into_iter().enumerate() {
             let ch = &self.s.channels[ci];
             let m = self.ix.pos_of_key(ch, k);
-            let names_entry =
-                k == (0, 0) || usize::try_from(m).is_ok_and(|p| self.ix.entries(ch)[p].key == k);
-            if exact && self.history_complete && !names_entry {
+            let names_entry = k == (0, 0) || self.ix.is_entry(ch, k);
+            // After a failover, a channel's position may be an id the store lost (the
+            // node that delivered it raised the stream to it).
+            if exact
+                && self.ix.contract.history_complete
+                && !self.ix.contract.failovers
+                && !names_entry
+            {
                 let d = format!("id {id} names no entry of {ch}");
                 self.flag(Kind::BadId, Some(ci), Vec::new(), d);
             }
+            self.skipped_vanished(ci, k, true);
             self.advance(ci, m, None, id);
         }
     }
@@ -179,6 +186,9 @@ impl<'a, 'b> SessionCheck<'a, 'b> {
                 format!("unreadable data {raw:?}"),
             );
         };
+        if self.vanished_event(op, id) {
+            return;
+        }
         let Some(&(ch, p)) = self.ix.pos.get(&op) else {
             let d = format!("op {op} delivered but it is not in any stream");
             return self.flag(Kind::Phantom, None, Vec::new(), d);
@@ -207,8 +217,77 @@ impl<'a, 'b> SessionCheck<'a, 'b> {
                 );
                 self.flag(Kind::BadId, Some(ci), vec![p], d);
             }
+            self.skipped_vanished(ci, keys[ci], false);
         }
         self.advance(ci, p as i64, Some(op), id);
+    }
+
+    /// With failovers: an event the session got that the store then lost (its id names
+    /// a vanished event of its channel). The session has the channel up to that id, as
+    /// an id-only frame would say. `false`: not such an event.
+    fn vanished_event(&mut self, op: u64, id: &str) -> bool {
+        if !self.ix.contract.failovers {
+            return false;
+        }
+        let Some(o) = self.ix.ops.get(&op) else {
+            return false;
+        };
+        let Some(ci) = self.s.channels.iter().position(|c| *c == o.channel) else {
+            return false;
+        };
+        let Some((_, keys)) = parse_id(id, self.s.multi, self.s.channels.len()) else {
+            return false;
+        };
+        let k = keys[ci];
+        if !self.ix.is_vanished(&o.channel, k) {
+            return false;
+        }
+        self.skipped_vanished(ci, k, false);
+        let m = self.ix.pos_of_key(&o.channel, k);
+        self.advance(ci, m, None, id);
+        true
+    }
+
+    /// With failovers: the session moves channel `ci` to key `k` (`through`: including
+    /// `k` itself, as an id says). An acknowledged vanished event between where it was
+    /// and there, which it did not get and was not told about, was lost silently; a
+    /// vanished event it was at (it got it) and leaves without being told is one its
+    /// client keeps although the store lost it.
+    fn skipped_vanished(&mut self, ci: usize, k: Key, through: bool) {
+        let from = self.tracks[ci].key.replace(k);
+        let (Some(from), Some(vanished)) =
+            (from, self.ix.vanished.get(self.s.channels[ci].as_str()))
+        else {
+            return;
+        };
+        if k <= from || self.tracks[ci].excused {
+            return;
+        }
+        if vanished.contains_key(&from) {
+            let d = format!(
+                "went on from {}-{}, an event the store lost in a failover, without a sync-required",
+                from.0, from.1
+            );
+            self.flag(Kind::Lost, Some(ci), Vec::new(), d);
+        }
+        let upper = if through {
+            Bound::Included(k)
+        } else {
+            Bound::Excluded(k)
+        };
+        let skipped: Vec<String> = vanished
+            .range((Bound::Excluded(from), upper))
+            .filter(|(_, acked)| **acked)
+            .map(|((ms, seq), _)| format!("{ms}-{seq}"))
+            .collect();
+        if !skipped.is_empty() {
+            let d = format!(
+                "went past {} acknowledged event(s) the store lost in a failover ({}) without a sync-required",
+                skipped.len(),
+                skipped.join(", ")
+            );
+            self.flag(Kind::Lost, Some(ci), Vec::new(), d);
+        }
     }
 
     /// The session now has channel `ci` up to position `p`: by an event (`op`) or by an
@@ -303,10 +382,14 @@ impl<'a, 'b> SessionCheck<'a, 'b> {
         }
     }
 
-    /// At the end: a final session owes the rest of every stream.
+    /// At the end: a final session owes the rest of every stream (and, with failovers,
+    /// a word about every acknowledged event lost after where it is).
     fn end(&mut self, ci: usize) {
         if !self.s.final_ {
             return;
+        }
+        if self.ix.contract.failovers {
+            self.skipped_vanished(ci, (u64::MAX, u64::MAX), true);
         }
         let n = self.ix.entries(&self.s.channels[ci]).len() as i64;
         match self.tracks[ci].last {
