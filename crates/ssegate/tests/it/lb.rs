@@ -15,7 +15,7 @@ use http::{Method, StatusCode};
 use ssegate_client::{ConnectOptions, Connection, EventSource, HttpClient, Item, SourceItem};
 
 use crate::cluster::cluster;
-use crate::helpers::{TestProcess, WAIT, events, json, next_item, opening_id};
+use crate::helpers::{TestProcess, WAIT, events, json, next_item, opening_id, spawn_process};
 use crate::redis_server::RedisServer;
 
 /// A real nginx on a free loopback port, running the project's config rendered for the
@@ -60,7 +60,7 @@ impl Nginx {
         let port = free_port();
         let upstreams: String = nodes
             .iter()
-            .map(|n| format!("server {};\n    ", n.addr))
+            .map(|n| format!("server {} max_fails=0;\n    ", n.addr))
             .collect();
         let error_log = dir.path().join("error.log");
         let path = |p: &Path| p.to_str().unwrap().to_owned();
@@ -556,4 +556,86 @@ async fn the_demo_page_and_the_publish_api_work_through_nginx() {
         .unwrap();
     assert_eq!(res.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(json(&res.body)["error"]["code"], "body_too_large");
+}
+
+/// A rolling restart: node1 goes down and a stream attempt finds it refusing (with nginx's
+/// default max_fails=1 that marks it failed until a request to it *finishes*, which a
+/// stream never does), node1 comes back, then node2 goes down. A new `EventSource` must
+/// reach node1 at once, not get nginx's 502 ("no live upstreams").
+#[tokio::test]
+async fn a_restarted_node_takes_streams_again_at_once() {
+    let redis = RedisServer::start(false).await;
+    let mut nodes = cluster(&redis, 2, &[]).await;
+    let lb = Nginx::start(&nodes).await;
+    let node1 = nodes[0].addr.to_string();
+    nodes[0].signal("KILL");
+    nodes[0].wait_exit().await;
+    // Two streams: least_conn sends the second to the dead node (it has none), which
+    // refuses; nginx moves it on.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = open_stream(&lb.url("/v1/channels/roll/events")).await;
+        opening_id(&mut conn).await;
+        held.push(conn);
+    }
+    assert!(lb.error_log().contains(&node1), "nginx tried the dead node");
+    nodes[0] = spawn_process(&[
+        ("SSEGATE_REDIS_URL", &redis.url()),
+        ("SSEGATE_LISTEN", &node1),
+        ("SSEGATE_NODE_ID", "node1"),
+    ])
+    .await;
+    nodes[1].signal("KILL");
+    nodes[1].wait_exit().await;
+    drop(held);
+    // Well within the default fail_timeout (10 s) of a node marked failed.
+    let mut conn = open_stream(&lb.url("/v1/channels/roll/events")).await;
+    opening_id(&mut conn).await;
+    let log = lb.error_log();
+    assert!(!log.contains("no live upstreams"), "{log}");
+}
+
+/// With no node reachable, nginx answers a stream with what a full node sends (`200`,
+/// only a `retry:`), so `EventSource` comes back later instead of closing for good; a
+/// publish gets a JSON error, never a `2xx`.
+#[tokio::test]
+async fn with_no_node_up_a_stream_is_told_to_retry_and_a_publish_gets_an_error() {
+    let redis = RedisServer::start(false).await;
+    let mut nodes = cluster(&redis, 2, &[]).await;
+    let lb = Nginx::start(&nodes).await;
+    for node in &mut nodes {
+        node.signal("KILL");
+        node.wait_exit().await;
+    }
+    for path in ["/v1/channels/none/events", "/v1/events?channels=none"] {
+        let mut conn = open_stream(&lb.url(path)).await;
+        let ct = conn
+            .headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert!(ct.starts_with("text/event-stream"), "{path}: {ct}");
+        assert_eq!(
+            next_item(&mut conn).await,
+            Some(Item::Retry(3000)),
+            "{path}"
+        );
+        assert_eq!(next_item(&mut conn).await, None, "{path}");
+    }
+    let res = HttpClient::new()
+        .post(
+            &lb.url("/v1/channels/none/events"),
+            "application/json",
+            r#"{"data": "x"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status, StatusCode::BAD_GATEWAY, "{}", res.text());
+    assert_eq!(
+        json(&res.body)["error"]["code"],
+        "no_node",
+        "{}",
+        res.text()
+    );
 }
