@@ -182,6 +182,11 @@ export async function startCluster({ nodes = 3, tls = true, env = {} } = {}) {
   return cluster;
 }
 
+// Runs one scripts/cluster command (`kill node2`, `stop node1`, `start node1`, ...) on it.
+export function clusterCommand(cluster, args) {
+  return clusterCli(cluster.env, args, 120_000);
+}
+
 // `scripts/cluster down` (which leaves no process behind), then the state directory goes.
 export async function stopCluster(cluster) {
   await clusterCli(cluster.env, ['down'], 120_000);
