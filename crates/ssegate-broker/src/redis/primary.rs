@@ -85,6 +85,9 @@ fn address(info: &ConnectionInfo) -> String {
 impl Primary {
     /// Reads the configuration; connects to nothing yet.
     pub(crate) fn new(config: &RedisConfig) -> Result<Self, BrokerError> {
+        // rustls needs a process-wide crypto provider for rediss:// (redis-rs builds it
+        // without one). Installing fails only when one is installed already: fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let url = config.url.as_deref().unwrap_or("redis://127.0.0.1:6379");
         let data = url
             .into_connection_info()
@@ -292,7 +295,22 @@ impl Primary {
         host: String,
         port: u16,
     ) -> Result<(redis::Client, String), String> {
-        let info = data.clone().set_addr(ConnectionAddr::Tcp(host, port));
+        // TLS to the data nodes when SSEGATE_REDIS_URL says rediss:// (DESIGN.md: with
+        // sentinels, that URL carries credentials, db and TLS).
+        let addr = match data.addr() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(host, port),
+        };
+        let info = data.clone().set_addr(addr);
         let client = redis::Client::open(info.clone()).map_err(|e| e.to_string())?;
         if self.role_is_master(&client).await? {
             Ok((client, address(&info)))

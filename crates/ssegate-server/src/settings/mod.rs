@@ -194,12 +194,14 @@ impl Settings {
             leeway: TOKEN_LEEWAY,
         })?;
         if let Some(url) = &o.redis_url
-            && !["redis://", "unix://"].iter().any(|s| url.starts_with(s))
+            && !["redis://", "rediss://", "unix://"]
+                .iter()
+                .any(|s| url.starts_with(s))
         {
-            // Not echoed: a URL carries a password. rediss:// (TLS) is not built in yet.
+            // Not echoed: a URL carries a password.
             return Err(SettingsError::Invalid {
                 setting: "redis_url",
-                reason: "expected redis://[user:password@]host:port[/db] or unix:///path",
+                reason: "expected redis://[user:password@]host:port[/db], rediss://... (TLS) or unix:///path",
             });
         }
         let redis = (o.redis_url.is_some() || o.redis_sentinels.is_some()).then(|| RedisConfig {

@@ -66,7 +66,7 @@ pub struct Options {
     /// Admin listener (/healthz, /readyz, /metrics, /v1/stats, /v1/cluster); 'off' to disable
     #[arg(long, default_value = "0.0.0.0:9090", value_parser = listen_or_off)]
     pub admin_listen: OptionalListen,
-    /// Redis URL for cluster mode (redis://[user:password@]host:port/db); with --redis-sentinels only its credentials and db count; unset (and no sentinels): the embedded in-memory broker
+    /// Redis URL for cluster mode (redis://[user:password@]host:port/db, rediss://... for TLS); with --redis-sentinels only its credentials, db and TLS count; unset (and no sentinels): the embedded in-memory broker
     #[arg(long)]
     pub redis_url: Option<String>,
     /// Sentinels (host:port,host:port,...) through which the Redis primary is found and followed through failovers

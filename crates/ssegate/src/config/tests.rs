@@ -88,7 +88,6 @@ fn invalid_values_exit_64_naming_the_setting() {
         &["--auth-cookie-name", "a b"],
         &["--node-id", "has space"],
         &["--max-body-size", "8192MiB"],
-        &["--redis-url", "rediss://127.0.0.1:6380"],
         &["--redis-sentinels", "127.0.0.1"],
         &["--redis-sentinels", "127.0.0.1:0"],
         &["--redis-master-name", ""],

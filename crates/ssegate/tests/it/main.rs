@@ -26,6 +26,7 @@ mod open_race;
 mod protocol;
 mod pubsub_recovery;
 mod redis_server;
+mod redis_tls;
 mod replay_bounds;
 mod resume;
 mod security;
