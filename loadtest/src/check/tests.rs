@@ -450,6 +450,19 @@ fn a_session_holding_a_lost_event_must_be_told() {
         session(Some(2), 60, vec![ev(4, 3), ev(5, 4)]),
     );
     assert_eq!(failover_kinds(&h, true), vec![Kind::Lost]);
+    // From one lost event to the next (live, before the node's guard ran) is no
+    // anomaly in itself; leaving them for a kept event untold is.
+    let mut h = failed_over();
+    if let Some(es) = h.truth.channels.get_mut("a") {
+        es.remove(2); // entry 3 (op 4) is lost as well
+    }
+    let h2 = with(
+        h.clone(),
+        session(Some(1), 60, vec![ev(3, 2), ev(4, 3), sync_at(3), ev(5, 4)]),
+    );
+    assert_eq!(failover_kinds(&h2, true), vec![]);
+    let h3 = with(h, session(Some(1), 60, vec![ev(3, 2), ev(4, 3), ev(5, 4)]));
+    assert_eq!(failover_kinds(&h3, true), vec![Kind::Lost]);
     // Told: fine, and the announcement after a failover is no anomaly.
     let h = with(
         failed_over(),
