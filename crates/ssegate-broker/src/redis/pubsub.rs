@@ -328,8 +328,9 @@ impl Task {
     }
 
     /// After a reconnect: an event this node delivered that the store lost is marked lost
-    /// (a cursor before it is a gap) and its id is never reused (see `scripts::GUARD`). In batches of [`BATCH`] channels; a failure is logged, and the
-    /// read script's lost-entry check still answers such a cursor.
+    /// (a cursor before it, or at it, is a gap) and its id is never reused (see
+    /// `scripts::GUARD`). In batches of [`BATCH`] channels; a failure is logged, and the
+    /// read script's lost-entry check still answers a cursor at such an event.
     async fn raise_ids(
         &self,
         conn: &mut redis::aio::MultiplexedConnection,
@@ -354,7 +355,7 @@ impl Task {
             Ok(Ok(0)) => {}
             Ok(Ok(raised)) => tracing::warn!(
                 streams = raised,
-                "streams lacked events this node delivered (a failover lost them): a cursor before them is answered sync-required, their ids are not reused"
+                "streams lacked events this node delivered (a failover lost them): a cursor before or at them is answered sync-required, their ids are not reused"
             ),
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot guard stream ids after a reconnect"),
             Err(_) => tracing::warn!("guarding stream ids after a reconnect timed out"),
