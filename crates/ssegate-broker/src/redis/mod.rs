@@ -54,6 +54,9 @@ pub struct RedisConfig {
     pub sentinel_username: Option<String>,
     /// Password at the sentinels.
     pub sentinel_password: Option<String>,
+    /// Whether the sentinels are reached over TLS (checked against the same roots as the
+    /// data nodes: the system's, or `SSL_CERT_FILE`).
+    pub sentinel_tls: bool,
     /// Replicas that must confirm a publish (`WAIT`) before it is acknowledged.
     pub min_replicas: u32,
     /// How long `WAIT` waits for them.

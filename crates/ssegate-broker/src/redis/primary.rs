@@ -106,8 +106,18 @@ impl Primary {
                 .sentinels
                 .iter()
                 .map(|(host, port)| {
-                    ConnectionAddr::Tcp(host.clone(), *port)
-                        .into_connection_info()
+                    let (host, port) = (host.clone(), *port);
+                    let addr = if config.sentinel_tls {
+                        ConnectionAddr::TcpTls {
+                            host,
+                            port,
+                            insecure: false,
+                            tls_params: None,
+                        }
+                    } else {
+                        ConnectionAddr::Tcp(host, port)
+                    };
+                    addr.into_connection_info()
                         .map(|i| i.set_redis_settings(settings.clone()))
                 })
                 .collect::<Result<Vec<_>, _>>()

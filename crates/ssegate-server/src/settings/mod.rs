@@ -210,6 +210,7 @@ impl Settings {
             master_name: o.redis_master_name,
             sentinel_username: o.redis_sentinel_username,
             sentinel_password: o.redis_sentinel_password,
+            sentinel_tls: o.redis_sentinel_tls,
             pool_size: o.redis_pool_size,
             key_prefix: o.redis_key_prefix,
             timeout: o.redis_timeout,

@@ -81,6 +81,9 @@ pub struct Options {
     /// Password at the sentinels; unset: none
     #[arg(long)]
     pub redis_sentinel_password: Option<String>,
+    /// Reach the sentinels over TLS (their certificate checked like the data nodes': system roots or SSL_CERT_FILE); the data nodes' TLS is the URL's (rediss://)
+    #[arg(long, default_value = "false", value_parser = on_off)]
+    pub redis_sentinel_tls: bool,
     /// Redis connections for commands (pub/sub has its own)
     #[arg(long, default_value = "16", value_parser = count)]
     pub redis_pool_size: usize,
@@ -283,6 +286,16 @@ fn body_size(s: &str) -> Result<usize, ValueError> {
     }
 }
 
+/// `true`/`false` (also `on`/`off`, `yes`/`no`, `1`/`0`): a TOML file's booleans and the
+/// usual spellings of an environment variable.
+fn on_off(s: &str) -> Result<bool, ValueError> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "on" | "yes" | "1" => Ok(true),
+        "false" | "off" | "no" | "0" => Ok(false),
+        _ => Err(ValueError::Rule("expected true or false")),
+    }
+}
+
 fn listen_or_off(s: &str) -> Result<OptionalListen, ValueError> {
     match s.trim() {
         "off" => Ok(OptionalListen(None)),
@@ -388,6 +401,17 @@ mod tests {
         assert_eq!(parse_size("0"), None);
         assert_eq!(parse_size("1GB"), None);
         assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn booleans() {
+        for yes in ["true", "ON", " yes", "1"] {
+            assert_eq!(on_off(yes).ok(), Some(true), "{yes}");
+        }
+        for no in ["false", "Off", "no ", "0"] {
+            assert_eq!(on_off(no).ok(), Some(false), "{no}");
+        }
+        assert!(on_off("maybe").is_err() && on_off("").is_err());
     }
 
     #[test]

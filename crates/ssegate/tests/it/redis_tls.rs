@@ -1,8 +1,9 @@
-//! TLS to Redis: a real `redis-server` with a TLS port and a certificate from a CA made
+//! TLS to Redis: real `redis-server`s with a TLS port and a certificate from a CA made
 //! here with openssl. A node given `rediss://` and the CA (`SSL_CERT_FILE`) publishes and
-//! streams through it; a node that does not trust the CA publishes nothing.
+//! streams through it; a node that does not trust the CA publishes nothing; behind TLS
+//! sentinels, a failover is followed as without TLS.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use http::StatusCode;
@@ -11,6 +12,7 @@ use ssegate_client::HttpClient;
 use crate::cluster::{nodes_on, publish, stream};
 use crate::helpers::events;
 use crate::redis_server::{RedisServer, free_port};
+use crate::sentinel::{Sentinels, nodes as sentinel_nodes, survives};
 
 /// Runs openssl in `dir`, failing the test on an error.
 fn openssl(dir: &Path, args: &[&str]) {
@@ -39,74 +41,117 @@ fn ca(dir: &Path, name: &str) {
     );
 }
 
-#[tokio::test]
-async fn a_node_reaches_redis_over_tls_and_checks_its_certificate() {
-    let certs = tempfile::tempdir().unwrap();
-    let dir = certs.path();
-    ca(dir, "ca");
-    ca(dir, "other");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "srv.key",
-            "-out",
-            "srv.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "srv.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext",
-        ],
-    );
-    let path = |f: &str| dir.join(f).to_str().unwrap().to_owned();
-    let tls_port = free_port().to_string();
-    let _redis = RedisServer::start_with(
-        false,
-        &[
+/// A CA and a server certificate for `127.0.0.1` that it signed, in a directory that lives
+/// as long as this does.
+pub struct TlsFiles {
+    pub ca: String,
+    cert: String,
+    key: String,
+    dir: tempfile::TempDir,
+}
+
+impl TlsFiles {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        ca(d, "ca");
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "srv.key",
+                "-out",
+                "srv.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        );
+        std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "srv.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "srv.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "ext",
+            ],
+        );
+        let path = |f: &str| -> String { d.join(f).to_str().unwrap().to_owned() };
+        Self {
+            ca: path("ca.pem"),
+            cert: path("srv.pem"),
+            key: path("srv.key"),
+            dir,
+        }
+    }
+
+    /// The directory the files are in (for more of them).
+    fn dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+
+    /// `redis-server` arguments for a TLS port with this certificate; clients are not
+    /// asked for one, and replication uses TLS too.
+    pub fn server_args(&self, tls_port: u16) -> Vec<String> {
+        [
             "--tls-port",
-            &tls_port,
+            &tls_port.to_string(),
             "--tls-cert-file",
-            &path("srv.pem"),
+            &self.cert,
             "--tls-key-file",
-            &path("srv.key"),
+            &self.key,
             "--tls-ca-cert-file",
-            &path("ca.pem"),
+            &self.ca,
             "--tls-auth-clients",
             "no",
-        ],
-    )
-    .await;
+            "--tls-replication",
+            "yes",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// The same as sentinel configuration lines: a sentinel then listens for TLS, reaches
+    /// the data nodes and the other sentinels over TLS, and announces its TLS port.
+    pub fn sentinel_conf(&self, tls_port: u16) -> String {
+        format!(
+            "tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+             tls-auth-clients no\ntls-replication yes\n",
+            self.cert, self.key, self.ca
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_node_reaches_redis_over_tls_and_checks_its_certificate() {
+    let files = TlsFiles::new();
+    ca(&files.dir(), "other");
+    let tls_port = free_port();
+    let args = files.server_args(tls_port);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _redis = RedisServer::start_with(false, &args).await;
     let url = format!("rediss://127.0.0.1:{tls_port}");
     let http = HttpClient::new();
 
-    let ca_file = path("ca.pem");
     let nodes = nodes_on(
         ("SSEGATE_REDIS_URL", &url),
         1,
-        &[("SSL_CERT_FILE", &ca_file)],
+        &[("SSL_CERT_FILE", &files.ca)],
     )
     .await;
     let mut sub = stream(&nodes[0], "/v1/channels/tls/events", None).await;
@@ -119,8 +164,49 @@ async fn a_node_reaches_redis_over_tls_and_checks_its_certificate() {
     );
 
     // Another CA: the handshake fails, so nothing is published (and the node says so).
-    let other = path("other.pem");
-    let untrusting = nodes_on(("SSEGATE_REDIS_URL", &url), 1, &[("SSL_CERT_FILE", &other)]).await;
+    let other = files.dir().join("other.pem");
+    let other = other.to_str().unwrap();
+    let untrusting = nodes_on(("SSEGATE_REDIS_URL", &url), 1, &[("SSL_CERT_FILE", other)]).await;
     let (status, _) = publish(&http, &untrusting[0], "tls", "refused").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// Sentinels and data nodes that speak only TLS to the nodes: the sentinels are asked over
+/// TLS (`SSEGATE_REDIS_SENTINEL_TLS`), the primary they name is reached over TLS (the
+/// URL's `rediss://`), and a failover loses nothing acknowledged.
+#[tokio::test]
+async fn behind_tls_sentinels_a_failover_loses_nothing_acknowledged() {
+    let files = TlsFiles::new();
+    let mut set = Sentinels::start_with(Some(&files)).await;
+    let nodes = sentinel_nodes(
+        &set,
+        2,
+        &[
+            ("SSEGATE_REDIS_SENTINEL_TLS", "true"),
+            ("SSEGATE_REDIS_URL", "rediss://unused"),
+            ("SSL_CERT_FILE", &files.ca),
+            ("SSEGATE_PUBLISH_MIN_REPLICAS", "1"),
+            ("SSEGATE_PUBLISH_REPLICA_TIMEOUT", "500ms"),
+        ],
+    )
+    .await;
+    // Without the setting, the TLS-only sentinel ports do not answer: nothing is published.
+    let plain = sentinel_nodes(
+        &set,
+        1,
+        &[
+            ("SSEGATE_REDIS_URL", "rediss://unused"),
+            ("SSL_CERT_FILE", &files.ca),
+        ],
+    )
+    .await;
+    let (status, _) = publish(&HttpClient::new(), &plain[0], "ha", "refused").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    drop(plain);
+    survives(&mut set, &nodes, 0, true, async |set| {
+        let old = set.primary_port().await;
+        set.failover().await;
+        set.wait_promoted(old).await;
+    })
+    .await;
 }

@@ -14,13 +14,19 @@ use tokio::task::JoinSet;
 use crate::cluster::{nodes_on, stream};
 use crate::helpers::{TestProcess, WAIT};
 use crate::redis_server::{RedisServer, free_port, query};
+use crate::redis_tls::TlsFiles;
 
 const MASTER: &str = "mymaster";
 
-/// A primary, a replica and three sentinels.
+/// A primary, a replica and three sentinels; with TLS, each of them also has a TLS port,
+/// which is the one the sentinels monitor and name, and the one nodes are given. The plain
+/// ports stay open for the test's own queries.
 pub struct Sentinels {
     pub servers: Vec<RedisServer>,
-    sentinels: Vec<(u16, Child, tempfile::TempDir)>,
+    /// Each sentinel's plain port, the port nodes are given, and the process.
+    sentinels: Vec<(u16, u16, Child, tempfile::TempDir)>,
+    /// A data node's TLS port → its plain port (empty without TLS).
+    plain: HashMap<u16, u16>,
 }
 
 async fn ping(port: u16) -> bool {
@@ -42,9 +48,38 @@ where
 
 impl Sentinels {
     pub async fn start() -> Self {
-        let primary = RedisServer::start_with(true, &[]).await;
-        let replicaof = format!("127.0.0.1 {}", primary.port);
-        let replica = RedisServer::start_with(true, &["--replicaof", &replicaof]).await;
+        Self::start_with(None).await
+    }
+
+    /// With `tls`, everything talks TLS to the data nodes (replication included) and the
+    /// sentinels listen for TLS too.
+    pub async fn start_with(tls: Option<&TlsFiles>) -> Self {
+        let mut plain = HashMap::new();
+        // A data node's arguments; the port the sentinels will know it by is pushed to
+        // `plain` once the server is up.
+        let data_args = |tls_port: u16, more: &[String]| -> Vec<String> {
+            let mut args = tls.map(|t| t.server_args(tls_port)).unwrap_or_default();
+            args.extend_from_slice(more);
+            args
+        };
+        let start = async |args: Vec<String>| {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            RedisServer::start_with(true, &args).await
+        };
+        let tls_port = free_port();
+        let primary = start(data_args(tls_port, &[])).await;
+        let monitored = if tls.is_some() {
+            plain.insert(tls_port, primary.port);
+            tls_port
+        } else {
+            primary.port
+        };
+        let replica_tls_port = free_port();
+        let replicaof = ["--replicaof".to_owned(), format!("127.0.0.1 {monitored}")];
+        let replica = start(data_args(replica_tls_port, &replicaof)).await;
+        if tls.is_some() {
+            plain.insert(replica_tls_port, replica.port);
+        }
         let p = primary.port;
         until("the replica is in sync", || async move {
             let info: String = query(p, &["INFO", "replication"]).await.unwrap_or_default();
@@ -54,13 +89,15 @@ impl Sentinels {
         let mut sentinels = Vec::new();
         for _ in 0..3 {
             let port = free_port();
+            let given = if tls.is_some() { free_port() } else { port };
             let dir = tempfile::tempdir().unwrap();
             let conf = dir.path().join("sentinel.conf");
+            let tls_conf = tls.map(|t| t.sentinel_conf(given)).unwrap_or_default();
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {}\n\
-                     sentinel monitor {MASTER} 127.0.0.1 {p} 2\n\
+                    "port {port}\nbind 127.0.0.1\ndir {}\n{tls_conf}\
+                     sentinel monitor {MASTER} 127.0.0.1 {monitored} 2\n\
                      sentinel down-after-milliseconds {MASTER} 1000\n\
                      sentinel failover-timeout {MASTER} 4000\n\
                      sentinel parallel-syncs {MASTER} 1\n",
@@ -77,11 +114,12 @@ impl Sentinels {
                 .spawn()
                 .expect("redis-server is installed (scripts/test installs it)");
             until("a sentinel answers", || ping(port)).await;
-            sentinels.push((port, child, dir));
+            sentinels.push((port, given, child, dir));
         }
         let set = Self {
             servers: vec![primary, replica],
             sentinels,
+            plain,
         };
         // A failover needs the sentinels to know each other and the replica.
         let s = set.sentinels[0].0;
@@ -105,9 +143,14 @@ impl Sentinels {
     pub fn addrs(&self) -> String {
         self.sentinels
             .iter()
-            .map(|(port, ..)| format!("127.0.0.1:{port}"))
+            .map(|(_, given, ..)| format!("127.0.0.1:{given}"))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The plain port of the data node the sentinels know by `port`.
+    fn plain(&self, port: u16) -> u16 {
+        self.plain.get(&port).copied().unwrap_or(port)
     }
 
     /// The port the sentinels name as the primary now.
@@ -129,7 +172,8 @@ impl Sentinels {
                 query(s, &["SENTINEL", "get-master-addr-by-name", MASTER]).await;
             match named {
                 Ok((_, port)) if port != old => {
-                    let role: Vec<redis::Value> = query(port, &["ROLE"]).await.unwrap_or_default();
+                    let role: Vec<redis::Value> =
+                        query(self.plain(port), &["ROLE"]).await.unwrap_or_default();
                     matches!(role.first(), Some(redis::Value::BulkString(b)) if b == b"master")
                 }
                 _ => false,
@@ -145,13 +189,15 @@ impl Sentinels {
             .unwrap();
     }
 
+    /// The data node the sentinels know by `port`.
     pub fn server(&mut self, port: u16) -> &mut RedisServer {
+        let port = self.plain(port);
         self.servers.iter_mut().find(|s| s.port == port).unwrap()
     }
 }
 
 /// Gateway nodes on the sentinels.
-async fn nodes(set: &Sentinels, n: usize, env: &[(&str, &str)]) -> Vec<TestProcess> {
+pub async fn nodes(set: &Sentinels, n: usize, env: &[(&str, &str)]) -> Vec<TestProcess> {
     let mut all = vec![
         ("SSEGATE_REDIS_TIMEOUT", "1s"),
         ("SSEGATE_HEARTBEAT_INTERVAL", "500ms"),
@@ -249,7 +295,7 @@ async fn publisher(
 /// Publishing goes on through the nodes while `fault` runs, and until 20 more publishes
 /// succeeded after it; every subscriber (two per node) stays connected, hears heartbeats,
 /// and gets every acknowledged event exactly once.
-async fn survives(
+pub async fn survives(
     set: &mut Sentinels,
     nodes: &[TestProcess],
     round: usize,
