@@ -383,8 +383,19 @@ impl Hub {
         lock(&self.shared.channels).len()
     }
 
-    /// For each channel with local subscribers that carried a live event, the newest id
-    /// it carried: an id some local client may hold as its cursor.
+    /// Notes that `id` was read from `channel`'s history for a local subscriber: like a
+    /// live event, an id some local client may now hold (a stream opened just before a
+    /// publish gets it from history while its SUBSCRIBE is on the way).
+    pub fn saw(&self, channel: &ChannelName, id: ssegate_core::EntryId) {
+        if let Some(ring) = self.ring(channel) {
+            let mut st = lock(&ring.state);
+            st.newest = Some(st.newest.map_or(id, |n| n.max(id)));
+        }
+    }
+
+    /// For each channel with local subscribers that carried a live event or had one read
+    /// from history ([`Hub::saw`]), the newest such id: an id some local client may hold
+    /// as its cursor.
     pub fn newest_ids(&self) -> Vec<(ChannelName, ssegate_core::EntryId)> {
         let rings: Vec<Arc<Ring>> = lock(&self.shared.channels)
             .values()

@@ -458,6 +458,10 @@ impl Broker for RedisBroker {
             prev = ev.id;
             events.push(Arc::new(ev));
         }
+        if let Some(newest) = events.last() {
+            // A failover that loses these must not hand their ids to other events.
+            self.inner.hub.saw(channel, newest.id);
+        }
         Ok(ReadPage {
             epoch,
             events,

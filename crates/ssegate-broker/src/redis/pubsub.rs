@@ -219,7 +219,9 @@ impl Task {
                 return Lost::Connect("timed out".into());
             }
         };
-        self.on_connect(&client, *connected_before).await;
+        if let Err(lost) = self.on_connect(&client, *connected_before).await {
+            return lost;
+        }
         let lost = self
             .serve(conn, backoff, connected_before, &mut moved)
             .await;
@@ -275,33 +277,33 @@ impl Task {
     }
 
     /// At a (re)connect, on one command connection: after a reconnect, guard the stream
-    /// ids; every time, check the primary's replicas. Best effort: a failure is logged.
-    async fn on_connect(&self, client: &redis::Client, reconnect: bool) {
+    /// ids; every time, check the primary's replicas. The guard must succeed before the
+    /// connection serves (else a lost event's id could be handed to a new event that its
+    /// holders would skip): a failure gives the connection up, and the next one guards
+    /// again. The replica check is advice, logged.
+    async fn on_connect(&self, client: &redis::Client, reconnect: bool) -> Result<(), Lost> {
         let newest = if reconnect {
             self.hub.newest_ids()
         } else {
             Vec::new()
         };
         if newest.is_empty() && self.min_replicas == 0 {
-            return;
+            return Ok(());
         }
         let config = self.primary.connection_config();
         let conn = client.get_multiplexed_async_connection_with_config(&config);
         let mut conn = match tokio::time::timeout(self.timeout, conn).await {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                return tracing::warn!(error = %e, "no command connection after a pub/sub connect");
-            }
-            Err(_) => {
-                return tracing::warn!("no command connection after a pub/sub connect: timed out");
-            }
+            Ok(Err(e)) => return Err(Lost::Connect(e.to_string())),
+            Err(_) => return Err(Lost::Connect("timed out".into())),
         };
         if !newest.is_empty() {
-            self.raise_ids(&mut conn, &newest).await;
+            self.raise_ids(&mut conn, &newest).await?;
         }
         if self.min_replicas > 0 {
             self.check_replicas(&mut conn).await;
         }
+        Ok(())
     }
 
     /// Warns when the primary has fewer replicas than publishes wait for: every publish
@@ -329,13 +331,12 @@ impl Task {
 
     /// After a reconnect: an event this node delivered that the store lost is marked lost
     /// (a cursor before it, or at it, is a gap) and its id is never reused (see
-    /// `scripts::GUARD`). In batches of [`BATCH`] channels; a failure is logged, and the
-    /// read script's lost-entry check still answers a cursor at such an event.
+    /// `scripts::GUARD`). In batches of [`BATCH`] channels.
     async fn raise_ids(
         &self,
         conn: &mut redis::aio::MultiplexedConnection,
         newest: &[(ChannelName, ssegate_core::EntryId)],
-    ) {
+    ) -> Result<(), Lost> {
         let run = async {
             let mut raised = 0i64;
             for batch in newest.chunks(BATCH) {
@@ -352,13 +353,16 @@ impl Task {
             Ok::<_, redis::RedisError>(raised)
         };
         match tokio::time::timeout(self.timeout * 4, run).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(raised)) => tracing::warn!(
-                streams = raised,
-                "streams lacked events this node delivered (a failover lost them): a cursor before or at them is answered sync-required, their ids are not reused"
-            ),
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot guard stream ids after a reconnect"),
-            Err(_) => tracing::warn!("guarding stream ids after a reconnect timed out"),
+            Ok(Ok(0)) => Ok(()),
+            Ok(Ok(raised)) => {
+                tracing::warn!(
+                    streams = raised,
+                    "streams lacked events this node delivered (a failover lost them): a cursor before or at them is answered sync-required, their ids are not reused"
+                );
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Lost::Command("guarding stream ids", e.to_string())),
+            Err(_) => Err(Lost::Command("guarding stream ids", "timed out".into())),
         }
     }
 
