@@ -80,6 +80,10 @@ pub enum BrokerError {
     /// The store cannot be reached; the detail is for logs, never for replies.
     #[error("history store unavailable: {0}")]
     Unavailable(String),
+    /// Every connection to the store stayed busy for the whole timeout: the node has more
+    /// work than its pool carries. Nothing was sent; the caller should come back later.
+    #[error("every history store connection is busy: {0}")]
+    Busy(String),
     /// An idempotency key was reused for a different request.
     #[error("idempotency key was already used for a different request")]
     IdempotencyConflict,
@@ -105,7 +109,7 @@ impl BrokerError {
     /// Who is at fault: picks the HTTP status (4xx, 503, 500) and the metric label.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::Unavailable(_) => ErrorClass::Broker,
+            Self::Unavailable(_) | Self::Busy(_) => ErrorClass::Broker,
             Self::IdempotencyConflict => ErrorClass::Client,
             Self::Internal(_) => ErrorClass::Internal,
             Self::OutcomeUnknown { .. } => ErrorClass::OutcomeUnknown,

@@ -141,6 +141,10 @@ impl ApiError {
 
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
+        if let BrokerError::Busy(_) = e {
+            // Nothing was sent: refused like any other overload.
+            return Self::overloaded("every connection to the history store is busy; retry later");
+        }
         match e.class() {
             ErrorClass::Client => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -45,6 +45,8 @@ pub struct AppState {
     pub new_streams: Option<RateLimiter>,
     /// Publish requests per second; `None`: no limit.
     pub publishes: Option<RateLimiter>,
+    /// One permit per publish request being worked on.
+    pub publishes_in_flight: Arc<Semaphore>,
     /// Connections of the public listener: streams and request connections.
     pub public_connections: Arc<ConnectionSlots>,
     /// Connections of the admin listener.
@@ -78,6 +80,7 @@ impl AppState {
             subjects: SubjectCounts::new(settings.max_connections_per_subject),
             new_streams: rate(settings.max_new_connections_per_second),
             publishes: rate(settings.max_publishes_per_second),
+            publishes_in_flight: Arc::new(Semaphore::new(settings.max_publishes_in_flight)),
             settings,
             broker,
             lifecycle: Lifecycle::new(),

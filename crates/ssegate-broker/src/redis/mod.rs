@@ -179,6 +179,10 @@ impl RedisBroker {
     async fn conn(&self) -> Result<Object<primary::Manager>, BrokerError> {
         self.inner.pool.get().await.map_err(|e| match e {
             deadpool::managed::PoolError::Backend(e) => e,
+            // Every connection in use for the whole wait: overload, not an outage.
+            deadpool::managed::PoolError::Timeout(deadpool::managed::TimeoutType::Wait) => {
+                BrokerError::Busy(e.to_string())
+            }
             other => unavailable(other),
         })
     }
@@ -209,7 +213,10 @@ impl RedisBroker {
 
     async fn conn_for(&self, op: BrokerOp) -> Result<Object<primary::Manager>, BrokerError> {
         let conn = self.conn().await;
-        if conn.is_err() {
+        if matches!(
+            conn,
+            Err(BrokerError::Unavailable(_) | BrokerError::Internal(_))
+        ) {
             pubsub::broker_error(op);
         }
         conn

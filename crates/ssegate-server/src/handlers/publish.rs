@@ -349,6 +349,12 @@ pub(crate) async fn measured(
             return Err(e);
         }
     }
+    // Held until the publish is answered: past the cap nothing of the request is read.
+    let Ok(_in_flight) = state.publishes_in_flight.clone().try_acquire_owned() else {
+        let e = ApiError::overloaded("too many publishes in flight on this node; retry later");
+        state.metrics.publish_error(e.class());
+        return Err(e);
+    };
     // The publish's span: exported when tracing is configured, and its `traceparent` is
     // stored with the events so that deliveries on every node join this trace. A
     // publisher's own `traceparent` header makes it part of the publisher's trace.

@@ -138,6 +138,9 @@ pub struct Settings {
     pub max_new_connections_per_second: u32,
     /// Publish requests per second on this node; 0: no limit.
     pub max_publishes_per_second: u32,
+    /// Publish requests this node works on at once; past it, `503 overloaded` before
+    /// the body is read.
+    pub max_publishes_in_flight: usize,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
 }
@@ -274,6 +277,7 @@ impl Settings {
             max_connections_per_subject: o.max_connections_per_subject,
             max_new_connections_per_second: o.max_new_connections_per_second,
             max_publishes_per_second: o.max_publishes_per_second,
+            max_publishes_in_flight: o.max_publishes_in_flight,
             trusted_proxies: o.trusted_proxies.unwrap_or_default().0,
         })
     }

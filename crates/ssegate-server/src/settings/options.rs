@@ -204,6 +204,9 @@ pub struct Options {
     /// Publish requests per second per node (429 past it); 0: no limit
     #[arg(long, default_value = "0")]
     pub max_publishes_per_second: u32,
+    /// Publish requests a node works on at once (503 overloaded past it, before reading)
+    #[arg(long, default_value = "256", value_parser = count)]
+    pub max_publishes_in_flight: usize,
 }
 
 /// Settings whose value is a secret: never echoed, in `--help` or in an error.

@@ -23,6 +23,7 @@ mod lb;
 mod memory_bounds;
 mod observability;
 mod open_race;
+mod overload;
 mod protocol;
 mod pubsub_recovery;
 mod redis_server;
