@@ -159,7 +159,9 @@ impl RingState {
         }
     }
 
-    fn leave(&mut self, id: u32, next: u64) {
+    /// Marks every entry from sequence number `next` on as read by one more subscriber
+    /// and drops what no one needs now; returns the sequence number after the last.
+    fn skip_from(&mut self, next: u64) -> u64 {
         let from = next.max(self.head) - self.head;
         for entry in self
             .entries
@@ -167,7 +169,13 @@ impl RingState {
         {
             entry.unread -= 1;
         }
+        let end = self.head + self.entries.len() as u64;
         self.release_read();
+        end
+    }
+
+    fn leave(&mut self, id: u32, next: u64) {
+        self.skip_from(next);
         self.unpark(id);
         self.free.push(id);
     }
@@ -509,6 +517,14 @@ impl LiveSubscription {
         })
     }
 
+    /// Drops every entry queued for this subscriber. For a stream whose cursor moved back
+    /// (a gap that continues below what it was shown: events the store lost): a queued
+    /// live copy of a lost event would follow the new cursor and be shown twice. History
+    /// covers whatever else was queued (the next live event shows the hole by its `prev`).
+    pub fn skip_queued(&mut self) {
+        self.next = lock(&self.ring.state).skip_from(self.next);
+    }
+
     /// Waits for the next live event.
     pub async fn recv(&mut self) -> LiveRecv {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
@@ -569,6 +585,27 @@ mod tests {
         fn last_unsubscribed(&self, c: &ChannelName) {
             self.0.lock().unwrap().push(format!("-{c}"));
         }
+    }
+
+    #[test]
+    fn a_subscriber_can_drop_what_is_queued_for_it() {
+        let hub = Hub::new(8, usize::MAX, None);
+        let ch = ChannelName::new("q").unwrap();
+        let mut skipping = hub.subscribe(&ch);
+        let mut other = hub.subscribe(&ch);
+        hub.send(ev(&ch, 1));
+        hub.send(ev(&ch, 2));
+        assert_eq!(event_id(try_recv(&mut skipping).unwrap()), 1);
+        skipping.skip_queued();
+        assert!(try_recv(&mut skipping).is_none(), "2 was dropped");
+        // The other subscriber still has both; once it read them, nothing is held.
+        assert_eq!(event_id(try_recv(&mut other).unwrap()), 1);
+        assert_eq!(event_id(try_recv(&mut other).unwrap()), 2);
+        assert_eq!(lock(&skipping.ring.state).entries.len(), 0);
+        // Later events reach both again.
+        hub.send(ev(&ch, 3));
+        assert_eq!(event_id(try_recv(&mut skipping).unwrap()), 3);
+        assert_eq!(event_id(try_recv(&mut other).unwrap()), 3);
     }
 
     #[tokio::test]

@@ -361,6 +361,11 @@ impl Session {
             None => None,
         };
         if let Some(reason) = reason {
+            if page.start < self.chans[i].cursor {
+                // The store lost events this stream showed: queued live copies of them
+                // must not follow the new cursor.
+                self.chans[i].live.skip_queued();
+            }
             self.chans[i].cursor = page.start;
             let id = self.current_id(epoch);
             let name = self.chans[i].name.clone();
