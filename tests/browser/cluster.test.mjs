@@ -24,7 +24,9 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { chromium } from 'playwright-core';
-import { chromiumArgs, chromiumPath, clusterCommand, startCluster, stopCluster } from './lib.mjs';
+import {
+  chromiumArgs, chromiumPath, clusterCommand, publishUntilCreated, startCluster, stopCluster,
+} from './lib.mjs';
 
 const WAIT_MS = 10_000; // for anything a page should show
 const ROUND_DEADLINE_MS = 5_000; // a round whose events have not all arrived by then failed
@@ -272,19 +274,7 @@ test('every EventSource survives a rolling restart by drain and by SIGKILL, exac
     }
 
     const published = [];
-    const publishOnce = async (data) => {
-      for (;;) {
-        try {
-          const res = await fetch(`${cluster.base}/v1/channels/${channel}/events`, {
-            method: 'POST',
-            headers: { 'Content-Type': 'application/json', 'Idempotency-Key': `${channel}-${data}` },
-            body: JSON.stringify({ data }),
-          });
-          if (res.status === 201) return;
-        } catch { /* nginx itself restarting is not part of this test; retry */ }
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    };
+    const publishOnce = (data) => publishUntilCreated(cluster.base, channel, data);
     let stop = false;
     const publisher = (async () => {
       for (let i = 0; !stop; i++) {

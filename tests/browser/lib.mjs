@@ -143,8 +143,9 @@ function clusterCli(env, args, timeoutMs) {
 export async function startCluster({ nodes = 3, tls = true, env = {} } = {}) {
   // nginx on BASE, node k on BASE+k (admin BASE+1000+k), Redis on BASE+1000, TLS BASE+2000.
   // A range of its own, away from the default 8080 and from tests/deploy's (28080 up).
+  // Test files run in parallel processes: each starts looking at a place of its own.
   let port = null;
-  for (let base = 41080; base < 60000; base += 89) {
+  for (let base = 41080 + (process.pid % 64) * 89; base < 60000; base += 89) {
     const ports = [base, base + 1000, base + 2000];
     for (let k = 1; k <= nodes; k++) ports.push(base + k, base + 1000 + k);
     const free = await Promise.all(ports.map(portFree));
@@ -191,4 +192,21 @@ export function clusterCommand(cluster, args) {
 export async function stopCluster(cluster) {
   await clusterCli(cluster.env, ['down'], 120_000);
   await rm(cluster.dir, { recursive: true, force: true });
+}
+
+// Publishes `data` to `channel` through `base` until it is answered 201, with the same
+// Idempotency-Key every time (so that a retry after an unknown outcome is safe). A node or
+// nginx that is restarting is what the callers test, so every other answer is retried.
+export async function publishUntilCreated(base, channel, data) {
+  for (;;) {
+    try {
+      const res = await fetch(`${base}/v1/channels/${channel}/events`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', 'Idempotency-Key': `${channel}-${data}` },
+        body: JSON.stringify({ data }),
+      });
+      if (res.status === 201) return;
+    } catch { /* retried */ }
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
