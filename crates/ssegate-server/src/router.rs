@@ -82,6 +82,8 @@ pub(crate) fn route_stream<B>(
 pub(crate) enum Route<'a> {
     /// `/`: the demo page (public listener).
     Demo,
+    /// `/ssegate.js`: the browser helper (public listener).
+    BrowserHelper,
     /// `/healthz` and `/readyz` (both listeners).
     Healthz,
     Readyz,
@@ -122,6 +124,7 @@ impl<'a> Route<'a> {
                 Some(Self::ClusterStream)
             }
             (Listener::Public, (Some(""), None, ..)) => Some(Self::Demo),
+            (Listener::Public, (Some("ssegate.js"), None, ..)) => Some(Self::BrowserHelper),
             (Listener::Public, (Some("v1"), Some("channels"), Some(ch), Some("events"), None)) => {
                 Some(Self::ChannelEvents(ch))
             }
@@ -225,6 +228,7 @@ async fn dispatch(
         Route::ClusterStream if get => Ok(cluster_view::stream(state.clone())),
         Route::Dashboard if get => Ok(cluster_view::dashboard()),
         Route::Demo if get => Ok(handlers::demo_page()),
+        Route::BrowserHelper if get => Ok(handlers::browser_helper()),
         Route::ChannelEvents(ch) if method == Method::GET => {
             let ch = decode_segment(ch)?;
             Ok(stream::subscribe_one(state, &req, &ch)?.start().await)
@@ -257,6 +261,8 @@ mod tests {
         use Listener::{Admin, Public};
         let cases = [
             ("/", Public, Some(Route::Demo)),
+            ("/ssegate.js", Public, Some(Route::BrowserHelper)),
+            ("/ssegate.js", Admin, None),
             ("/healthz", Public, Some(Route::Healthz)),
             ("/readyz", Admin, Some(Route::Readyz)),
             ("/metrics", Admin, Some(Route::Metrics)),

@@ -45,13 +45,24 @@ pub(crate) fn demo_page() -> Response<Body> {
     html(include_str!("../demo/index.html"))
 }
 
+/// `GET /ssegate.js`: the browser helper (docs/clients.md), a JavaScript module.
+pub(crate) fn browser_helper() -> Response<Body> {
+    embedded(
+        include_str!("../demo/ssegate.js"),
+        "text/javascript; charset=utf-8",
+    )
+}
+
 /// A page embedded in the binary (the demo page, the cluster dashboard).
 pub(crate) fn html(page: &'static str) -> Response<Body> {
-    let mut res = Response::new(Body::full(Bytes::from_static(page.as_bytes())));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
+    embedded(page, "text/html; charset=utf-8")
+}
+
+/// A file embedded in the binary, revalidated on every use (a new release may change it).
+fn embedded(text: &'static str, content_type: &'static str) -> Response<Body> {
+    let mut res = Response::new(Body::full(Bytes::from_static(text.as_bytes())));
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     res
