@@ -2,7 +2,7 @@
 tests/deploy/clients/, which docs/clients.md shows verbatim) against scripts/cluster
 (Redis, three nodes, nginx in front) while a publisher goes on and nodes are drained,
 SIGKILLed and started again: every event exactly once, in order, no sync-required.
-httpx-sse (with the reconnect loop it needs)."""
+httpx-sse and sseclient-py, each with the reconnect loop it needs."""
 
 import http.client
 import json
@@ -16,6 +16,9 @@ from test_cluster_script import DEADLINE_S, cluster  # noqa: F401 (the fixture)
 
 sys.path.insert(0, str(ROOT / "tests/deploy/clients"))
 import httpx_sse_follow  # noqa: E402
+import pytest  # noqa: E402
+import sseclient  # noqa: E402
+import sseclient_follow  # noqa: E402
 
 
 def publish_until_created(port, channel, data):
@@ -50,7 +53,8 @@ class Recorder:
         self.opened.set()
 
 
-def test_httpx_sse_keeps_every_event_through_drains_and_kills(cluster):  # noqa: F811
+@pytest.mark.parametrize("client", [httpx_sse_follow, sseclient_follow], ids=["httpx-sse", "sseclient-py"])
+def test_python_clients_keep_every_event_through_drains_and_kills(cluster, client):  # noqa: F811
     port = cluster["base"]
     channel = f"py-{uuid.uuid4().hex[:8]}"
     url = f"http://127.0.0.1:{port}/v1/channels/{channel}/events"
@@ -58,7 +62,7 @@ def test_httpx_sse_keeps_every_event_through_drains_and_kills(cluster):  # noqa:
     clients = [Recorder() for _ in range(3)]
     for rec in clients:
         threading.Thread(
-            target=httpx_sse_follow.follow,
+            target=client.follow,
             args=(url, lambda d, _id, r=rec: r.got.append(d), rec.syncs.append),
             kwargs={"on_open": rec.on_open, "stop": done.is_set},
             daemon=True,
@@ -98,7 +102,16 @@ def test_httpx_sse_keeps_every_event_through_drains_and_kills(cluster):  # noqa:
     assert any(c.opens > 1 for c in clients), "the faults reached the clients"
 
 
-def test_docs_show_the_python_snippet_verbatim():
+def test_sseclient_py_never_sees_the_opening_id():
+    """What docs/clients.md says of it: a frame without data is not dispatched, so the id
+    of the frame a stream opens with is lost (the next event without an id has none)."""
+    frames = [b"id: e1-5-0\n\n", b": hb\n\n", b"data: x\n\n"]
+    events = list(sseclient.SSEClient(iter(frames)).events())
+    assert [(e.id, e.data) for e in events] == [(None, "x")]
+
+
+@pytest.mark.parametrize("snippet", ["httpx_sse_follow.py", "sseclient_follow.py"])
+def test_docs_show_the_python_snippets_verbatim(snippet):
     doc = (ROOT / "docs/clients.md").read_text()
-    text = (ROOT / "tests/deploy/clients/httpx_sse_follow.py").read_text()
-    assert text in doc, "docs/clients.md lacks tests/deploy/clients/httpx_sse_follow.py as it is"
+    text = (ROOT / "tests/deploy/clients" / snippet).read_text()
+    assert text in doc, f"docs/clients.md lacks tests/deploy/clients/{snippet} as it is"
