@@ -111,7 +111,7 @@ SENTINEL_S=${SMOKE_SENTINEL_SECONDS:-30}
 check() {
   local name=$1 secs=$2
   shift 2
-  echo "== loadtest smoke: check $* --duration $secs --nodes 3 (faults on)"
+  echo "== loadtest smoke: check${*:+ $*} --duration $secs --nodes 3 (faults on)"
   # shellcheck disable=SC2086
   if ! "$LT" check --duration "$secs" --nodes 3 --gateway-bin "$GW" "$@" \
     ${SMOKE_CHECK_SEED:+--seed "$SMOKE_CHECK_SEED"} >"$WORK/$name.out" 2>"$WORK/$name.err"; then
