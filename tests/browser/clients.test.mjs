@@ -4,7 +4,7 @@
 // publisher goes on and every node in turn is drained and started again, then SIGKILLed
 // and started again. Afterwards every client has every event exactly once, in order, and
 // was never told of a loss. npm eventsource 5 and 2, @microsoft/fetch-event-source (a
-// browser library: `window` is Node's global here), and curl in a reconnect loop.
+// browser library: `window` and `document` are shims here), and curl in a reconnect loop.
 //
 //   cd tests/browser && npm ci && node --test clients.test.mjs
 
@@ -23,7 +23,11 @@ import * as fetchEventSource from './clients/fetch-event-source.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const WAIT_MS = 30_000;
-globalThis.window ??= globalThis; // fetch-event-source calls window.setTimeout
+// fetch-event-source is written for browsers: it calls window.setTimeout, and its
+// dispose() removes a document listener (without `document`, an abort throws there and its
+// retry timer goes on for ever).
+globalThis.window ??= globalThis;
+globalThis.document ??= { hidden: false, addEventListener() {}, removeEventListener() {} };
 
 // What one client saw; `opened` resolves at its first response head.
 function recorder(name) {
