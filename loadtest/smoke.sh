@@ -17,10 +17,10 @@ N=${SMOKE_SUBSCRIBERS:-200}
 D=${SMOKE_SECONDS:-2}
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 if [ -n "${SSEGATE_BIN:-}" ]; then
-  cargo build --locked -q -p ssegate-loadtest
+  cargo build --locked -q --workspace --all-targets # the units scripts/test already built
   GW=$SSEGATE_BIN
 else
-  cargo build --locked -q -p ssegate -p ssegate-loadtest
+  cargo build --locked -q --workspace --all-targets
   GW="$TARGET_DIR/debug/ssegate"
 fi
 LT="$TARGET_DIR/debug/ssegate-loadtest"
