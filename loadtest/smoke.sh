@@ -9,20 +9,17 @@
 # Usage: loadtest/smoke.sh   (SMOKE_SUBSCRIBERS=200 SMOKE_SECONDS=2 by default;
 #        SMOKE_CHECK_SECONDS=45 for the checker, SMOKE_SENTINEL_SECONDS=30 for its
 #        Sentinel runs, SMOKE_CHECK_SEED to pin its seed;
-#        SSEGATE_BIN=path to test that gateway binary instead of building one)
+#        SSEGATE_BIN=path to test that gateway binary instead of the one built here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${SMOKE_SUBSCRIBERS:-200}
 D=${SMOKE_SECONDS:-2}
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-if [ -n "${SSEGATE_BIN:-}" ]; then
-  cargo build --locked -q --workspace --all-targets # the units scripts/test already built
-  GW=$SSEGATE_BIN
-else
-  cargo build --locked -q --workspace --all-targets
-  GW="$TARGET_DIR/debug/ssegate"
-fi
+# Every target: the units scripts/test already built (a build of fewer packages would
+# compile several crates again with other features).
+cargo build --locked -q --workspace --all-targets
+GW=${SSEGATE_BIN:-$TARGET_DIR/debug/ssegate}
 LT="$TARGET_DIR/debug/ssegate-loadtest"
 
 WORK=$(mktemp -d)

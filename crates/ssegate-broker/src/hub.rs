@@ -174,6 +174,11 @@ impl RingState {
         end
     }
 
+    /// `id` reached a local subscriber (live or from history): see [`Hub::newest_ids`].
+    fn saw(&mut self, id: ssegate_core::EntryId) {
+        self.newest = Some(self.newest.map_or(id, |n| n.max(id)));
+    }
+
     fn leave(&mut self, id: u32, next: u64) {
         self.skip_from(next);
         self.unpark(id);
@@ -221,7 +226,7 @@ impl Ring {
     fn push(&self, msg: HubMsg, limits: Limits) {
         let mut st = lock(&self.state);
         if let HubMsg::Event(ev) = &msg {
-            st.newest = Some(st.newest.map_or(ev.id, |n| n.max(ev.id)));
+            st.saw(ev.id);
         }
         let unread = st.subscribers();
         if unread == 0 {
@@ -396,8 +401,7 @@ impl Hub {
     /// publish gets it from history while its SUBSCRIBE is on the way).
     pub fn saw(&self, channel: &ChannelName, id: ssegate_core::EntryId) {
         if let Some(ring) = self.ring(channel) {
-            let mut st = lock(&ring.state);
-            st.newest = Some(st.newest.map_or(id, |n| n.max(id)));
+            lock(&ring.state).saw(id);
         }
     }
 

@@ -37,8 +37,10 @@ export function subscribe(url, options = {}) {
       onState?.(next);
     }
   };
-  const remember = (e) => {
+  // Every frame EventSource dispatches carries the id the stream has reached.
+  const remembering = (handle) => (e) => {
     if (e.lastEventId) lastId = e.lastEventId;
+    handle(e);
   };
 
   async function open() {
@@ -60,25 +62,15 @@ export function subscribe(url, options = {}) {
       failures = 0;
       setState('open');
     };
-    source.onmessage = (e) => {
-      remember(e);
-      onMessage?.(e.data, e.lastEventId);
-    };
+    source.onmessage = remembering((e) => onMessage?.(e.data, e.lastEventId));
     for (const [type, handler] of Object.entries(events)) {
-      source.addEventListener(type, (e) => {
-        remember(e);
-        handler(e.data, e.lastEventId);
-      });
+      source.addEventListener(type, remembering((e) => handler(e.data, e.lastEventId)));
     }
-    source.addEventListener('sync-required', (e) => {
-      remember(e);
-      onSyncRequired?.(JSON.parse(e.data));
-    });
-    source.addEventListener('token-expired', (e) => {
-      remember(e);
+    source.addEventListener('sync-required', remembering((e) => onSyncRequired?.(JSON.parse(e.data))));
+    source.addEventListener('token-expired', remembering(() => {
       source.close();
       open();
-    });
+    }));
     source.onerror = () => {
       if (source !== es) return;
       if (source.readyState === EventSource.CLOSED) {
