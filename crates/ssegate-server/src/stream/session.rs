@@ -67,6 +67,11 @@ struct Chan {
     cursor: EntryId,
     catching_up: bool,
     resync: Option<Resync>,
+    /// After a gap moved `cursor` back (the store lost events this stream showed): the
+    /// newest id shown before. A live event at or below it may be a late copy of a lost
+    /// event, so it is never written live; history, which is the store's truth, is read
+    /// instead.
+    live_floor: Option<EntryId>,
 }
 
 pub(crate) struct Session {
@@ -162,6 +167,7 @@ impl Session {
                 name,
                 cursor: EntryId::ZERO,
                 catching_up: false,
+                live_floor: None,
                 resync: None,
             })
             .collect();
@@ -362,9 +368,12 @@ impl Session {
         };
         if let Some(reason) = reason {
             if page.start < self.chans[i].cursor {
-                // The store lost events this stream showed: queued live copies of them
-                // must not follow the new cursor.
+                // The store lost events this stream showed: queued or late live copies of
+                // them must not follow the new cursor.
                 self.chans[i].live.skip_queued();
+                let shown = self.chans[i].cursor;
+                self.chans[i].live_floor =
+                    Some(self.chans[i].live_floor.map_or(shown, |f| f.max(shown)));
             }
             self.chans[i].cursor = page.start;
             let id = self.current_id(epoch);
@@ -413,6 +422,7 @@ impl Session {
         self.epoch = Some(epoch);
         for chan in &mut self.chans {
             chan.catching_up = true;
+            chan.live_floor = None; // ids of another epoch
             chan.resync = Some(Resync::Signal(SyncReason::EpochChanged));
         }
     }
@@ -526,6 +536,9 @@ impl Session {
             self.epoch_changed(ev.epoch);
         } else if ev.id <= cursor {
             // Already written.
+        } else if self.chans[i].live_floor.is_some_and(|f| ev.id <= f) {
+            // Maybe a late copy of a lost event: history says what the store has.
+            self.chans[i].catching_up = true;
         } else if ev.prev != cursor {
             self.chans[i].catching_up = true;
         } else {
