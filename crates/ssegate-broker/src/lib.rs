@@ -50,6 +50,21 @@ pub enum ReadFrom {
     Oldest,
     /// After this entry (a client's cursor).
     After(EntryId),
+    /// After an event that this node's stream wrote, as [`ReadFrom::After`]. The store
+    /// takes the id as evidence: if it lacks that event although nothing trimmed it (a
+    /// failover lost it), it records the loss before reading, as the node's guard does
+    /// after a reconnect, so the gap is found once whichever of the two runs first.
+    AfterShown(EntryId),
+}
+
+impl ReadFrom {
+    /// The cursor the read continues after; `None` from the oldest retained event.
+    pub fn cursor(self) -> Option<EntryId> {
+        match self {
+            Self::Oldest => None,
+            Self::After(id) | Self::AfterShown(id) => Some(id),
+        }
+    }
 }
 
 /// One page of a channel's history.

@@ -503,11 +503,13 @@ impl Broker for MemoryBroker {
         from: ReadFrom,
         limit: usize,
     ) -> Result<ReadPage, BrokerError> {
+        // This store never loses an event it acknowledged: a shown id is a cursor.
+        let after = from.cursor();
         let epoch = self.inner.epoch;
         let Some(log) = self.log(channel) else {
             // Unknown channel: nothing retained. A cursor past 0-0 refers to history this
             // node no longer has (expired and forgotten), which is a gap.
-            let gap = matches!(from, ReadFrom::After(id) if id > EntryId::ZERO);
+            let gap = after.is_some_and(|id| id > EntryId::ZERO);
             return Ok(ReadPage {
                 epoch,
                 events: Vec::new(),
@@ -519,11 +521,11 @@ impl Broker for MemoryBroker {
         let mut log = lock(&log);
         let now = self.inner.clock.now_ms();
         self.trim(channel, &mut log, now);
-        let (start, gap) = match from {
-            ReadFrom::Oldest => (log.max_deleted, false),
-            ReadFrom::After(id) if id > log.last => (log.last, true),
-            ReadFrom::After(id) if id < log.max_deleted => (log.max_deleted, true),
-            ReadFrom::After(id) => (id, false),
+        let (start, gap) = match after {
+            None => (log.max_deleted, false),
+            Some(id) if id > log.last => (log.last, true),
+            Some(id) if id < log.max_deleted => (log.max_deleted, true),
+            Some(id) => (id, false),
         };
         let from_index = log.index_after(start);
         let events = log

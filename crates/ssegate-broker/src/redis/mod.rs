@@ -439,8 +439,11 @@ impl Broker for RedisBroker {
         match from {
             ReadFrom::Oldest => inv.arg("oldest").arg("0-0"),
             ReadFrom::After(id) => inv.arg("after").arg(id.to_string()),
+            ReadFrom::AfterShown(id) => inv.arg("shown").arg(id.to_string()),
         };
-        inv.arg(limit);
+        inv.arg(limit)
+            .arg(stream_ttl_ms(&self.inner.history))
+            .arg(scripts::MAX_LOST_REGIONS);
         let mut conn = self.conn_for(BrokerOp::Read).await?;
         let reply: Value = self
             .timed(

@@ -10,7 +10,8 @@
 //!   idempotency fingerprint, a key already recorded returns its ids and publishes nothing.
 //! - **read**: the epoch, the channel's last and newest deleted ids, the gap decision for
 //!   the cursor (trimmed past it, ahead of the stream, before an event a node reported
-//!   lost, or naming an entry the stream lost),
+//!   lost, or naming an entry the stream lost; a cursor a stream wrote that the store
+//!   lacks is recorded as lost first, as the guard does),
 //!   and one `XRANGE` page, all from one consistent moment.
 //!
 //! Both create the epoch with `SET NX` when it is missing (a fresh or wiped Redis), so the
@@ -181,67 +182,9 @@ end",
     };
 }
 
-pub(crate) const READ: &str = with_epoch!(with_id_order!(with_lost_regions!(
-    r"
-local m = redis.call('HMGET', KEYS[3], 'last', 'del', 'lost')
-local last = m[1] or '0-0'
-local del = m[2] or '0-0'
-local regions = regions_of(m[3])
-local gap, g = 0, 0
-local start, upto = nil, '+'
-if ARGV[2] == 'oldest' then
-  start, g, upto = through_lost(regions, del)
-else
-  local after = ARGV[3]
-  if less(last, after) then
-    gap = 1
-    start = last
-  elseif less(after, del) then
-    gap = 1
-    start, g, upto = through_lost(regions, del)
-  else
-    start, g, upto = through_lost(regions, after)
-    if g == 1 then
-      gap = 1
-    elseif after ~= '0-0' and less(del, after) and #redis.call('XRANGE', KEYS[2], after, after) == 0 then
-      -- A cursor names an entry the store does not have (lost in a failover no node has
-      -- reported yet, or made up; a region's `hi` is where a read continues past it: no
-      -- gap). A gap, continuing after the cursor: the client had every event before it,
-      -- and the new primary's events come after it (its ids follow its clock). The read
-      -- continues from the newest entry below the cursor (none lies between), so that the
-      -- signal's id names an entry and a reconnect right after it is no gap again. The
-      -- cursor is not recorded as a region: a client's word is not evidence of a loss.
-      local at_hi = false
-      for j = 2, #regions, 2 do
-        if regions[j] == after then at_hi = true end
-      end
-      if not at_hi then
-        gap = 1
-        local below = redis.call('XREVRANGE', KEYS[2], '(' .. after, '-', 'COUNT', 1)
-        if below[1] and less(del, below[1][1]) then start = below[1][1] else start = del end
-      end
-    end
-  end
-end
-local entries = {}
-local count = tonumber(ARGV[4])
-if count > 0 and less(start, last) then
-  entries = redis.call('XRANGE', KEYS[2], '(' .. start, upto, 'COUNT', count)
-end
-return {epoch, last, start, gap, entries}
-"
-)));
-
-/// Lost regions kept per channel; past that the oldest becomes part of the trimmed
-/// history (the stream is trimmed to its end), which a cursor before it is told about
-/// the same way.
-pub(crate) const MAX_LOST_REGIONS: usize = 16;
-
-/// After a reconnect (a failover, maybe), per channel this node delivered events on
-/// (`KEYS[2i-1]`: the stream, `KEYS[2i]`: its metadata; `ARGV[1]`: the keys' expiry in ms;
-/// `ARGV[2]`: [`MAX_LOST_REGIONS`]; `ARGV[2 + i]`: the newest id the node delivered):
-/// when the stream lacks that event although nothing trimmed it, the store lost it (a
-/// replica promoted without it). Then
+/// `record_lost(skey, mkey, had, expire, max_regions)`: when the stream lacks `had`, an
+/// event a node delivered, although nothing trimmed it, the store lost it (a replica
+/// promoted without it). Then
 ///
 /// - a lost region is recorded from the newest entry the stream kept below it to the id
 ///   right after it (merged with regions it overlaps): a read that passes it reports a gap
@@ -252,17 +195,18 @@ pub(crate) const MAX_LOST_REGIONS: usize = 16;
 ///   skip the new event as one it has), and a node whose subscriber holds a lost event
 ///   sees the `prev` mismatch and catches it up, finding the gap.
 ///
-/// An id already inside a recorded region changes nothing. Returns how many channels had
-/// newly found losses. (The region's end is a fresh id only because the new primary's
-/// ids come from its own clock, seconds after the loss: with a clock skewed back that far,
-/// an entry written in the same millisecond could take it, and a read past the region
-/// would start after that entry.)
-pub(crate) const GUARD: &str = with_id_order!(with_lost_regions!(
-    r"
-local raised = 0
-local max_regions = tonumber(ARGV[2])
-for i = 1, #KEYS / 2 do
-  local skey, mkey, had = KEYS[2 * i - 1], KEYS[2 * i], ARGV[i + 2]
+/// An id already inside a recorded region changes nothing. Returns 1 when it recorded a
+/// loss, else 0. (The region's end is a fresh id only because the new primary's ids come
+/// from its own clock, seconds after the loss: with a clock skewed back that far, an entry
+/// written in the same millisecond could take it, and a read past the region would start
+/// after that entry.) Both the guard, after a reconnect, and a read from a cursor that a
+/// stream wrote record losses, whichever runs first: the gap is then found once, at the
+/// region.
+macro_rules! with_record_lost {
+    ($body:expr) => {
+        concat!(
+            r"
+local function record_lost(skey, mkey, had, expire, max_regions)
   local hi = succ(had)
   local m = redis.call('HMGET', mkey, 'last', 'del', 'lost')
   local last, del = m[1] or '0-0', m[2] or '0-0'
@@ -272,7 +216,6 @@ for i = 1, #KEYS / 2 do
     if less(regions[j], had) and less(had, regions[j + 1]) then covered = true end
   end
   if not covered and less(del, had) and #redis.call('XRANGE', skey, had, had) == 0 then
-    raised = raised + 1
     local below = redis.call('XREVRANGE', skey, '(' .. had, '-', 'COUNT', 1)
     local lo = del
     if below[1] and less(del, below[1][1]) then lo = below[1][1] end
@@ -323,13 +266,99 @@ for i = 1, #KEYS / 2 do
       redis.call('XADD', skey, hi, 'k', '')
       redis.call('XDEL', skey, hi)
     end
-    redis.call('PEXPIRE', skey, ARGV[1])
-    redis.call('PEXPIRE', mkey, ARGV[1])
+    redis.call('PEXPIRE', skey, expire)
+    redis.call('PEXPIRE', mkey, expire)
+    return 1
   end
+  return 0
+end",
+            $body
+        )
+    };
+}
+
+/// One page of a channel's history (`KEYS`: epoch, stream, metadata; `ARGV[1]`: a
+/// candidate epoch, `ARGV[2]`: `oldest`, `after` or `shown` (after an event a stream
+/// wrote), `ARGV[3]`: the cursor, `ARGV[4]`: the page size, `ARGV[5]`: the keys' expiry in
+/// ms, `ARGV[6]`: [`MAX_LOST_REGIONS`]). Returns the epoch, the channel's last id, where
+/// the page continues from, whether there is a gap, and the entries.
+pub(crate) const READ: &str = with_epoch!(with_id_order!(with_lost_regions!(with_record_lost!(
+    r"
+if ARGV[2] == 'shown' then
+  -- The cursor is an event a node delivered: if the store lacks it although nothing
+  -- trimmed it, the store lost it, and the loss is recorded here as the guard would (the
+  -- guard may not have run yet): so the gap is found once, at the region, whichever of
+  -- the two gets there first.
+  record_lost(KEYS[2], KEYS[3], ARGV[3], ARGV[5], tonumber(ARGV[6]))
+end
+local m = redis.call('HMGET', KEYS[3], 'last', 'del', 'lost')
+local last = m[1] or '0-0'
+local del = m[2] or '0-0'
+local regions = regions_of(m[3])
+local gap, g = 0, 0
+local start, upto = nil, '+'
+if ARGV[2] == 'oldest' then
+  start, g, upto = through_lost(regions, del)
+else
+  local after = ARGV[3]
+  if less(last, after) then
+    gap = 1
+    start = last
+  elseif less(after, del) then
+    gap = 1
+    start, g, upto = through_lost(regions, del)
+  else
+    start, g, upto = through_lost(regions, after)
+    if g == 1 then
+      gap = 1
+    elseif after ~= '0-0' and less(del, after) and #redis.call('XRANGE', KEYS[2], after, after) == 0 then
+      -- A cursor names an entry the store does not have (lost in a failover no node has
+      -- reported yet, or made up; a region's `hi` is where a read continues past it: no
+      -- gap). A gap, continuing after the cursor: the client had every event before it,
+      -- and the new primary's events come after it (its ids follow its clock). The read
+      -- continues from the newest entry below the cursor (none lies between), so that the
+      -- signal's id names an entry and a reconnect right after it is no gap again. The
+      -- cursor is not recorded as a region: a client's word is not evidence of a loss
+      -- (a node's is: 'shown', recorded above).
+      local at_hi = false
+      for j = 2, #regions, 2 do
+        if regions[j] == after then at_hi = true end
+      end
+      if not at_hi then
+        gap = 1
+        local below = redis.call('XREVRANGE', KEYS[2], '(' .. after, '-', 'COUNT', 1)
+        if below[1] and less(del, below[1][1]) then start = below[1][1] else start = del end
+      end
+    end
+  end
+end
+local entries = {}
+local count = tonumber(ARGV[4])
+if count > 0 and less(start, last) then
+  entries = redis.call('XRANGE', KEYS[2], '(' .. start, upto, 'COUNT', count)
+end
+return {epoch, last, start, gap, entries}
+"
+))));
+
+/// Lost regions kept per channel; past that the oldest becomes part of the trimmed
+/// history (the stream is trimmed to its end), which a cursor before it is told about
+/// the same way.
+pub(crate) const MAX_LOST_REGIONS: usize = 16;
+
+/// After a reconnect (a failover, maybe), per channel this node delivered events on
+/// (`KEYS[2i-1]`: the stream, `KEYS[2i]`: its metadata; `ARGV[1]`: the keys' expiry in ms;
+/// `ARGV[2]`: [`MAX_LOST_REGIONS`]; `ARGV[2 + i]`: the newest id the node delivered):
+/// `record_lost` for each. Returns how many channels had newly found losses.
+pub(crate) const GUARD: &str = with_id_order!(with_lost_regions!(with_record_lost!(
+    r"
+local raised = 0
+for i = 1, #KEYS / 2 do
+  raised = raised + record_lost(KEYS[2 * i - 1], KEYS[2 * i], ARGV[i + 2], ARGV[1], tonumber(ARGV[2]))
 end
 return raised
 "
-));
+)));
 
 /// The scripts, hashed once (EVALSHA, loading them on `NOSCRIPT`).
 #[derive(Debug)]

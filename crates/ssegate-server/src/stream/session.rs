@@ -65,6 +65,10 @@ struct Chan {
     live: LiveSubscription,
     /// Last entry id written (or announced) on this stream for this channel.
     cursor: EntryId,
+    /// Whether `cursor` is an event this stream wrote (not a client's word, a position
+    /// the store named, or an announcement's): then a store that lacks it lost it, and a
+    /// read says so ([`ReadFrom::AfterShown`]).
+    shown: bool,
     catching_up: bool,
     resync: Option<Resync>,
     /// After a gap moved `cursor` back (the store lost events this stream showed): the
@@ -166,6 +170,7 @@ impl Session {
                 live: state.broker.subscribe(&name),
                 name,
                 cursor: EntryId::ZERO,
+                shown: false,
                 catching_up: false,
                 live_floor: None,
                 resync: None,
@@ -332,6 +337,7 @@ impl Session {
         let Some(epoch) = self.epoch else { return };
         let from = match self.chans[i].resync {
             Some(_) => ReadFrom::Oldest,
+            None if self.chans[i].shown => ReadFrom::AfterShown(self.chans[i].cursor),
             None => ReadFrom::After(self.chans[i].cursor),
         };
         let page = match broker
@@ -361,6 +367,7 @@ impl Session {
             Some(Resync::Signal(reason)) => Some(reason),
             Some(Resync::Oldest) => {
                 self.chans[i].cursor = page.start;
+                self.chans[i].shown = false;
                 None
             }
             None if page.gap => Some(SyncReason::HistoryTrimmed),
@@ -376,6 +383,7 @@ impl Session {
                     Some(self.chans[i].live_floor.map_or(shown, |f| f.max(shown)));
             }
             self.chans[i].cursor = page.start;
+            self.chans[i].shown = false;
             let id = self.current_id(epoch);
             let name = self.chans[i].name.clone();
             self.state.metrics.sync_required(reason);
@@ -394,6 +402,7 @@ impl Session {
             }
             if ev.id > self.chans[i].cursor {
                 self.chans[i].cursor = ev.id;
+                self.chans[i].shown = true;
                 self.write_event(i, ev, true);
                 replayed += 1;
             }
@@ -543,6 +552,7 @@ impl Session {
             self.chans[i].catching_up = true;
         } else {
             self.chans[i].cursor = ev.id;
+            self.chans[i].shown = true;
             self.write_event(i, ev, false);
             let m = &self.state.metrics;
             m.delivered(1);
