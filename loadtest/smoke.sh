@@ -75,6 +75,13 @@ SINGLE="--target $URL --pid $PID"
   run channels $SINGLE --channels 20 --rate 100
   run reconnect-storm $SINGLE --rate 50
 }
+# The floor that benchmarks report ratios to (`compare --floor`) delivers like a server.
+"$LT" floor --listen 127.0.0.1:0 >"$WORK/floor.out" &
+PIDS+=("$!")
+disown "$!"
+for _ in $(seq 1 100); do grep -q listening "$WORK/floor.out" && break; sleep 0.05; done
+run fanout --flavor floor --target "http://$(sed -n 's/^listening //p' "$WORK/floor.out")" \
+  --pid "${PIDS[-1]}" --rate 50
 
 REDIS_PORT=$("$LT" free-port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \

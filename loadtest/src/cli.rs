@@ -40,6 +40,9 @@ pub(crate) enum Cmd {
     Check(crate::check::CheckArgs),
     /// Regenerates docs/benchmarks.md (and its SVG charts) from result JSON files.
     Report(ReportCmd),
+    /// The floor: the cheapest possible SSE server (one write per event per socket and
+    /// nothing else), to measure beside the systems under test (flavor `floor`).
+    Floor(FloorCmd),
     /// Internal: one worker process of a run (talks JSON lines on stdin/stdout).
     #[command(hide = true)]
     Worker,
@@ -166,8 +169,19 @@ pub(crate) struct CompareCmd {
     pub(crate) peer_aux_pids: Vec<u32>,
     #[arg(long)]
     pub(crate) peer_kill_pid: Option<u32>,
+    /// Also run the scenario against the floor (`floor`, started here), so that every
+    /// figure has a ratio to the kernel's cost (capacity, fanout and channels only).
+    #[arg(long)]
+    pub(crate) floor: bool,
     #[command(flatten)]
     pub(crate) run: RunArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct FloorCmd {
+    /// Where to listen (loopback; port 0: any free port, printed as `listening ADDR`).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub(crate) listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,5 +1,6 @@
 //! `compare`: the same scenario against ssegate and against a peer, one after the other on
-//! the same machine, with the ratios of the headline metrics.
+//! the same machine, with the ratios of the headline metrics; with `--floor`, against the
+//! floor (see [`crate::floor`]) third, so each figure also reads as a ratio to it.
 
 use std::fmt::Write as _;
 
@@ -17,6 +18,9 @@ pub(crate) struct Comparison {
     pub(crate) command: String,
     pub(crate) ssegate: RunResult,
     pub(crate) peer: RunResult,
+    /// The same scenario against the floor, in the same run (`--floor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) floor: Option<RunResult>,
 }
 
 pub(crate) async fn run(cmd: &CompareCmd, command: &str) -> anyhow::Result<Comparison> {
@@ -38,6 +42,14 @@ pub(crate) async fn run(cmd: &CompareCmd, command: &str) -> anyhow::Result<Compa
     // Check both before running either.
     let a = Setup::new(scenario, &ssegate_nodes, &cmd.run)?;
     let b = Setup::new(scenario, &peer_nodes, &cmd.run)?;
+    anyhow::ensure!(
+        !cmd.floor
+            || matches!(
+                scenario,
+                Scenario::Capacity | Scenario::Fanout | Scenario::Channels
+            ),
+        "--floor: the floor has no ids and one node; it runs capacity, fanout and channels"
+    );
     let label = |nodes: usize, name: &str| {
         cmd.run
             .label
@@ -48,11 +60,27 @@ pub(crate) async fn run(cmd: &CompareCmd, command: &str) -> anyhow::Result<Compa
     // Let the machine settle (closing sockets, TIME_WAIT) before the second run.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let peer = run::run(&b, command, &label(b.targets.len(), b.flavor.as_str())).await?;
+    let floor = if cmd.floor {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let child = crate::floor::Child::start()?;
+        let nodes = NodeArgs {
+            targets: vec![child.url.clone()],
+            flavor: Flavor::Floor,
+            pids: vec![child.pid()],
+            aux_pids: Vec::new(),
+            kill_pid: None,
+        };
+        let c = Setup::new(scenario, &nodes, &cmd.run)?;
+        Some(run::run(&c, command, "floor, 1 node").await?)
+    } else {
+        None
+    };
     Ok(Comparison {
         scenario: scenario.as_str().to_owned(),
         command: command.to_owned(),
         ssegate,
         peer,
+        floor,
     })
 }
 
@@ -69,6 +97,7 @@ impl Comparison {
         );
         let others: Vec<&RunResult> = std::iter::once(&self.peer)
             .chain(extra.iter().copied())
+            .chain(self.floor.as_ref())
             .collect();
         let mut head = "| metric | ssegate |".to_owned();
         let mut rule = "|---|---:|".to_owned();

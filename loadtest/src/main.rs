@@ -23,6 +23,8 @@
 //!   single-threaded runtime, shared counters and rate limiter ([`worker::state`]).
 //! * [`sse`] — the raw HTTP/1.1 stream reader (request, head, chunked/length/close
 //!   framing) that feeds `ssegate_client::Parser`.
+//! * [`floor`] — the cheapest possible SSE server, measured beside the others (`compare
+//!   --floor`) so that their costs read as ratios to the kernel's.
 //! * [`publisher`] — rate-limited publishing over keep-alive HTTP/1.1; [`payload`] — the
 //!   sequence number and timestamp carried in every event.
 //! * [`procstat`] — CPU, RSS, socket memory and machine facts from `/proc`.
@@ -34,6 +36,7 @@
 mod check;
 mod cli;
 mod compare;
+mod floor;
 mod payload;
 mod pool;
 mod procstat;
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Worker => worker::main().map(|()| true),
+        Cmd::Floor(f) => floor::main(f.listen).map(|()| true),
         other => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -107,7 +111,7 @@ async fn coordinator(cmd: Cmd) -> anyhow::Result<bool> {
             writeln!(std::io::stdout(), "{}", l.local_addr()?.port())?;
             return Ok(true);
         }
-        Cmd::Worker => unreachable!("handled in main"),
+        Cmd::Worker | Cmd::Floor(_) => unreachable!("handled in main"),
     };
     let setup = Setup::new(scenario, &args.nodes, &args.run)?;
     let label =

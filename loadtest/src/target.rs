@@ -16,6 +16,8 @@ pub(crate) enum Flavor {
     Nchan,
     /// The tutorial-style Node.js server of `loadtest/peers/node` (same shapes as nchan).
     Node,
+    /// `ssegate-loadtest floor`: the cheapest possible server (same shapes as nchan).
+    Floor,
 }
 
 impl Flavor {
@@ -24,6 +26,7 @@ impl Flavor {
             Self::Ssegate => "ssegate",
             Self::Nchan => "nchan",
             Self::Node => "node",
+            Self::Floor => "floor",
         }
     }
 
@@ -31,7 +34,7 @@ impl Flavor {
     pub(crate) fn subscribe_path(self, base: &str, channel: &str) -> String {
         match self {
             Self::Ssegate => format!("{base}/v1/channels/{channel}/events"),
-            Self::Nchan | Self::Node => format!("{base}/sub/{channel}"),
+            Self::Nchan | Self::Node | Self::Floor => format!("{base}/sub/{channel}"),
         }
     }
 
@@ -39,7 +42,7 @@ impl Flavor {
     pub(crate) fn publish_path(self, base: &str, channel: &str) -> String {
         match self {
             Self::Ssegate => format!("{base}/v1/channels/{channel}/events"),
-            Self::Nchan | Self::Node => format!("{base}/pub/{channel}"),
+            Self::Nchan | Self::Node | Self::Floor => format!("{base}/pub/{channel}"),
         }
     }
 
@@ -50,7 +53,7 @@ impl Flavor {
                 "application/json",
                 serde_json::json!({ "data": data }).to_string(),
             ),
-            Self::Nchan | Self::Node => ("text/plain", data.to_owned()),
+            Self::Nchan | Self::Node | Self::Floor => ("text/plain", data.to_owned()),
         }
     }
 

@@ -15,7 +15,7 @@ use anyhow::Context;
 use crate::cli::ReportCmd;
 use crate::compare::Comparison;
 use crate::report::svg::{COLORS, Series};
-use crate::result::RunResult;
+use crate::result::{RunResult, fmt_num};
 
 /// Every input, sorted into comparisons and single runs.
 #[derive(Debug, Default)]
@@ -78,6 +78,7 @@ pub(crate) fn generate(cmd: &ReportCmd) -> anyhow::Result<()> {
             .map_or("the notes file".to_owned(), |p| p.display().to_string())
     );
     machine_section(&mut page, &inputs);
+    floor_section(&mut page, &inputs);
     if let Some(notes) = &cmd.notes {
         let text = std::fs::read_to_string(notes).with_context(|| notes.display().to_string())?;
         let _ = writeln!(page, "{}\n", text.trim_end());
@@ -163,12 +164,63 @@ fn machine_section(page: &mut String, inputs: &Inputs) {
     );
 }
 
+/// The page's lead: every comparison that ran the floor too, as ratios to it (CPU per
+/// delivery, and p99 publish → receive).
+fn floor_section(page: &mut String, inputs: &Inputs) {
+    let with_floor: Vec<(&Comparison, &RunResult)> = inputs
+        .comparisons
+        .iter()
+        .filter_map(|(_, c)| c.floor.as_ref().map(|f| (c, f)))
+        .collect();
+    if with_floor.is_empty() {
+        return;
+    }
+    let times = |v: Option<f64>, floor: Option<f64>| match (v, floor) {
+        (Some(v), Some(f)) if f > 0.0 => format!("{} ({:.2}×)", fmt_num(Some(v)), v / f),
+        (v, _) => fmt_num(v),
+    };
+    let _ = writeln!(
+        page,
+        "## Against the floor\n\n\
+         The floor is `ssegate-loadtest floor`: one `write` of each event to each socket and \
+         nothing else (no ids, history, heartbeats or backpressure), measured in the same run \
+         with the same subscribers (`compare --floor`). Each cell: the figure, then its ratio \
+         to the floor's.\n\n\
+         | scenario | subscribers × channels, ev/s | floor CPU s / 1M | ssegate | peer | \
+         floor p99 ms | ssegate p99 | peer p99 |\n|---|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for (c, f) in with_floor {
+        let p = &c.ssegate.params;
+        let cpu = |r: &RunResult| r.nodes.cpu_s_per_million;
+        let p99 = |r: &RunResult| (r.deliveries.received > 0).then_some(r.latency_ms.p99);
+        let _ = writeln!(
+            page,
+            "| {} | {} × {}, {} | {} | {} | {} ({}) | {} | {} | {} |",
+            c.scenario,
+            p.subscribers,
+            p.channels,
+            p.rate,
+            fmt_num(cpu(f)),
+            times(cpu(&c.ssegate), cpu(f)),
+            times(cpu(&c.peer), cpu(f)),
+            c.peer.flavor.as_str(),
+            fmt_num(p99(f)),
+            times(p99(&c.ssegate), p99(f)),
+            times(p99(&c.peer), p99(f)),
+        );
+    }
+    page.push('\n');
+}
+
 /// All runs of both sides (comparisons and singles), with their system name.
 fn runs(inputs: &Inputs) -> Vec<(String, &RunResult)> {
     let mut out = Vec::new();
     for (_, c) in &inputs.comparisons {
         out.push(("ssegate".to_owned(), &c.ssegate));
         out.push((c.peer.flavor.as_str().to_owned(), &c.peer));
+        if let Some(f) = &c.floor {
+            out.push(("floor".to_owned(), f));
+        }
     }
     for (_, r) in &inputs.singles {
         out.push((r.flavor.as_str().to_owned(), r));
