@@ -40,8 +40,10 @@ pub(crate) fn main(listen: SocketAddr) -> anyhow::Result<()> {
     );
     crate::procstat::raise_nofile();
     let listener = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
-    println!("listening {}", listener.local_addr()?);
-    std::io::stdout().flush()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening {}", listener.local_addr()?)?;
+    out.flush()?;
+    drop(out);
     serve(&listener);
     Ok(())
 }
