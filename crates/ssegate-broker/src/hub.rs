@@ -405,6 +405,12 @@ impl Hub {
         }
     }
 
+    /// The newest id of `channel` that [`Hub::saw`] recorded (live or read from history),
+    /// while the channel has local subscribers.
+    pub fn newest(&self, channel: &ChannelName) -> Option<ssegate_core::EntryId> {
+        self.ring(channel).and_then(|r| lock(&r.state).newest)
+    }
+
     /// For each channel with local subscribers that carried a live event or had one read
     /// from history ([`Hub::saw`]), the newest such id: an id some local client may hold
     /// as its cursor.

@@ -441,9 +441,18 @@ impl Broker for RedisBroker {
             ReadFrom::After(id) => inv.arg("after").arg(id.to_string()),
             ReadFrom::AfterShown(id) => inv.arg("shown").arg(id.to_string()),
         };
+        // The evidence of a loss is the newest id any stream here saw on the channel, not
+        // only this one's cursor: a region recorded up to the cursor alone would grow when
+        // the guard or another stream adds a later lost event, and this stream, already
+        // told, would be told again.
+        let seen = match from {
+            ReadFrom::AfterShown(id) => self.inner.hub.newest(channel).map_or(id, |n| n.max(id)),
+            _ => ssegate_core::EntryId::ZERO,
+        };
         inv.arg(limit)
             .arg(stream_ttl_ms(&self.inner.history))
-            .arg(scripts::MAX_LOST_REGIONS);
+            .arg(scripts::MAX_LOST_REGIONS)
+            .arg(seen.to_string());
         let mut conn = self.conn_for(BrokerOp::Read).await?;
         let reply: Value = self
             .timed(

@@ -280,16 +280,20 @@ end",
 /// One page of a channel's history (`KEYS`: epoch, stream, metadata; `ARGV[1]`: a
 /// candidate epoch, `ARGV[2]`: `oldest`, `after` or `shown` (after an event a stream
 /// wrote), `ARGV[3]`: the cursor, `ARGV[4]`: the page size, `ARGV[5]`: the keys' expiry in
-/// ms, `ARGV[6]`: [`MAX_LOST_REGIONS`]). Returns the epoch, the channel's last id, where
+/// ms, `ARGV[6]`: [`MAX_LOST_REGIONS`], `ARGV[7]`: with `shown`, the newest id the node saw
+/// on the channel, at least the cursor: with the cursor, the evidence of a loss). Returns the epoch, the channel's last id, where
 /// the page continues from, whether there is a gap, and the entries.
 pub(crate) const READ: &str = with_epoch!(with_id_order!(with_lost_regions!(with_record_lost!(
     r"
 if ARGV[2] == 'shown' then
-  -- The cursor is an event a node delivered: if the store lacks it although nothing
-  -- trimmed it, the store lost it, and the loss is recorded here as the guard would (the
-  -- guard may not have run yet): so the gap is found once, at the region, whichever of
-  -- the two gets there first.
+  -- The cursor is an event a node delivered, and ARGV[7] the newest it saw: if the store
+  -- lacks either although nothing trimmed it, the store lost it, and the loss is recorded
+  -- here as the guard would (the guard may not have run yet): so the gap is found once,
+  -- at the region, whichever of the two gets there first.
   record_lost(KEYS[2], KEYS[3], ARGV[3], ARGV[5], tonumber(ARGV[6]))
+  if ARGV[7] ~= ARGV[3] then
+    record_lost(KEYS[2], KEYS[3], ARGV[7], ARGV[5], tonumber(ARGV[6]))
+  end
 end
 local m = redis.call('HMGET', KEYS[3], 'last', 'del', 'lost')
 local last = m[1] or '0-0'

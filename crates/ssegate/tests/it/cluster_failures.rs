@@ -309,6 +309,17 @@ async fn a_stream_holding_a_lost_event_records_the_loss_itself() {
     let (reasons, next) = sync_reasons_then_event(&mut live).await;
     assert_eq!(reasons, ["history_trimmed"], "{reasons:?}");
     assert_eq!(next.data, "b");
+    let lost_entry = a.split_once('-').unwrap().1;
+    let meta = redis.cmd(&["HGET", "ssegate:{own}:m", "lost"]).await;
+    let redis::Value::BulkString(lost) = meta else {
+        panic!("no lost region recorded: {meta:?}")
+    };
+    let lost = String::from_utf8(lost).unwrap();
+    assert_eq!(
+        lost.split(' ').nth(1),
+        Some(succ(lost_entry).as_str()),
+        "the stream's own read recorded the region up to the lost event: {lost}"
+    );
     let mut early = stream(&nodes[0], "/v1/channels/own/events", Some(&before)).await;
     let (reasons, next) = sync_reasons_then_event(&mut early).await;
     assert_eq!(reasons, ["history_trimmed"], "the lost event is announced");
@@ -323,6 +334,31 @@ async fn a_stream_holding_a_lost_event_records_the_loss_itself() {
     assert!(entry(&c) > (ms, seq + 1), "{c} comes after the lost {a}");
     let next = events(&mut live, 1).await;
     assert_eq!(next[0].data, "c");
+}
+
+/// The reconnect guard alone records a loss, for an event the node delivered to a stream
+/// that has gone since: the one left on the channel opened after that event (its cursor is
+/// the store's word, not an event it wrote), so its reads record nothing themselves.
+#[tokio::test]
+async fn the_guard_alone_records_an_event_whose_stream_has_gone() {
+    let redis = RedisServer::start(false).await;
+    let nodes = cluster(&redis, 1, &[]).await;
+    let http = HttpClient::new();
+    let (_, before) = publish(&http, &nodes[0], "gone2", "before").await;
+    let mut x = stream(&nodes[0], "/v1/channels/gone2/events", Some(&before)).await;
+    let (_, a) = publish(&http, &nodes[0], "gone2", "a").await;
+    assert_eq!(events(&mut x, 1).await[0].data, "a");
+    // Opened after `a`: it starts at the store's newest id, and keeps the channel's
+    // subscription (and the node's record of `a`) once `x` is gone.
+    let _y = stream(&nodes[0], "/v1/channels/gone2/events", None).await;
+    drop(x);
+    // Waits for the guard to raise the ids past `a`: nothing else can here.
+    failover_lost(&redis, "gone2", &before, &a).await;
+    let mut early = stream(&nodes[0], "/v1/channels/gone2/events", Some(&before)).await;
+    publish(&http, &nodes[0], "gone2", "b").await;
+    let (reasons, next) = sync_reasons_then_event(&mut early).await;
+    assert_eq!(reasons, ["history_trimmed"], "the lost event is announced");
+    assert_eq!(next.data, "b");
 }
 
 /// What a replica that lacked `lost` (the newest event of `channel`, right after `before`)
@@ -362,18 +398,7 @@ async fn failover_lost(redis: &RedisServer, channel: &str, before: &str, lost: &
     redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let info = redis.cmd(&["XINFO", "STREAM", &stream_key]).await;
-        let redis::Value::Array(fields) = info else {
-            panic!("{info:?}")
-        };
-        let last = fields
-            .chunks(2)
-            .find(|kv| kv[0] == redis::Value::BulkString(b"last-generated-id".to_vec()))
-            .map(|kv| match &kv[1] {
-                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-                other => panic!("{other:?}"),
-            })
-            .unwrap();
+        let last = last_generated_id(redis, &stream_key).await;
         if last == succ(&entry) {
             break;
         }
@@ -383,6 +408,22 @@ async fn failover_lost(redis: &RedisServer, channel: &str, before: &str, lost: &
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The stream's last-generated id (what its next entry's id must exceed).
+async fn last_generated_id(redis: &RedisServer, stream_key: &str) -> String {
+    let info = redis.cmd(&["XINFO", "STREAM", stream_key]).await;
+    let redis::Value::Array(fields) = info else {
+        panic!("{info:?}")
+    };
+    fields
+        .chunks(2)
+        .find(|kv| kv[0] == redis::Value::BulkString(b"last-generated-id".to_vec()))
+        .map(|kv| match &kv[1] {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("{other:?}"),
+        })
+        .unwrap()
 }
 
 /// The stream id right after `id` (`ms-seq`): where a read continues past a lost event.
