@@ -15,7 +15,7 @@ use anyhow::Context;
 use crate::cli::ReportCmd;
 use crate::compare::Comparison;
 use crate::report::svg::{COLORS, Series};
-use crate::result::{RunResult, fmt_num};
+use crate::result::{RunResult, fmt_num, ratio};
 
 /// Every input, sorted into comparisons and single runs.
 #[derive(Debug, Default)]
@@ -175,9 +175,9 @@ fn floor_section(page: &mut String, inputs: &Inputs) {
     if with_floor.is_empty() {
         return;
     }
-    let times = |v: Option<f64>, floor: Option<f64>| match (v, floor) {
-        (Some(v), Some(f)) if f > 0.0 => format!("{} ({:.2}×)", fmt_num(Some(v)), v / f),
-        (v, _) => fmt_num(v),
+    let times = |v: Option<f64>, floor: Option<f64>| match ratio(v, floor) {
+        Some(r) => format!("{} ({r:.2}×)", fmt_num(v)),
+        None => fmt_num(v),
     };
     let _ = writeln!(
         page,
