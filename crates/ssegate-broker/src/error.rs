@@ -94,15 +94,34 @@ pub enum BrokerError {
     /// The publish was sent but not confirmed: the broker did not answer in time, the
     /// connection broke before its reply, the reply made no sense, or fewer replicas
     /// than `SSEGATE_PUBLISH_MIN_REPLICAS` confirmed it in time. The events may be in the
-    /// stream; a retry with the same `Idempotency-Key` is safe. `published` holds their
-    /// ids when the store answered.
+    /// stream; a retry with the same `Idempotency-Key` is safe. `known` holds the ids
+    /// the store gave, per event, when it answered for some (a batch over several Redis
+    /// Cluster slots is written per slot).
     #[error("publish outcome unknown: {reason}")]
     OutcomeUnknown {
         /// The ids the store gave, when it answered.
-        published: Option<crate::Published>,
+        known: Option<KnownIds>,
         /// For logs.
         reason: String,
     },
+}
+
+/// The ids a publish got, per event in request order, where the store said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownIds {
+    /// The epoch of the ids.
+    pub epoch: ssegate_core::Epoch,
+    /// Per event: its id, or `None` when the store did not say.
+    pub ids: Vec<Option<ssegate_core::EntryId>>,
+}
+
+impl From<crate::Published> for KnownIds {
+    fn from(p: crate::Published) -> Self {
+        Self {
+            epoch: p.epoch,
+            ids: p.ids.into_iter().map(Some).collect(),
+        }
+    }
 }
 
 impl BrokerError {

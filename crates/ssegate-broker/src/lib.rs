@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use ssegate_core::{ChannelName, EntryId, Epoch, NewEvent};
 
-pub use error::{BrokerError, BrokerOp, ErrorClass};
+pub use error::{BrokerError, BrokerOp, ErrorClass, KnownIds};
 pub use event::{StoredData, StoredEvent};
 pub use hub::{LiveRecv, LiveSubscription};
 pub use memory::{MemoryBroker, StoreLimits};

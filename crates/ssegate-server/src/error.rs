@@ -28,7 +28,7 @@ pub struct ApiError {
     /// Answer with `Connection: close` (HTTP/1.1): the rest of the request is not read.
     pub close: bool,
     /// For `504 publish_outcome_unknown`: the ids the events got, when the store said.
-    pub ids: Option<Vec<String>>,
+    pub ids: Option<Vec<Option<String>>>,
 }
 
 impl ApiError {
@@ -162,12 +162,14 @@ impl From<BrokerError> for ApiError {
             ErrorClass::OutcomeUnknown => {
                 tracing::warn!(error = %e, "publish outcome unknown");
                 let ids = match &e {
-                    BrokerError::OutcomeUnknown {
-                        published: Some(p), ..
-                    } => Some(
-                        p.ids
+                    BrokerError::OutcomeUnknown { known: Some(k), .. } => Some(
+                        k.ids
                             .iter()
-                            .map(|&id| ssegate_core::Position { epoch: p.epoch, id }.to_string())
+                            .map(|id| {
+                                id.map(|id| {
+                                    ssegate_core::Position { epoch: k.epoch, id }.to_string()
+                                })
+                            })
                             .collect(),
                     ),
                     _ => None,

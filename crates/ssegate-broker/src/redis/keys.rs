@@ -9,7 +9,7 @@
 //! | `<prefix>:{<channel>}:m` | hash | `last` (newest id ever added), `del` (newest id trimmed or expired) |
 //! | `<prefix>:{<channel>}:i:<key>` | string | an `Idempotency-Key` record: fingerprint and ids |
 //! | `<prefix>:{<channel>}:live` | pub/sub channel | live events |
-//! | `<prefix>:node:<node id>` | string | a node's entry in the cluster view (JSON), with a short TTL |
+//! | `<prefix>:{#nodes}:<node id>` | string | a node's entry in the cluster view (JSON), with a short TTL; every entry in one slot (`#` is in no channel name) so that one `SCAN` finds them on Redis Cluster |
 
 use ssegate_core::ChannelName;
 
@@ -29,13 +29,13 @@ impl Keys {
         format!("{}:epoch", self.prefix)
     }
 
-    /// A node's entry in the cluster view (not a channel key: no hash tag).
+    /// A node's entry in the cluster view (a tag no channel can have).
     pub(crate) fn node(&self, id: &str) -> String {
-        format!("{}:node:{id}", self.prefix)
+        format!("{}:{{#nodes}}:{id}", self.prefix)
     }
 
     pub(crate) fn node_pattern(&self) -> String {
-        format!("{}:node:*", self.prefix)
+        format!("{}:{{#nodes}}:*", self.prefix)
     }
 
     pub(crate) fn stream(&self, ch: &ChannelName) -> String {

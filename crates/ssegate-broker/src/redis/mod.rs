@@ -1,53 +1,71 @@
-//! The Redis broker: cluster mode. Any number of nodes pointed at one Redis form one
-//! cluster; Redis is the only shared state.
+//! The Redis broker: cluster mode. Any number of nodes pointed at one Redis (standalone,
+//! behind Sentinel, or a Redis Cluster) form one cluster; Redis is the only shared state.
 //!
 //! - History: one Redis Stream per channel, trimmed by length and age in the publish
 //!   script; ids are the stream's entry ids.
-//! - The primary: a fixed address or found through Sentinel, and followed through
-//!   failovers (see [`primary`] for which connections are trusted).
-//! - Publishing: one atomic Lua script per request (see [`scripts`]), over a pool of
-//!   connections to the primary, then `WAIT` for `SSEGATE_PUBLISH_MIN_REPLICAS`.
-//! - Live: a dedicated pub/sub connection per node (see [`pubsub`]) SUBSCRIBEs to the
-//!   channels that have local subscribers (reference-counted by the [`Hub`]), decodes
-//!   each message once and hands the one `Arc` to every local stream.
+//! - Where commands go ([`exec`]): the primary, a fixed address or found through Sentinel
+//!   and followed through failovers (see [`primary`] for which connections are trusted);
+//!   or a Redis Cluster, routed by slot ([`cluster`]).
+//! - Publishing: one atomic Lua script per request (see [`scripts`]), per slot on a Redis
+//!   Cluster ([`publish`]), then `WAIT` for `SSEGATE_PUBLISH_MIN_REPLICAS`.
+//! - Live: a pub/sub connection per node (see [`pubsub`]; on a Redis Cluster one per
+//!   primary with `SSUBSCRIBE`, see [`cluster::sharded`]) subscribes to the channels that
+//!   have local subscribers (reference-counted by the [`Hub`]), decodes each message once
+//!   and hands the one `Arc` to every local stream.
 //! - Catch-up and replay: the read script, in pages.
 //!
 //! Every reply is treated as untrusted input; every command has a timeout. An unreachable
 //! Redis makes publishes fail (503) while streams stay open and catch up when it returns.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: the configuration and the [`Broker`] implementation.
+//! - [`exec`]: one primary or a cluster, and what a failed command means.
+//! - [`publish`]: the publish script's call, per slot, and its answer.
+//! - [`cluster`]: slot routing, the slot map, sharded pub/sub.
+//! - [`primary`], [`pubsub`]: the primary and its pub/sub connection (standalone, Sentinel).
+//! - [`keys`], [`scripts`], [`codec`]: the key layout, the Lua scripts, reply decoding.
 
+mod cluster;
 mod codec;
+mod exec;
 mod keys;
 mod primary;
+mod publish;
 mod pubsub;
 mod scripts;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use deadpool::managed::{Object, Timeouts};
-use redis::Value;
+use deadpool::managed::Timeouts;
+use redis::{IntoConnectionInfo, Value};
 use ssegate_core::{ChannelName, Epoch, NewEvent};
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::SystemClock;
 use crate::error::BrokerOp;
-use crate::fingerprint::fingerprint;
 use crate::hub::Hub;
 use crate::lock;
 use crate::memory::StoreLimits;
 use crate::{Broker, BrokerError, LiveSubscription, Published, ReadFrom, ReadPage};
 
+use cluster::{Call, Resend};
 use codec::BadReply;
+use exec::Backend;
 use keys::Keys;
 use scripts::Scripts;
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`: the primary, or with `sentinels` only
-    /// the data nodes' credentials and db. `None`: `redis://127.0.0.1:6379`.
+    /// `redis://[user:password@]host:port[/db]`: the primary, or with `sentinels` or
+    /// `cluster` only the data nodes' credentials, db and TLS. `None`:
+    /// `redis://127.0.0.1:6379`.
     pub url: Option<String>,
     /// Sentinels (`host`, `port`) that name the primary; empty: `url` is the primary.
     pub sentinels: Vec<(String, u16)>,
+    /// Seed nodes of a Redis Cluster (`host`, `port`); empty: not a cluster.
+    pub cluster: Vec<(String, u16)>,
     /// The primary's name at the sentinels.
     pub master_name: String,
     /// Username at the sentinels.
@@ -69,17 +87,21 @@ pub struct RedisConfig {
     pub timeout: Duration,
 }
 
+/// How long a node trusts the epoch it read on a Redis Cluster, where the scripts cannot
+/// read it (it is in another slot than the channel's keys).
+const EPOCH_RECHECK: Duration = Duration::from_secs(5);
+
 #[derive(Debug)]
 struct Inner {
-    pool: primary::Pool,
-    primary: Arc<primary::Primary>,
+    backend: Backend,
     keys: Keys,
     scripts: Scripts,
     history: StoreLimits,
     config: RedisConfig,
     hub: Hub,
-    /// The epoch last seen; refreshed from every script reply.
-    epoch: Mutex<Option<Epoch>>,
+    /// The epoch last seen, and when it was read; refreshed from every script reply (one
+    /// primary) or every [`EPOCH_RECHECK`] (a cluster).
+    epoch: Mutex<Option<(Epoch, Instant)>>,
     clock: SystemClock,
     /// The pub/sub task until [`Broker::background`] hands it out.
     pubsub: crate::BackgroundSlot,
@@ -89,10 +111,6 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct RedisBroker {
     inner: Arc<Inner>,
-}
-
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
 }
 
 /// How long a channel's keys outlive their newest event: one more max age, so that the
@@ -107,13 +125,6 @@ fn sentinel_rounds(n: usize) -> u32 {
     u32::try_from(n.min(16)).unwrap_or(16) * 2 + 1
 }
 
-fn unknown(published: Option<Published>, why: impl std::fmt::Display) -> BrokerError {
-    BrokerError::OutcomeUnknown {
-        published,
-        reason: why.to_string(),
-    }
-}
-
 fn bad(e: BadReply) -> BrokerError {
     BrokerError::Internal(e.to_string())
 }
@@ -123,22 +134,10 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl RedisBroker {
-    /// Builds the pool and starts the pub/sub task. Does not wait for Redis: a node may
-    /// start before Redis does (it is not ready until Redis answers).
+    /// Builds the connections' managers and starts nothing yet (the pub/sub task is
+    /// handed out by [`Broker::background`]). Does not wait for Redis: a node may start
+    /// before Redis does (it is not ready until Redis answers).
     pub fn connect(config: RedisConfig, history: StoreLimits) -> Result<Self, BrokerError> {
-        let primary = Arc::new(primary::Primary::new(&config)?);
-        let pool = primary::Pool::builder(primary::Manager(primary.clone()))
-            .max_size(config.pool_size)
-            .timeouts(Timeouts {
-                wait: Some(config.timeout),
-                // Through Sentinel a new connection may first ask each sentinel (its
-                // address, then the primary's ROLE, each within the timeout).
-                create: Some(config.timeout * sentinel_rounds(config.sentinels.len())),
-                recycle: Some(config.timeout),
-            })
-            .runtime(deadpool::Runtime::Tokio1)
-            .build()
-            .map_err(|e| BrokerError::Internal(format!("cannot build the Redis pool: {e}")))?;
         let keys = Keys::new(&config.key_prefix);
         let changes = Arc::new(pubsub::Changes::default());
         let hub = Hub::new(
@@ -146,19 +145,54 @@ impl RedisBroker {
             history.live_backlog_bytes,
             Some(Arc::new(pubsub::Observer::new(changes.clone()))),
         );
-        let pubsub = pubsub::task(
-            primary.clone(),
-            hub.clone(),
-            keys.clone(),
-            changes,
-            config.timeout,
-            stream_ttl_ms(&history),
-            config.min_replicas,
-        );
+        let (backend, task) = if config.cluster.is_empty() {
+            let primary = Arc::new(primary::Primary::new(&config)?);
+            let pool = primary::Pool::builder(primary::Manager(primary.clone()))
+                .max_size(config.pool_size)
+                .timeouts(Timeouts {
+                    wait: Some(config.timeout),
+                    // Through Sentinel a new connection may first ask each sentinel (its
+                    // address, then the primary's ROLE, each within the timeout).
+                    create: Some(config.timeout * sentinel_rounds(config.sentinels.len())),
+                    recycle: Some(config.timeout),
+                })
+                .runtime(deadpool::Runtime::Tokio1)
+                .build()
+                .map_err(|e| BrokerError::Internal(format!("cannot build the Redis pool: {e}")))?;
+            let task = pubsub::task(
+                primary.clone(),
+                hub.clone(),
+                keys.clone(),
+                changes,
+                config.timeout,
+                stream_ttl_ms(&history),
+                config.min_replicas,
+            );
+            (Backend::Single { pool, primary }, task)
+        } else {
+            // rustls needs a process-wide crypto provider for rediss:// (see `primary`).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let url = config.url.as_deref().unwrap_or("redis://127.0.0.1:6379");
+            let template = url
+                .into_connection_info()
+                .map_err(|e| BrokerError::Internal(format!("invalid Redis URL: {e}")))?;
+            let router = Arc::new(cluster::Router::new(
+                &config.cluster,
+                template,
+                config.timeout,
+            ));
+            let task = cluster::sharded::task(
+                router.clone(),
+                hub.clone(),
+                keys.clone(),
+                changes,
+                stream_ttl_ms(&history),
+            );
+            (Backend::Cluster(router), task)
+        };
         Ok(Self {
             inner: Arc::new(Inner {
-                pool,
-                primary,
+                backend,
                 keys,
                 scripts: Scripts::new(),
                 history,
@@ -166,7 +200,7 @@ impl RedisBroker {
                 hub,
                 epoch: Mutex::new(None),
                 clock: SystemClock,
-                pubsub: crate::BackgroundSlot::new(pubsub),
+                pubsub: crate::BackgroundSlot::new(task),
             }),
         })
     }
@@ -176,114 +210,37 @@ impl RedisBroker {
         &self.inner.hub
     }
 
-    async fn conn(&self) -> Result<Object<primary::Manager>, BrokerError> {
-        self.inner.pool.get().await.map_err(|e| match e {
-            deadpool::managed::PoolError::Backend(e) => e,
-            // Every connection in use for the whole wait: overload, not an outage.
-            deadpool::managed::PoolError::Timeout(deadpool::managed::TimeoutType::Wait) => {
-                BrokerError::Busy(e.to_string())
-            }
-            other => unavailable(other),
-        })
-    }
-
-    /// Runs a command future with the configured timeout; failures are counted by `op`,
-    /// and end the connection's `generation` when they suggest the primary moved.
-    async fn timed<T>(
-        &self,
-        op: BrokerOp,
-        generation: u64,
-        f: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, BrokerError> {
-        let result = match tokio::time::timeout(self.inner.config.timeout, f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.inner.primary.check(generation, &e);
-                Err(unavailable(e))
-            }
-            // A slow reply is no sign that the primary moved: ending the generation on
-            // it would make every stream on the node re-read history at a bad moment.
-            Err(_) => Err(unavailable("Redis command timed out")),
-        };
-        if result.is_err() {
-            pubsub::broker_error(op);
-        }
-        result
-    }
-
-    async fn conn_for(&self, op: BrokerOp) -> Result<Object<primary::Manager>, BrokerError> {
-        let conn = self.conn().await;
-        if matches!(
-            conn,
-            Err(BrokerError::Unavailable(_) | BrokerError::Internal(_))
-        ) {
-            pubsub::broker_error(op);
-        }
-        conn
-    }
-
-    /// The ids from the publish script's reply.
-    fn published(&self, reply: &Value, fp: &str) -> Result<Published, BrokerError> {
-        let parts = codec::array(reply).map_err(bad)?;
-        let [status, epoch, rest] = parts else {
-            return Err(bad(BadReply("publish reply")));
-        };
-        let epoch = codec::epoch(codec::text(epoch).map_err(bad)?).map_err(bad)?;
-        self.remember_epoch(epoch);
-        let mut words = codec::text(rest).map_err(bad)?.split(' ');
-        if codec::text(status).map_err(bad)? == "dup" && words.next() != Some(fp) {
-            return Err(BrokerError::IdempotencyConflict);
-        }
-        let ids = words
-            .map(|w| codec::entry_id(w).map_err(bad))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Published { epoch, ids })
-    }
-
-    /// `WAIT` on the publishing connection for `min_replicas`; fewer in time is an
-    /// unknown outcome (the primary has the events, a failover may lose them).
-    async fn wait_replicas(
-        &self,
-        conn: &mut Object<primary::Manager>,
-        published: Published,
-    ) -> Result<Published, BrokerError> {
-        let config = &self.inner.config;
-        let want = config.min_replicas;
-        if want == 0 {
-            return Ok(published);
-        }
-        let wait = redis::cmd("WAIT")
-            .arg(want)
-            .arg(ms(config.replica_timeout).max(1))
-            .to_owned();
-        let generation = conn.generation;
-        let acked = tokio::time::timeout(
-            config.replica_timeout + config.timeout,
-            wait.query_async::<i64>(&mut conn.conn),
-        )
-        .await;
-        let why = match acked {
-            Ok(Ok(n)) if n >= i64::from(want) => return Ok(published),
-            Ok(Ok(n)) => format!(
-                "{n} of {want} replicas confirmed within {:?}",
-                config.replica_timeout
-            ),
-            Ok(Err(e)) => {
-                self.inner.primary.check(generation, &e);
-                format!("WAIT failed: {e}")
-            }
-            Err(_) => "WAIT timed out".to_owned(),
-        };
-        metrics::counter!(ssegate_core::metric_names::PUBLISH_REPLICA_TIMEOUTS).increment(1);
-        Err(unknown(Some(published), why))
-    }
-
     fn remember_epoch(&self, epoch: Epoch) {
         let mut cached = lock(&self.inner.epoch);
-        if cached.is_some_and(|e| e != epoch) {
+        if cached.is_some_and(|(e, _)| e != epoch) {
             tracing::warn!(%epoch, "the Redis history epoch changed: Redis lost its data");
         }
-        *cached = Some(epoch);
+        *cached = Some((epoch, Instant::now()));
+    }
+
+    /// The scripts' first key and argument: the epoch key and a fresh candidate (one
+    /// primary), or a key of the call's slot and `=<epoch>` (a cluster).
+    async fn epoch_head(&self, call: &mut Call, slot_key: String) -> Result<(), BrokerError> {
+        if self.inner.backend.is_cluster() {
+            let epoch = self.epoch().await?;
+            call.key(slot_key).arg(format!("={epoch}"));
+        } else {
+            call.key(self.inner.keys.epoch())
+                .arg(Epoch::random().to_string());
+        }
+        Ok(())
+    }
+
+    async fn command<T: redis::FromRedisValue>(
+        &self,
+        op: BrokerOp,
+        slot_key: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, BrokerError> {
+        self.inner
+            .backend
+            .command(op, self.inner.config.timeout, slot_key, cmd)
+            .await
     }
 }
 
@@ -293,37 +250,32 @@ impl Broker for RedisBroker {
         "redis"
     }
 
-    /// The node's pub/sub connection.
+    /// The node's pub/sub connection(s).
     fn background(&self) -> Option<crate::Background> {
         self.inner.pubsub.take()
     }
 
     async fn epoch(&self) -> Result<Epoch, BrokerError> {
-        if let Some(e) = *lock(&self.inner.epoch) {
+        let cached = *lock(&self.inner.epoch);
+        let cluster = self.inner.backend.is_cluster();
+        if let Some((e, at)) = cached
+            && (!cluster || at.elapsed() < EPOCH_RECHECK)
+        {
             return Ok(e);
         }
+        // On a cluster, a node that knows the epoch puts it back when its key is gone
+        // (its shard was flushed): that shard's channels signal their own losses (see
+        // docs/operations.md), and the others lost nothing.
         let key = self.inner.keys.epoch();
-        let mut conn = self.conn_for(BrokerOp::Epoch).await?;
-        let candidate = Epoch::random().to_string();
+        let candidate = cached.map_or_else(Epoch::random, |(e, _)| e).to_string();
         let set = redis::cmd("SET")
             .arg(&key)
             .arg(&candidate)
             .arg("NX")
             .to_owned();
-        let _: Value = self
-            .timed(
-                BrokerOp::Epoch,
-                conn.generation,
-                set.query_async(&mut conn.conn),
-            )
-            .await?;
-        let got: Option<String> = self
-            .timed(
-                BrokerOp::Epoch,
-                conn.generation,
-                redis::cmd("GET").arg(&key).query_async(&mut conn.conn),
-            )
-            .await?;
+        let _: Value = self.command(BrokerOp::Epoch, &key, &set).await?;
+        let get = redis::cmd("GET").arg(&key).to_owned();
+        let got: Option<String> = self.command(BrokerOp::Epoch, &key, &get).await?;
         let epoch = codec::epoch(got.as_deref().unwrap_or_default()).map_err(bad)?;
         self.remember_epoch(epoch);
         Ok(epoch)
@@ -334,90 +286,7 @@ impl Broker for RedisBroker {
         events: Vec<NewEvent>,
         idempotency_key: Option<&str>,
     ) -> Result<Published, BrokerError> {
-        let Some(first) = events.first() else {
-            return Ok(Published {
-                epoch: self.epoch().await?,
-                ids: Vec::new(),
-            });
-        };
-        let keys = &self.inner.keys;
-        let history = &self.inner.history;
-        let fp = idempotency_key
-            .map(|_| fingerprint(&events))
-            .unwrap_or_default();
-        let mut inv = self.inner.scripts.publish.prepare_invoke();
-        inv.key(keys.epoch());
-        match idempotency_key {
-            Some(k) => inv.key(keys.idempotency(&first.channel, k)),
-            None => inv.key(keys.epoch()),
-        };
-        // Keys outlive their events by one more max age: the ids they keep tell a
-        // returning cursor whether it missed anything.
-        let expire = stream_ttl_ms(history);
-        inv.arg(Epoch::random().to_string())
-            .arg(history.max_len)
-            .arg(ms(history.max_age))
-            .arg(expire)
-            .arg(ms(history.idempotency_ttl).max(1))
-            .arg(&fp)
-            .arg(events.len());
-        let now = self.inner.clock.now_ms();
-        for e in &events {
-            inv.key(keys.stream(&e.channel)).key(keys.meta(&e.channel));
-            inv.arg(keys.live(&e.channel))
-                .arg(e.event_type.as_ref().map_or("", |t| t.as_str()))
-                .arg(e.data.kind().tag())
-                .arg(e.data.as_str())
-                .arg(now)
-                .arg(e.trace.as_deref().unwrap_or(""));
-        }
-        // Until the script is sent, a failure means "not published" (503); from then
-        // on, one that leaves the outcome open is said so (504, see `OutcomeUnknown`).
-        let mut conn = self.conn_for(BrokerOp::Publish).await?;
-        let generation = conn.generation;
-        let sent = tokio::time::timeout(
-            self.inner.config.timeout,
-            inv.invoke_async::<Value>(&mut conn.conn),
-        )
-        .await;
-        let reply = match sent {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => {
-                pubsub::broker_error(BrokerOp::Publish);
-                self.inner.primary.check(generation, &e);
-                // These replies mean the script did not run (Redis refused it as a whole);
-                // any other failure (a broken connection, a lost reply, an error raised
-                // by the script after a write: scripts are not rolled back) leaves the
-                // outcome open.
-                let refused = matches!(
-                    e.code(),
-                    Some(
-                        "READONLY"
-                            | "OOM"
-                            | "LOADING"
-                            | "NOPERM"
-                            | "NOAUTH"
-                            | "BUSY"
-                            | "MASTERDOWN"
-                            | "NOREPLICAS"
-                    )
-                );
-                return Err(if refused {
-                    unavailable(e)
-                } else {
-                    unknown(None, e)
-                });
-            }
-            Err(_) => {
-                pubsub::broker_error(BrokerOp::Publish);
-                return Err(unknown(None, "no reply to the publish script in time"));
-            }
-        };
-        let published = self.published(&reply, &fp).map_err(|e| match e {
-            BrokerError::IdempotencyConflict => e,
-            other => unknown(None, other),
-        })?;
-        self.wait_replicas(&mut conn, published).await
+        publish::publish(self, events, idempotency_key).await
     }
 
     fn subscribe(&self, channel: &ChannelName) -> LiveSubscription {
@@ -431,15 +300,13 @@ impl Broker for RedisBroker {
         limit: usize,
     ) -> Result<ReadPage, BrokerError> {
         let keys = &self.inner.keys;
-        let mut inv = self.inner.scripts.read.prepare_invoke();
-        inv.key(keys.epoch())
-            .key(keys.stream(channel))
-            .key(keys.meta(channel))
-            .arg(Epoch::random().to_string());
+        let mut call = Call::default();
+        self.epoch_head(&mut call, keys.meta(channel)).await?;
+        call.key(keys.stream(channel)).key(keys.meta(channel));
         match from {
-            ReadFrom::Oldest => inv.arg("oldest").arg("0-0"),
-            ReadFrom::After(id) => inv.arg("after").arg(id.to_string()),
-            ReadFrom::AfterShown(id) => inv.arg("shown").arg(id.to_string()),
+            ReadFrom::Oldest => call.arg("oldest").arg("0-0"),
+            ReadFrom::After(id) => call.arg("after").arg(id.to_string()),
+            ReadFrom::AfterShown(id) => call.arg("shown").arg(id.to_string()),
         };
         // The evidence of a loss is the newest id any stream here saw on the channel, not
         // only this one's cursor: a region recorded up to the cursor alone would grow when
@@ -449,24 +316,31 @@ impl Broker for RedisBroker {
             ReadFrom::AfterShown(id) => self.inner.hub.newest(channel).map_or(id, |n| n.max(id)),
             _ => ssegate_core::EntryId::ZERO,
         };
-        inv.arg(limit)
+        call.arg(limit)
             .arg(stream_ttl_ms(&self.inner.history))
             .arg(scripts::MAX_LOST_REGIONS)
             .arg(seen.to_string());
-        let mut conn = self.conn_for(BrokerOp::Read).await?;
-        let reply: Value = self
-            .timed(
+        let (reply, _) = self
+            .inner
+            .backend
+            .script(
                 BrokerOp::Read,
-                conn.generation,
-                inv.invoke_async(&mut conn.conn),
+                self.inner.config.timeout,
+                &keys.stream(channel),
+                &self.inner.scripts.read,
+                &call,
+                Resend::Safe,
             )
-            .await?;
+            .await
+            .map_err(exec::Failed::unavailable)?;
         let parts = codec::array(&reply).map_err(bad)?;
         let [epoch, last, start, gap, entries] = parts else {
             return Err(bad(BadReply("read reply")));
         };
         let epoch = codec::epoch(codec::text(epoch).map_err(bad)?).map_err(bad)?;
-        self.remember_epoch(epoch);
+        if !self.inner.backend.is_cluster() {
+            self.remember_epoch(epoch);
+        }
         let last = codec::entry_id(codec::text(last).map_err(bad)?).map_err(bad)?;
         let start = codec::entry_id(codec::text(start).map_err(bad)?).map_err(bad)?;
         let gap = codec::int(gap).map_err(bad)? != 0;
@@ -495,38 +369,26 @@ impl Broker for RedisBroker {
     }
 
     async fn announce_node(&self, id: &str, info: &str, ttl: Duration) -> Result<(), BrokerError> {
-        let mut conn = self.conn_for(BrokerOp::Announce).await?;
+        let key = self.inner.keys.node(id);
         let cmd = redis::cmd("SET")
-            .arg(self.inner.keys.node(id))
+            .arg(&key)
             .arg(info)
             .arg("PX")
             .arg(ms(ttl).max(1))
             .to_owned();
-        let _: Value = self
-            .timed(
-                BrokerOp::Announce,
-                conn.generation,
-                cmd.query_async(&mut conn.conn),
-            )
-            .await?;
+        let _: Value = self.command(BrokerOp::Announce, &key, &cmd).await?;
         Ok(())
     }
 
     async fn retire_node(&self, id: &str) -> Result<(), BrokerError> {
-        let mut conn = self.conn_for(BrokerOp::Announce).await?;
-        let cmd = redis::cmd("DEL").arg(self.inner.keys.node(id)).to_owned();
-        let _: Value = self
-            .timed(
-                BrokerOp::Announce,
-                conn.generation,
-                cmd.query_async(&mut conn.conn),
-            )
-            .await?;
+        let key = self.inner.keys.node(id);
+        let cmd = redis::cmd("DEL").arg(&key).to_owned();
+        let _: Value = self.command(BrokerOp::Announce, &key, &cmd).await?;
         Ok(())
     }
 
     async fn cluster_nodes(&self) -> Result<Option<Vec<String>>, BrokerError> {
-        let mut conn = self.conn_for(BrokerOp::Announce).await?;
+        // Every entry is in one slot: on a cluster, the SCAN goes to its primary.
         let pattern = self.inner.keys.node_pattern();
         let mut keys: Vec<String> = Vec::new();
         let mut cursor = 0u64;
@@ -539,13 +401,8 @@ impl Broker for RedisBroker {
                 .arg("COUNT")
                 .arg(1000)
                 .to_owned();
-            let (next, batch): (u64, Vec<String>) = self
-                .timed(
-                    BrokerOp::Announce,
-                    conn.generation,
-                    cmd.query_async(&mut conn.conn),
-                )
-                .await?;
+            let (next, batch): (u64, Vec<String>) =
+                self.command(BrokerOp::Announce, &pattern, &cmd).await?;
             keys.extend(batch);
             cursor = next;
             if cursor == 0 {
@@ -556,24 +413,14 @@ impl Broker for RedisBroker {
             return Ok(Some(Vec::new()));
         }
         let cmd = redis::cmd("MGET").arg(&keys).to_owned();
-        let values: Vec<Option<String>> = self
-            .timed(
-                BrokerOp::Announce,
-                conn.generation,
-                cmd.query_async(&mut conn.conn),
-            )
-            .await?;
+        let values: Vec<Option<String>> = self.command(BrokerOp::Announce, &pattern, &cmd).await?;
         Ok(Some(values.into_iter().flatten().collect()))
     }
 
     async fn ready(&self) -> Result<(), BrokerError> {
-        let mut conn = self.conn_for(BrokerOp::Ping).await?;
+        let key = self.inner.keys.epoch();
         let _: String = self
-            .timed(
-                BrokerOp::Ping,
-                conn.generation,
-                redis::cmd("PING").query_async(&mut conn.conn),
-            )
+            .command(BrokerOp::Ping, &key, &redis::cmd("PING"))
             .await?;
         Ok(())
     }

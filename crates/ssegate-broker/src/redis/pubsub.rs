@@ -48,7 +48,7 @@ const BATCH: usize = 512;
 #[derive(Debug, Default)]
 pub(crate) struct Changes {
     changed: Mutex<HashSet<ChannelName>>,
-    wake: Notify,
+    pub(crate) wake: Notify,
 }
 
 impl Changes {
@@ -60,7 +60,7 @@ impl Changes {
         }
     }
 
-    fn take(&self) -> HashSet<ChannelName> {
+    pub(crate) fn take(&self) -> HashSet<ChannelName> {
         std::mem::take(&mut *lock(&self.changed))
     }
 
@@ -435,7 +435,7 @@ pub(crate) fn broker_error(op: BrokerOp) {
     metrics::counter!(BROKER_ERRORS, BrokerOp::LABEL => op.as_str()).increment(1);
 }
 
-fn deliver(hub: &Hub, keys: &Keys, live: &str, payload: &[u8]) {
+pub(crate) fn deliver(hub: &Hub, keys: &Keys, live: &str, payload: &[u8]) {
     let Some(channel) = keys.channel_of_live(live) else {
         return;
     };

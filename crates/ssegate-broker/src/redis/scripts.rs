@@ -21,7 +21,7 @@
 //! published_at \n traceparent \n data` — data last, because only it may contain line
 //! breaks.
 
-use redis::Script;
+use super::cluster::Lua;
 
 /// `less(x, y)`: stream ids `<ms>-<seq>` in numeric order (as strings they are not), and
 /// `succ(id)`, the id right after `id`, for the scripts that compare ids.
@@ -47,16 +47,24 @@ end",
     };
 }
 
-/// The publish and read scripts begin the same way: `KEYS[1]` is the epoch key, `ARGV[1]` a fresh candidate
-/// epoch that becomes the store's epoch if it has none (`SET NX`: the first writer wins).
+/// The publish and read scripts begin the same way. `ARGV[1]` is either a fresh candidate
+/// epoch, and `KEYS[1]` the epoch key: the candidate becomes the store's epoch if it has
+/// none (`SET NX`: the first writer wins); or (Redis Cluster, where the epoch key is in
+/// another slot than the channel's keys) `=<epoch>`, the epoch the node read apart, and
+/// `KEYS[1]` is one of the channel's keys, only there to name the slot.
 macro_rules! with_epoch {
     ($body:expr) => {
         concat!(
             r"
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  redis.call('SET', KEYS[1], ARGV[1], 'NX')
+local epoch
+if string.sub(ARGV[1], 1, 1) == '=' then
+  epoch = string.sub(ARGV[1], 2)
+else
   epoch = redis.call('GET', KEYS[1])
+  if not epoch then
+    redis.call('SET', KEYS[1], ARGV[1], 'NX')
+    epoch = redis.call('GET', KEYS[1])
+  end
 end",
             $body
         )
@@ -80,6 +88,7 @@ local maxlen = ARGV[2]
 local maxage = tonumber(ARGV[3])
 local expire = ARGV[4]
 local n = tonumber(ARGV[7])
+local pubcmd = ARGV[8]
 local minid = nil
 if maxage > 0 then
   local t = redis.call('TIME')
@@ -88,10 +97,9 @@ if maxage > 0 then
 end
 local ids = {}
 for i = 1, n do
-  local skey = KEYS[1 + 2 * i]
-  local mkey = KEYS[2 + 2 * i]
-  local a = 7 + (i - 1) * 6
-  local live, typ, kind, data, pubat, tp = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  local skey, mkey, live = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
+  local a = 8 + (i - 1) * 5
+  local typ, kind, data, pubat, tp = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
   local prev = redis.call('HGET', mkey, 'last') or '0-0'
   local fields = {'k', kind, 'p', pubat}
   if typ ~= '' then
@@ -131,7 +139,7 @@ for i = 1, n do
   redis.call('HSET', mkey, 'last', id)
   redis.call('PEXPIRE', skey, expire)
   redis.call('PEXPIRE', mkey, expire)
-  redis.call('PUBLISH', live, epoch .. '\n' .. id .. '\n' .. prev .. '\n' .. typ .. '\n' .. kind .. '\n' .. pubat .. '\n' .. tp .. '\n' .. data)
+  redis.call(pubcmd, live, epoch .. '\n' .. id .. '\n' .. prev .. '\n' .. typ .. '\n' .. kind .. '\n' .. pubat .. '\n' .. tp .. '\n' .. data)
   ids[i] = id
 end
 local all = table.concat(ids, ' ')
@@ -367,15 +375,15 @@ return raised
 /// The scripts, hashed once (EVALSHA, loading them on `NOSCRIPT`).
 #[derive(Debug)]
 pub(crate) struct Scripts {
-    pub(crate) publish: Script,
-    pub(crate) read: Script,
+    pub(crate) publish: Lua,
+    pub(crate) read: Lua,
 }
 
 impl Scripts {
     pub(crate) fn new() -> Self {
         Self {
-            publish: Script::new(PUBLISH),
-            read: Script::new(READ),
+            publish: Lua::new(PUBLISH),
+            read: Lua::new(READ),
         }
     }
 }

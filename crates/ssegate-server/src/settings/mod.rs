@@ -207,23 +207,32 @@ impl Settings {
                 reason: "expected redis://[user:password@]host:port[/db], rediss://... (TLS) or unix:///path",
             });
         }
-        let redis = (o.redis_url.is_some() || o.redis_sentinels.is_some()).then(|| RedisConfig {
-            url: o.redis_url,
-            sentinels: o.redis_sentinels.map(|s| s.0).unwrap_or_default(),
-            master_name: o.redis_master_name,
-            sentinel_username: o.redis_sentinel_username,
-            sentinel_password: o.redis_sentinel_password,
-            sentinel_tls: o.redis_sentinel_tls,
-            pool_size: o.redis_pool_size,
-            key_prefix: o.redis_key_prefix,
-            timeout: o.redis_timeout,
-            min_replicas: o.publish_min_replicas,
-            replica_timeout: o.publish_replica_timeout,
-        });
+        if o.redis_cluster.is_some() && o.redis_sentinels.is_some() {
+            return Err(SettingsError::Invalid {
+                setting: "redis_cluster",
+                reason: "a Redis Cluster has no sentinels: set redis_cluster or redis_sentinels, not both",
+            });
+        }
+        let redis =
+            (o.redis_url.is_some() || o.redis_sentinels.is_some() || o.redis_cluster.is_some())
+                .then(|| RedisConfig {
+                    url: o.redis_url,
+                    sentinels: o.redis_sentinels.map(|s| s.0).unwrap_or_default(),
+                    cluster: o.redis_cluster.map(|s| s.0).unwrap_or_default(),
+                    master_name: o.redis_master_name,
+                    sentinel_username: o.redis_sentinel_username,
+                    sentinel_password: o.redis_sentinel_password,
+                    sentinel_tls: o.redis_sentinel_tls,
+                    pool_size: o.redis_pool_size,
+                    key_prefix: o.redis_key_prefix,
+                    timeout: o.redis_timeout,
+                    min_replicas: o.publish_min_replicas,
+                    replica_timeout: o.publish_replica_timeout,
+                });
         if redis.is_none() && o.publish_min_replicas > 0 {
             return Err(SettingsError::Invalid {
                 setting: "publish_min_replicas",
-                reason: "needs Redis (--redis-url or --redis-sentinels): the embedded broker has no replicas",
+                reason: "needs Redis (--redis-url, --redis-sentinels or --redis-cluster): the embedded broker has no replicas",
             });
         }
         let admin_listen = o.admin_listen.0;

@@ -72,6 +72,9 @@ pub struct Options {
     /// Sentinels (host:port,host:port,...) through which the Redis primary is found and followed through failovers
     #[arg(long, value_parser = host_ports)]
     pub redis_sentinels: Option<HostPorts>,
+    /// Seed nodes (host:port,host:port,...) of a Redis Cluster: commands routed by slot, live events over sharded pub/sub (Redis 7+); SSEGATE_REDIS_URL then only carries credentials and TLS
+    #[arg(long, value_parser = host_ports)]
+    pub redis_cluster: Option<HostPorts>,
     /// The primary's name at the sentinels
     #[arg(long, default_value = "mymaster", value_parser = short_name)]
     pub redis_master_name: String,

@@ -1,4 +1,6 @@
-//! Cluster mode: real gateway processes on one real Redis.
+//! Cluster mode: real gateway processes on one real Redis. Each case is written once
+//! against a [`Store`] and run here on one Redis, and in `redis_cluster` on a Redis
+//! Cluster (the conformance suite).
 
 use std::time::Duration;
 
@@ -8,11 +10,36 @@ use ssegate_client::{ConnectOptions, Connection, EventSource, HttpClient, Item, 
 use tokio::task::JoinSet;
 
 use crate::helpers::{TestProcess, WAIT, events, json, next_item, opening_id, spawn_process};
+use crate::redis_cluster::RedisCluster;
 use crate::redis_server::RedisServer;
 
 /// `n` gateway processes on `redis`, with extra settings.
 pub async fn cluster(redis: &RedisServer, n: usize, env: &[(&str, &str)]) -> Vec<TestProcess> {
     nodes_on(("SSEGATE_REDIS_URL", &redis.url()), n, env).await
+}
+
+/// What the gateways share: one Redis, or a Redis Cluster.
+pub enum Store {
+    One(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Store {
+    pub async fn one() -> Self {
+        Self::One(RedisServer::start(false).await)
+    }
+
+    pub async fn cluster() -> Self {
+        Self::Cluster(RedisCluster::start().await)
+    }
+
+    /// `n` gateway processes on this store.
+    pub async fn nodes(&self, n: usize, env: &[(&str, &str)]) -> Vec<TestProcess> {
+        match self {
+            Self::One(redis) => cluster(redis, n, env).await,
+            Self::Cluster(c) => nodes_on(("SSEGATE_REDIS_CLUSTER", &c.seeds()), n, env).await,
+        }
+    }
 }
 
 /// `n` gateway processes, node1..nodeN, on the Redis that `redis` (a setting and its
@@ -70,8 +97,11 @@ pub async fn stream(node: &TestProcess, path: &str, last_id: Option<&str>) -> Co
 
 #[tokio::test]
 async fn three_nodes_deliver_across_nodes() {
-    let redis = RedisServer::start(false).await;
-    let nodes = cluster(&redis, 3, &[]).await;
+    deliver_across_nodes(&Store::one().await).await;
+}
+
+pub async fn deliver_across_nodes(store: &Store) {
+    let nodes = store.nodes(3, &[]).await;
     let http = HttpClient::new();
     let ready = json(&http.get(&nodes[1].url("/readyz")).await.unwrap().body);
     assert_eq!(
@@ -103,11 +133,10 @@ async fn three_nodes_deliver_across_nodes() {
 /// 50 subscribers read through node A while a publisher sends numbered events through B
 /// and C; A is stopped with `signal`. Every subscriber must end with every event exactly
 /// once, in order.
-async fn failover(signal: &str) {
+pub async fn failover(store: &Store, signal: &str) {
     const SUBSCRIBERS: usize = 50;
     const EVENTS: usize = 600; // 3 s at 200 events/s
-    let redis = RedisServer::start(false).await;
-    let mut nodes = cluster(&redis, 3, &[]).await;
+    let mut nodes = store.nodes(3, &[]).await;
     let urls: Vec<String> = nodes
         .iter()
         .map(|n| n.url("/v1/channels/feed/events"))
@@ -188,18 +217,21 @@ async fn failover(signal: &str) {
 
 #[tokio::test]
 async fn failover_after_sigkill_loses_and_repeats_nothing() {
-    failover("KILL").await;
+    failover(&Store::one().await, "KILL").await;
 }
 
 #[tokio::test]
 async fn failover_after_sigterm_drain_loses_and_repeats_nothing() {
-    failover("TERM").await;
+    failover(&Store::one().await, "TERM").await;
 }
 
 #[tokio::test]
 async fn a_trimmed_cursor_gets_sync_required_on_any_node() {
-    let redis = RedisServer::start(false).await;
-    let nodes = cluster(&redis, 3, &[("SSEGATE_HISTORY_MAX_LEN", "5")]).await;
+    trimmed_cursor(&Store::one().await).await;
+}
+
+pub async fn trimmed_cursor(store: &Store) {
+    let nodes = store.nodes(3, &[("SSEGATE_HISTORY_MAX_LEN", "5")]).await;
     let http = HttpClient::new();
     let mut ids = Vec::new();
     for i in 0..10 {
@@ -228,8 +260,11 @@ async fn a_trimmed_cursor_gets_sync_required_on_any_node() {
 
 #[tokio::test]
 async fn a_multi_channel_subscriber_resumes_on_another_node() {
-    let redis = RedisServer::start(false).await;
-    let nodes = cluster(&redis, 2, &[]).await;
+    multi_channel_resume(&Store::one().await).await;
+}
+
+pub async fn multi_channel_resume(store: &Store) {
+    let nodes = store.nodes(2, &[]).await;
     let http = HttpClient::new();
     let path = "/v1/events?channels=p,q";
     let mut on_a = stream(&nodes[0], path, None).await;
@@ -262,8 +297,11 @@ async fn a_multi_channel_subscriber_resumes_on_another_node() {
 
 #[tokio::test]
 async fn the_same_idempotency_key_on_two_nodes_publishes_once() {
-    let redis = RedisServer::start(false).await;
-    let nodes = cluster(&redis, 2, &[]).await;
+    idempotency_across_nodes(&Store::one().await).await;
+}
+
+pub async fn idempotency_across_nodes(store: &Store) {
+    let nodes = store.nodes(2, &[]).await;
     let http = HttpClient::new();
     let mut ids = Vec::new();
     for node in &nodes {
@@ -295,8 +333,11 @@ async fn the_same_idempotency_key_on_two_nodes_publishes_once() {
 
 #[tokio::test]
 async fn expired_events_are_a_gap_only_past_the_cursor() {
-    let redis = RedisServer::start(false).await;
-    let nodes = cluster(&redis, 2, &[("SSEGATE_HISTORY_MAX_AGE", "1s")]).await;
+    expired_events(&Store::one().await).await;
+}
+
+pub async fn expired_events(store: &Store) {
+    let nodes = store.nodes(2, &[("SSEGATE_HISTORY_MAX_AGE", "1s")]).await;
     let http = HttpClient::new();
     let mut conn = stream(&nodes[0], "/v1/channels/age/events", None).await;
     let before = opening_id(&mut conn).await;

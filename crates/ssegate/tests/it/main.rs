@@ -26,6 +26,7 @@ mod open_race;
 mod overload;
 mod protocol;
 mod pubsub_recovery;
+mod redis_cluster;
 mod redis_server;
 mod redis_tls;
 mod replay_bounds;

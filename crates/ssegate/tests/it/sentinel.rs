@@ -295,12 +295,12 @@ async fn publisher(
 /// Publishing goes on through the nodes while `fault` runs, and until 20 more publishes
 /// succeeded after it; every subscriber (two per node) stays connected, hears heartbeats,
 /// and gets every acknowledged event exactly once.
-pub async fn survives(
-    set: &mut Sentinels,
+pub async fn survives<S>(
+    set: &mut S,
     nodes: &[TestProcess],
     round: usize,
     durable: bool,
-    fault: impl AsyncFnOnce(&mut Sentinels),
+    fault: impl AsyncFnOnce(&mut S),
 ) {
     let channel = "ha";
     let last = format!("last{round}");

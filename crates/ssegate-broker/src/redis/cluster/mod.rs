@@ -1,0 +1,507 @@
+//! Redis Cluster: commands routed by slot, and sharded pub/sub ([`sharded`]).
+//!
+//! # Routing rule
+//!
+//! **A command is sent again only when Redis said it did not run it.** Every command names
+//! the slot it is for (every key of a script is in one slot) and goes to the primary the
+//! slot map names, over one multiplexed connection per primary. Then:
+//!
+//! - `MOVED`: the slot has a new owner; the map is corrected (and refreshed) and the
+//!   command goes there. `ASK`: the slot is migrating; the command goes once to the
+//!   importing node, after `ASKING`, as a full `EVAL` (that node may not have the script).
+//! - `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `LOADING`, `READONLY` (a failover or a
+//!   migration in progress): the map is refreshed and the command waits a little and goes
+//!   again; `NOSCRIPT` (a promoted replica, a restarted node): the script is loaded there.
+//! - No connection could be opened: nothing was sent; the map is refreshed and the
+//!   command goes again.
+//! - A connection broken after sending, or no reply in time: the command may have run.
+//!   A command that must not run twice ([`Resend::Never`]: a publish) is answered "outcome
+//!   unknown"; others go again (their writes are idempotent).
+//!
+//! All of it within one deadline per command (`SSEGATE_REDIS_TIMEOUT`). Redis-rs's own
+//! cluster client is not used for commands because it sends a command again after a
+//! broken connection, which would publish an event twice.
+//!
+//! # Bounds
+//!
+//! One command connection per primary in the slot map (connections to nodes that left the
+//! map are dropped at each refresh), and one pub/sub connection per primary
+//! ([`sharded`]). The map is refreshed at most every [`REFRESH_MIN`], by one task at a time.
+
+pub(crate) mod sharded;
+pub(crate) mod slots;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::lock;
+use slots::SlotMap;
+
+/// The shortest time between two refreshes of the slot map.
+pub(crate) const REFRESH_MIN: Duration = Duration::from_millis(100);
+
+/// The pause before a command goes again after `TRYAGAIN` and the like (doubling).
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// Whether a command may be sent again after it may have run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resend {
+    /// Its writes are idempotent (reads, the guard, the epoch's `SET NX`).
+    Safe,
+    /// It must run at most once (a publish).
+    Never,
+}
+
+/// A Lua script, as text and hash.
+#[derive(Debug)]
+pub(crate) struct Lua {
+    code: &'static str,
+    script: redis::Script,
+}
+
+impl Lua {
+    pub(crate) fn new(code: &'static str) -> Self {
+        Self {
+            code,
+            script: redis::Script::new(code),
+        }
+    }
+
+    pub(crate) fn script(&self) -> &redis::Script {
+        &self.script
+    }
+}
+
+/// One call of a script: its keys and arguments.
+#[derive(Debug, Default)]
+pub(crate) struct Call {
+    pub(crate) keys: Vec<String>,
+    pub(crate) args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    pub(crate) fn key(&mut self, k: String) -> &mut Self {
+        self.keys.push(k);
+        self
+    }
+
+    pub(crate) fn arg(&mut self, a: impl redis::ToRedisArgs) -> &mut Self {
+        self.args.extend(a.to_redis_args());
+        self
+    }
+
+    fn command(&self, name: &str, body: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd(name);
+        cmd.arg(body).arg(self.keys.len()).arg(&self.keys);
+        for a in &self.args {
+            cmd.arg(a.as_slice());
+        }
+        cmd
+    }
+}
+
+/// What goes to the slot's primary.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Request<'a> {
+    Cmd(&'a redis::Cmd),
+    Script(&'a Lua, &'a Call),
+}
+
+/// Why a routed command failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RouteError {
+    /// Nothing ran: no connection, or Redis refused it until the deadline.
+    #[error("{0}")]
+    NotRun(String),
+    /// It may have run (a broken connection after sending, no reply in time, or an error
+    /// the script raised after writing: scripts are not rolled back).
+    #[error("{0}")]
+    MaybeRan(String),
+}
+
+/// The cluster's slot map and one connection per primary.
+#[derive(Debug)]
+pub(crate) struct Router {
+    seeds: Vec<String>,
+    /// Credentials, TLS and protocol of every connection; the address is set per node.
+    template: ConnectionInfo,
+    timeout: Duration,
+    map: Mutex<Option<Arc<SlotMap>>>,
+    conns: Mutex<HashMap<String, MultiplexedConnection>>,
+    /// Held while refreshing (async: it is held across the reply).
+    refreshing: tokio::sync::Mutex<Option<Instant>>,
+    /// Bumped whenever a refresh finds a map different from the last one.
+    changed: watch::Sender<u64>,
+}
+
+fn is_code(e: &redis::RedisError, codes: &[&str]) -> bool {
+    e.code().is_some_and(|c| codes.contains(&c))
+}
+
+impl Router {
+    /// Reads the configuration; connects to nothing yet. `template` carries credentials
+    /// and TLS (its address is replaced per node).
+    pub(crate) fn new(
+        seeds: &[(String, u16)],
+        template: ConnectionInfo,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            seeds: seeds.iter().map(|(h, p)| format!("{h}:{p}")).collect(),
+            template,
+            timeout,
+            map: Mutex::new(None),
+            conns: Mutex::new(HashMap::new()),
+            refreshing: tokio::sync::Mutex::new(None),
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    /// Notified when the slot map changes.
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The slot map now, if one was read.
+    pub(crate) fn map(&self) -> Option<Arc<SlotMap>> {
+        lock(&self.map).clone()
+    }
+
+    fn settings(&self) -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(None)
+    }
+
+    /// Connection info for `addr` (`host:port`), with the template's credentials and TLS.
+    pub(crate) fn info(&self, addr: &str) -> Result<ConnectionInfo, String> {
+        let (host, port) = addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| format!("bad node address {addr:?}"))?;
+        let a = match self.template.addr() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(host, port),
+        };
+        let info = a.into_connection_info().map_err(|e| e.to_string())?;
+        Ok(info.set_redis_settings(self.template.redis_settings().clone()))
+    }
+
+    /// The connection to `addr`, opened when there is none.
+    async fn conn(&self, addr: &str) -> Result<MultiplexedConnection, String> {
+        if let Some(c) = lock(&self.conns).get(addr) {
+            return Ok(c.clone());
+        }
+        let client = redis::Client::open(self.info(addr)?).map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(
+            self.timeout,
+            client.get_multiplexed_async_connection_with_config(&self.settings()),
+        )
+        .await
+        .map_err(|_| format!("connecting to {addr} timed out"))?
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        Ok(lock(&self.conns)
+            .entry(addr.to_owned())
+            .or_insert(conn)
+            .clone())
+    }
+
+    fn forget(&self, addr: &str) {
+        lock(&self.conns).remove(addr);
+    }
+
+    /// Reads the slot map again (from a known primary, else a seed), unless it was read
+    /// less than [`REFRESH_MIN`] ago.
+    pub(crate) async fn refresh(&self) -> Result<(), String> {
+        let mut last = self.refreshing.lock().await;
+        if last.is_some_and(|t| t.elapsed() < REFRESH_MIN) {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        let mut candidates: Vec<String> = self
+            .map()
+            .map(|m| m.primaries().to_vec())
+            .unwrap_or_default();
+        candidates.extend(self.seeds.iter().cloned());
+        let mut why = String::from("no seed node");
+        // A node that has not heard of a failover yet may answer with holes: another's
+        // complete map is preferred.
+        let mut partial = None;
+        for addr in candidates {
+            match self.slots_of(&addr).await {
+                Ok(map) if map.complete() => {
+                    self.install(map);
+                    return Ok(());
+                }
+                Ok(map) => partial = partial.or(Some(map)),
+                Err(e) => why = e,
+            }
+        }
+        match partial {
+            Some(map) => {
+                self.install(map);
+                Ok(())
+            }
+            None => Err(format!(
+                "no Redis Cluster node answered CLUSTER SLOTS: {why}"
+            )),
+        }
+    }
+
+    async fn slots_of(&self, addr: &str) -> Result<SlotMap, String> {
+        let mut conn = self.conn(addr).await?;
+        let reply = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<Value>(&mut conn),
+        )
+        .await;
+        let reply = match reply {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                self.forget(addr);
+                return Err(format!("{addr}: {e}"));
+            }
+            Err(_) => {
+                self.forget(addr);
+                return Err(format!("{addr}: CLUSTER SLOTS timed out"));
+            }
+        };
+        let map = SlotMap::from_reply(&reply, addr).map_err(|e| format!("{addr}: {e}"))?;
+        if map.primaries().is_empty() {
+            return Err(format!("{addr} serves no slots"));
+        }
+        Ok(map)
+    }
+
+    fn install(&self, map: SlotMap) {
+        let mut current = lock(&self.map);
+        if current.as_deref() == Some(&map) {
+            return;
+        }
+        lock(&self.conns).retain(|addr, _| map.primaries().contains(addr));
+        *current = Some(Arc::new(map));
+        drop(current);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn moved(&self, slot: u16, addr: &str) {
+        let mut current = lock(&self.map);
+        if let Some(map) = current.as_mut() {
+            Arc::make_mut(map).moved(slot, addr);
+        }
+    }
+
+    /// The primary that owns `slot`, reading the map when there is none or it has no owner.
+    pub(crate) async fn owner(&self, slot: u16) -> Result<String, String> {
+        if let Some(addr) = self.map().and_then(|m| m.owner(slot).map(str::to_owned)) {
+            return Ok(addr);
+        }
+        self.refresh().await?;
+        self.map()
+            .and_then(|m| m.owner(slot).map(str::to_owned))
+            .ok_or_else(|| format!("no Redis Cluster primary serves slot {slot}"))
+    }
+
+    /// Runs `req` on the primary of `slot` (see the routing rule); returns the reply and
+    /// the connection it ran on (for a `WAIT` after a publish).
+    pub(crate) async fn run(
+        &self,
+        slot: u16,
+        req: Request<'_>,
+        resend: Resend,
+    ) -> Result<(Value, MultiplexedConnection), RouteError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut ask: Option<String> = None;
+        let mut pause = RETRY_PAUSE;
+        let mut why = String::new();
+        for _ in 0..32 {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let addr = match ask.clone() {
+                Some(a) => a,
+                None => match self.owner(slot).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        why = e;
+                        tokio::time::sleep(pause.min(deadline - Instant::now())).await;
+                        pause *= 2;
+                        continue;
+                    }
+                },
+            };
+            let mut conn = match self.conn(&addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Nothing was sent: a dead primary; its replica takes over soon.
+                    why = e;
+                    ask = None;
+                    let _ = self.refresh().await;
+                    tokio::time::sleep(
+                        pause.min(deadline.saturating_duration_since(Instant::now())),
+                    )
+                    .await;
+                    pause *= 2;
+                    continue;
+                }
+            };
+            let asking = ask.take().is_some();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let reply = tokio::time::timeout(left, Self::send(&mut conn, req, asking)).await;
+            let e = match reply {
+                Ok(Ok(v)) => return Ok((v, conn)),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    return Err(RouteError::MaybeRan(format!(
+                        "no reply from {addr} in time"
+                    )));
+                }
+            };
+            if let Some((to, s)) = e.redirect_node() {
+                let to = to.to_owned();
+                if is_code(&e, &["ASK"]) {
+                    ask = Some(to);
+                } else {
+                    self.moved(s, &to);
+                    let _ = self.refresh().await;
+                }
+                why = e.to_string();
+                continue;
+            }
+            if is_code(&e, &["NOSCRIPT"]) {
+                if let Request::Script(lua, _) = req {
+                    let load = redis::cmd("SCRIPT").arg("LOAD").arg(lua.code).to_owned();
+                    let _ = load.query_async::<Value>(&mut conn).await;
+                }
+                why = e.to_string();
+                continue;
+            }
+            if is_code(
+                &e,
+                &[
+                    "TRYAGAIN",
+                    "CLUSTERDOWN",
+                    "MASTERDOWN",
+                    "LOADING",
+                    "READONLY",
+                ],
+            ) {
+                why = e.to_string();
+                let _ = self.refresh().await;
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+                pause *= 2;
+                continue;
+            }
+            if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                self.forget(&addr);
+                let _ = self.refresh().await;
+                if resend == Resend::Never {
+                    return Err(RouteError::MaybeRan(format!("{addr}: {e}")));
+                }
+                why = e.to_string();
+                continue;
+            }
+            // Any other error reply. These say Redis refused the command as a whole;
+            // anything else a script answers may have been raised after a write
+            // (scripts are not rolled back).
+            let refused = is_code(
+                &e,
+                &[
+                    "OOM",
+                    "NOPERM",
+                    "NOAUTH",
+                    "WRONGPASS",
+                    "BUSY",
+                    "NOREPLICAS",
+                    "CROSSSLOT",
+                ],
+            );
+            return Err(if refused || matches!(req, Request::Cmd(_)) {
+                RouteError::NotRun(e.to_string())
+            } else {
+                RouteError::MaybeRan(e.to_string())
+            });
+        }
+        Err(RouteError::NotRun(format!(
+            "Redis Cluster did not run the command in time: {why}"
+        )))
+    }
+
+    async fn send(
+        conn: &mut MultiplexedConnection,
+        req: Request<'_>,
+        asking: bool,
+    ) -> redis::RedisResult<Value> {
+        match (req, asking) {
+            (Request::Cmd(cmd), false) => cmd.query_async(conn).await,
+            (Request::Script(lua, call), false) => {
+                call.command("EVALSHA", lua.script.get_hash())
+                    .query_async(conn)
+                    .await
+            }
+            (req, true) => {
+                let cmd = match req {
+                    Request::Cmd(cmd) => cmd.clone(),
+                    Request::Script(lua, call) => call.command("EVAL", lua.code),
+                };
+                let (_, v): (Value, Value) = redis::pipe()
+                    .cmd("ASKING")
+                    .add_command(cmd)
+                    .query_async(conn)
+                    .await?;
+                Ok(v)
+            }
+        }
+    }
+
+    /// The connection settings a pub/sub connection to `addr` uses (RESP3, for pushes).
+    pub(crate) fn pubsub_info(&self, addr: &str) -> Result<ConnectionInfo, String> {
+        let info = self.info(addr)?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        Ok(info.set_redis_settings(settings))
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// Groups items by the slot of the key `key_of` gives, keeping their order within a slot;
+/// the groups in order of first appearance.
+pub(crate) fn by_slot<T>(
+    items: impl IntoIterator<Item = T>,
+    key_of: impl Fn(&T) -> String,
+) -> Vec<(u16, Vec<T>)> {
+    let mut groups: Vec<(u16, Vec<T>)> = Vec::new();
+    let mut index: HashMap<u16, usize> = HashMap::new();
+    for item in items {
+        let s = slots::slot(&key_of(&item));
+        let i = *index.entry(s).or_insert_with(|| {
+            groups.push((s, Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(item);
+    }
+    groups
+}

@@ -1,0 +1,218 @@
+//! Where commands go: one primary (fixed, or found through Sentinel) over a pool, or a
+//! Redis Cluster through the [`Router`]. The broker builds each script call once
+//! ([`Call`]) and runs it here; what a failure means is the same for both:
+//!
+//! - [`Failed::NotRun`]: Redis did not run it (no connection, refused as a whole): a
+//!   publish answers 503;
+//! - [`Failed::MaybeRan`]: it was sent and may have run (no reply in time, a broken
+//!   connection, an error the script raised after writing): a publish answers 504.
+//!
+//! Every failure is counted by its operation.
+
+use std::sync::Arc;
+
+use deadpool::managed::{Object, PoolError, TimeoutType};
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+
+use super::cluster::{Call, Lua, Request, Resend, RouteError, Router, slots};
+use super::primary;
+use super::pubsub::broker_error;
+use crate::{BrokerError, BrokerOp};
+
+/// How commands reach Redis.
+#[derive(Debug)]
+pub(crate) enum Backend {
+    /// One primary, over a pool of connections.
+    Single {
+        pool: primary::Pool,
+        primary: Arc<primary::Primary>,
+    },
+    /// A Redis Cluster, routed by slot.
+    Cluster(Arc<Router>),
+}
+
+/// A failed command.
+#[derive(Debug)]
+pub(crate) enum Failed {
+    NotRun(BrokerError),
+    MaybeRan(String),
+}
+
+impl Failed {
+    /// For commands whose outcome does not matter to the caller (reads): unavailable.
+    pub(crate) fn unavailable(self) -> BrokerError {
+        match self {
+            Self::NotRun(e) => e,
+            Self::MaybeRan(why) => BrokerError::Unavailable(why),
+        }
+    }
+}
+
+/// The connection a script ran on, kept for a `WAIT` after it.
+pub(crate) enum Ran {
+    Pooled(Object<primary::Manager>),
+    Routed(MultiplexedConnection),
+}
+
+impl Ran {
+    pub(crate) fn conn(&mut self) -> &mut MultiplexedConnection {
+        match self {
+            Self::Pooled(o) => &mut o.conn,
+            Self::Routed(c) => c,
+        }
+    }
+
+    /// The primary generation it was opened under (standalone and Sentinel only).
+    pub(crate) fn generation(&self) -> Option<u64> {
+        match self {
+            Self::Pooled(o) => Some(o.generation),
+            Self::Routed(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ran")
+    }
+}
+
+/// Server replies that mean the script did not run (Redis refused it as a whole); any
+/// other failure after sending leaves the outcome open.
+const REFUSED: &[&str] = &[
+    "READONLY",
+    "OOM",
+    "LOADING",
+    "NOPERM",
+    "NOAUTH",
+    "BUSY",
+    "MASTERDOWN",
+    "NOREPLICAS",
+];
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+impl Backend {
+    /// Whether this is a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    async fn pooled(&self, pool: &primary::Pool) -> Result<Object<primary::Manager>, BrokerError> {
+        pool.get().await.map_err(|e| match e {
+            PoolError::Backend(e) => e,
+            // Every connection in use for the whole wait: overload, not an outage.
+            PoolError::Timeout(TimeoutType::Wait) => BrokerError::Busy(e.to_string()),
+            other => unavailable(other),
+        })
+    }
+
+    /// Runs `lua` with `call` for the slot of `slot_key` (ignored on one primary).
+    pub(crate) async fn script(
+        &self,
+        op: BrokerOp,
+        timeout: std::time::Duration,
+        slot_key: &str,
+        lua: &Lua,
+        call: &Call,
+        resend: Resend,
+    ) -> Result<(Value, Ran), Failed> {
+        let result = match self {
+            Self::Single { pool, primary } => {
+                let mut conn = self.pooled(pool).await.map_err(Failed::NotRun)?;
+                let mut inv = lua.script().prepare_invoke();
+                for k in &call.keys {
+                    inv.key(k);
+                }
+                for a in &call.args {
+                    inv.arg(a.as_slice());
+                }
+                let generation = conn.generation;
+                match tokio::time::timeout(timeout, inv.invoke_async::<Value>(&mut conn.conn)).await
+                {
+                    Ok(Ok(v)) => Ok((v, Ran::Pooled(conn))),
+                    Ok(Err(e)) => {
+                        primary.check(generation, &e);
+                        Err(if e.code().is_some_and(|c| REFUSED.contains(&c)) {
+                            Failed::NotRun(unavailable(e))
+                        } else {
+                            Failed::MaybeRan(e.to_string())
+                        })
+                    }
+                    Err(_) => Err(Failed::MaybeRan("no reply from Redis in time".into())),
+                }
+            }
+            Self::Cluster(router) => router
+                .run(slots::slot(slot_key), Request::Script(lua, call), resend)
+                .await
+                .map(|(v, c)| (v, Ran::Routed(c)))
+                .map_err(|e| match e {
+                    RouteError::NotRun(why) => Failed::NotRun(unavailable(why)),
+                    RouteError::MaybeRan(why) => Failed::MaybeRan(why),
+                }),
+        };
+        if let Err(
+            Failed::MaybeRan(_)
+            | Failed::NotRun(BrokerError::Unavailable(_) | BrokerError::Internal(_)),
+        ) = &result
+        {
+            broker_error(op);
+        }
+        result
+    }
+
+    /// One command (idempotent) for the slot of `slot_key`, with the timeout.
+    pub(crate) async fn command<T: redis::FromRedisValue>(
+        &self,
+        op: BrokerOp,
+        timeout: std::time::Duration,
+        slot_key: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, BrokerError> {
+        let result = match self {
+            Self::Single { pool, primary } => match self.pooled(pool).await {
+                Err(e) => Err(e),
+                Ok(mut conn) => {
+                    let generation = conn.generation;
+                    match tokio::time::timeout(timeout, cmd.query_async::<T>(&mut conn.conn)).await
+                    {
+                        Ok(Ok(v)) => Ok(v),
+                        Ok(Err(e)) => {
+                            primary.check(generation, &e);
+                            Err(unavailable(e))
+                        }
+                        // A slow reply is no sign that the primary moved: ending the
+                        // generation on it would make every stream re-read history.
+                        Err(_) => Err(unavailable("Redis command timed out")),
+                    }
+                }
+            },
+            Self::Cluster(router) => {
+                match router
+                    .run(slots::slot(slot_key), Request::Cmd(cmd), Resend::Safe)
+                    .await
+                {
+                    Ok((v, _)) => T::from_redis_value(v).map_err(unavailable),
+                    Err(e) => Err(unavailable(e)),
+                }
+            }
+        };
+        if matches!(
+            result,
+            Err(BrokerError::Unavailable(_) | BrokerError::Internal(_))
+        ) {
+            broker_error(op);
+        }
+        result
+    }
+
+    /// Ends the connection's primary generation when `e` says the primary moved.
+    pub(crate) fn check(&self, generation: Option<u64>, e: &redis::RedisError) {
+        if let (Self::Single { primary, .. }, Some(g)) = (self, generation) {
+            primary.check(g, e);
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Redis Cluster: three primaries and three replicas of real `redis-server` processes on
+//! loopback, three gateway processes; the conformance cases of `cluster` run on it, and
+//! faults during fan-out (a manual failover, a primary's crash).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use ssegate_client::HttpClient;
+
+use crate::cluster::{self, Store, stream};
+use crate::helpers::{WAIT, events, json};
+use crate::redis_server::{RedisServer, query};
+
+/// How long a primary may be unreachable before its replica is promoted: short, so that
+/// a crash test takes seconds.
+const NODE_TIMEOUT_MS: &str = "1000";
+
+pub struct RedisCluster {
+    pub servers: Vec<RedisServer>,
+}
+
+/// The slot Redis gives `key`.
+async fn keyslot(port: u16, key: &str) -> i64 {
+    query(port, &["CLUSTER", "KEYSLOT", key]).await.unwrap()
+}
+
+impl RedisCluster {
+    /// Six servers, joined with `redis-cli --cluster create --cluster-replicas 1`; returns
+    /// once every node says the cluster is ok.
+    pub async fn start() -> Self {
+        let mut servers = Vec::new();
+        for _ in 0..6 {
+            servers.push(
+                RedisServer::start_with(
+                    false,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        NODE_TIMEOUT_MS,
+                    ],
+                )
+                .await,
+            );
+        }
+        let addrs: Vec<String> = servers
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .await
+            .expect("redis-cli is installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Self { servers };
+        cluster.wait_ok().await;
+        cluster
+    }
+
+    /// Until every running node reports `cluster_state:ok` and agrees on the primaries.
+    pub async fn wait_ok(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut ok = true;
+            for s in &self.servers {
+                let info: redis::RedisResult<String> = query(s.port, &["CLUSTER", "INFO"]).await;
+                ok &= info.is_ok_and(|i| i.contains("cluster_state:ok"));
+            }
+            if ok {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the Redis Cluster never became ok"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `host:port` of two nodes: a gateway finds the rest itself.
+    pub fn seeds(&self) -> String {
+        format!(
+            "127.0.0.1:{},127.0.0.1:{}",
+            self.servers[0].port, self.servers[1].port
+        )
+    }
+
+    /// The port of the primary that serves `key`, asked of a live node.
+    pub async fn owner(&self, key: &str) -> u16 {
+        for s in &self.servers {
+            let Ok(slot) = query::<i64>(s.port, &["CLUSTER", "KEYSLOT", key]).await else {
+                continue;
+            };
+            let Ok(redis::Value::Array(ranges)) =
+                query::<redis::Value>(s.port, &["CLUSTER", "SLOTS"]).await
+            else {
+                continue;
+            };
+            for r in ranges {
+                let redis::Value::Array(parts) = r else {
+                    continue;
+                };
+                let (redis::Value::Int(lo), redis::Value::Int(hi), redis::Value::Array(node)) =
+                    (&parts[0], &parts[1], &parts[2])
+                else {
+                    continue;
+                };
+                if (*lo..=*hi).contains(&slot)
+                    && let redis::Value::Int(port) = node[1]
+                {
+                    return u16::try_from(port).unwrap();
+                }
+            }
+        }
+        panic!("no node names the owner of {key}");
+    }
+
+    /// A replica of the primary on `port`.
+    pub async fn replica_of(&self, port: u16) -> u16 {
+        for s in &self.servers {
+            if s.port == port {
+                continue;
+            }
+            let Ok(info) = query::<String>(s.port, &["INFO", "replication"]).await else {
+                continue;
+            };
+            if info.contains("role:slave") && info.contains(&format!("master_port:{port}")) {
+                return s.port;
+            }
+        }
+        panic!("no replica of {port}");
+    }
+
+    pub fn server(&mut self, port: u16) -> &mut RedisServer {
+        self.servers.iter_mut().find(|s| s.port == port).unwrap()
+    }
+
+    /// Until `key`'s slot is served by another primary than `old`.
+    pub async fn wait_moved(&self, key: &str, old: u16) {
+        let deadline = tokio::time::Instant::now() + WAIT * 2;
+        while self.owner(key).await == old {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no replica of {old} was promoted"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The stream key of `channel` (the default key prefix).
+fn stream_key(channel: &str) -> String {
+    format!("ssegate:{{{channel}}}:s")
+}
+
+#[tokio::test]
+async fn on_redis_cluster_three_nodes_deliver_across_nodes() {
+    cluster::deliver_across_nodes(&Store::cluster().await).await;
+}
+
+#[tokio::test]
+async fn on_redis_cluster_a_trimmed_cursor_gets_sync_required_on_any_node() {
+    cluster::trimmed_cursor(&Store::cluster().await).await;
+}
+
+#[tokio::test]
+async fn on_redis_cluster_a_multi_channel_subscriber_resumes_on_another_node() {
+    let store = Store::cluster().await;
+    let Store::Cluster(c) = &store else {
+        unreachable!()
+    };
+    // The case's two channels live in different slots.
+    assert_ne!(
+        keyslot(c.servers[0].port, "p").await,
+        keyslot(c.servers[0].port, "q").await
+    );
+    cluster::multi_channel_resume(&store).await;
+}
+
+#[tokio::test]
+async fn on_redis_cluster_the_same_idempotency_key_on_two_nodes_publishes_once() {
+    cluster::idempotency_across_nodes(&Store::cluster().await).await;
+}
+
+#[tokio::test]
+async fn on_redis_cluster_expired_events_are_a_gap_only_past_the_cursor() {
+    cluster::expired_events(&Store::cluster().await).await;
+}
+
+#[tokio::test]
+async fn on_redis_cluster_a_gateway_crash_loses_and_repeats_nothing() {
+    cluster::failover(&Store::cluster().await, "KILL").await;
+}
+
+/// Channels spread over every primary.
+const SPREAD: [&str; 6] = ["a", "b", "c", "news", "user:1", "user:2"];
+
+#[tokio::test]
+async fn a_batch_over_several_slots_is_written_per_slot_and_retried_safely() {
+    let store = Store::cluster().await;
+    let Store::Cluster(c) = &store else {
+        unreachable!()
+    };
+    let mut owners: Vec<u16> = Vec::new();
+    for ch in SPREAD {
+        owners.push(c.owner(&stream_key(ch)).await);
+    }
+    owners.sort_unstable();
+    owners.dedup();
+    assert_eq!(owners.len(), 3, "the channels cover every primary");
+    let nodes = store.nodes(2, &[]).await;
+    let http = HttpClient::new();
+    let path = format!("/v1/events?channels={}", SPREAD.join(","));
+    let mut all = stream(&nodes[1], &path, None).await;
+    let batch: Vec<serde_json::Value> = SPREAD
+        .iter()
+        .enumerate()
+        .map(|(i, ch)| serde_json::json!({"channel": ch, "data": format!("e{i}")}))
+        .collect();
+    let body = Bytes::from(serde_json::json!({ "events": batch }).to_string());
+    let mut answers = Vec::new();
+    for node in &nodes {
+        let res = http
+            .request(
+                http::Method::POST,
+                &node.url("/v1/publish"),
+                &[
+                    ("content-type", "application/json"),
+                    ("idempotency-key", "batch-1"),
+                ],
+                body.clone(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+        answers.push(json(&res.body)["ids"].clone());
+    }
+    assert_eq!(answers[0], answers[1], "the retry got the same ids");
+    // Each id is the one a single-channel subscriber sees, in request order.
+    for (i, ch) in SPREAD.iter().enumerate() {
+        let h = json(
+            &http
+                .get(&nodes[0].url(&format!("/v1/channels/{ch}/history")))
+                .await
+                .unwrap()
+                .body,
+        );
+        let events = h["events"].as_array().unwrap();
+        assert_eq!(events.len(), 1, "{ch}: published once");
+        assert_eq!(events[0]["id"], answers[0][i]);
+        assert_eq!(events[0]["data"], format!("e{i}"));
+    }
+    let mut got: Vec<String> = events(&mut all, SPREAD.len())
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    got.sort_unstable();
+    let mut want: Vec<String> = (0..SPREAD.len()).map(|i| format!("e{i}")).collect();
+    want.sort_unstable();
+    assert_eq!(
+        got, want,
+        "a multi-channel stream over every slot got each once"
+    );
+    // The same key with another batch is refused, and publishes nothing.
+    let other = Bytes::from(
+        serde_json::json!({"events": [{"channel": "a", "data": "x"}, {"channel": "b", "data": "y"}]})
+            .to_string(),
+    );
+    let res = http
+        .request(
+            http::Method::POST,
+            &nodes[0].url("/v1/publish"),
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", "batch-1"),
+            ],
+            other,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        res.text()
+    );
+}
+
+/// Publishing goes on through the gateways while the primary of the test's channel is
+/// failed over (`CLUSTER FAILOVER` on its replica), then crashed (SIGKILL): every
+/// subscriber gets every acknowledged event exactly once, or a `sync-required`.
+#[tokio::test]
+async fn a_failover_and_a_primary_crash_during_fan_out_lose_nothing_silently() {
+    let Store::Cluster(mut c) = Store::cluster().await else {
+        unreachable!()
+    };
+    let nodes = crate::cluster::nodes_on(
+        ("SSEGATE_REDIS_CLUSTER", &c.seeds()),
+        3,
+        &[
+            ("SSEGATE_REDIS_TIMEOUT", "1s"),
+            ("SSEGATE_HEARTBEAT_INTERVAL", "500ms"),
+        ],
+    )
+    .await;
+    let key = stream_key("ha");
+    crate::sentinel::survives(&mut c, &nodes, 0, false, async |c| {
+        let old = c.owner(&key).await;
+        let replica = c.replica_of(old).await;
+        query::<String>(replica, &["CLUSTER", "FAILOVER"])
+            .await
+            .unwrap();
+        c.wait_moved(&key, old).await;
+    })
+    .await;
+    crate::sentinel::survives(&mut c, &nodes, 1, false, async |c| {
+        let old = c.owner(&key).await;
+        c.server(old).kill().await;
+        c.wait_moved(&key, old).await;
+    })
+    .await;
+}
