@@ -315,7 +315,7 @@ async fn a_failover_and_a_primary_crash_during_fan_out_lose_nothing_silently() {
     )
     .await;
     let key = stream_key("ha");
-    crate::sentinel::survives(&mut c, &nodes, 0, false, async |c| {
+    crate::sentinel::survives(&mut c, "ha", &nodes, 0, false, async |c| {
         let old = c.owner(&key).await;
         let replica = c.replica_of(old).await;
         query::<String>(replica, &["CLUSTER", "FAILOVER"])
@@ -324,10 +324,116 @@ async fn a_failover_and_a_primary_crash_during_fan_out_lose_nothing_silently() {
         c.wait_moved(&key, old).await;
     })
     .await;
-    crate::sentinel::survives(&mut c, &nodes, 1, false, async |c| {
+    crate::sentinel::survives(&mut c, "ha", &nodes, 1, false, async |c| {
         let old = c.owner(&key).await;
         c.server(old).kill().await;
         c.wait_moved(&key, old).await;
     })
     .await;
+}
+
+/// A channel whose slot is among the first `n` slots its primary serves (the ones
+/// `redis-cli --cluster reshard --cluster-slots n` moves).
+async fn channel_in_first_slots(c: &RedisCluster, n: i64) -> (String, u16) {
+    let port = c.servers[0].port;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let firsts = first_slots(port).await;
+    for i in 0.. {
+        let name = format!("mig{i}");
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&name)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some(&(_, owner)) = firsts.iter().find(|(lo, _)| (*lo..*lo + n).contains(&slot)) {
+            return (name, owner);
+        }
+    }
+    unreachable!()
+}
+
+/// Each primary's lowest slot and its port.
+async fn first_slots(port: u16) -> Vec<(i64, u16)> {
+    let redis::Value::Array(ranges) = query::<redis::Value>(port, &["CLUSTER", "SLOTS"])
+        .await
+        .unwrap()
+    else {
+        panic!("CLUSTER SLOTS")
+    };
+    let mut firsts: Vec<(i64, u16)> = Vec::new();
+    for r in ranges {
+        let redis::Value::Array(parts) = r else {
+            continue;
+        };
+        let (redis::Value::Int(lo), redis::Value::Array(node)) = (&parts[0], &parts[2]) else {
+            continue;
+        };
+        let redis::Value::Int(p) = node[1] else {
+            continue;
+        };
+        let p = u16::try_from(p).unwrap();
+        match firsts.iter_mut().find(|(_, o)| *o == p) {
+            Some(f) => f.0 = f.0.min(*lo),
+            None => firsts.push((*lo, p)),
+        }
+    }
+    firsts
+}
+
+/// Publishing goes on while the busy channel's slot moves to another primary
+/// (`redis-cli --cluster reshard`): nothing acknowledged is lost or repeated, and no
+/// subscriber is disconnected.
+#[tokio::test]
+async fn a_slot_migration_of_a_busy_channel_loses_and_repeats_nothing() {
+    let Store::Cluster(mut c) = Store::cluster().await else {
+        unreachable!()
+    };
+    let (channel, owner) = channel_in_first_slots(&c, 50).await;
+    let to = c
+        .servers
+        .iter()
+        .map(|s| s.port)
+        .find(|&p| p != owner)
+        .unwrap();
+    let mut target = 0;
+    for s in &c.servers {
+        let info: String = query(s.port, &["INFO", "replication"]).await.unwrap();
+        if s.port != owner && info.contains("role:master") {
+            target = s.port;
+            break;
+        }
+    }
+    assert_ne!(target, 0, "{to}");
+    let id = |port: u16| async move { query::<String>(port, &["CLUSTER", "MYID"]).await.unwrap() };
+    let (from_id, to_id) = (id(owner).await, id(target).await);
+    let nodes = crate::cluster::nodes_on(
+        ("SSEGATE_REDIS_CLUSTER", &c.seeds()),
+        3,
+        &[
+            ("SSEGATE_REDIS_TIMEOUT", "1s"),
+            ("SSEGATE_HEARTBEAT_INTERVAL", "500ms"),
+        ],
+    )
+    .await;
+    let key = stream_key(&channel);
+    let channel: &'static str = Box::leak(channel.into_boxed_str());
+    crate::sentinel::survives(&mut c, channel, &nodes, 0, true, async |c| {
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{owner}")])
+            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+            .args(["--cluster-slots", "50", "--cluster-yes"])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c.wait_moved(&key, owner).await;
+    })
+    .await;
+    assert_eq!(c.owner(&key).await, target);
 }

@@ -203,7 +203,7 @@ async fn behind_tls_sentinels_a_failover_loses_nothing_acknowledged() {
     let (status, _) = publish(&HttpClient::new(), &plain[0], "ha", "refused").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     drop(plain);
-    survives(&mut set, &nodes, 0, true, async |set| {
+    survives(&mut set, "ha", &nodes, 0, true, async |set| {
         let old = set.primary_port().await;
         set.failover().await;
         set.wait_promoted(old).await;

@@ -297,12 +297,12 @@ async fn publisher(
 /// and gets every acknowledged event exactly once.
 pub async fn survives<S>(
     set: &mut S,
+    channel: &'static str,
     nodes: &[TestProcess],
     round: usize,
     durable: bool,
     fault: impl AsyncFnOnce(&mut S),
 ) {
-    let channel = "ha";
     let last = format!("last{round}");
     let mut subs = JoinSet::new();
     for node in nodes {
@@ -369,7 +369,11 @@ pub async fn survives<S>(
         if durable && !statuses.contains_key(&504) {
             assert_eq!(seen.syncs, 0, "subscriber {k}: nothing lost to announce");
         }
-        assert!(seen.heartbeats > 0, "subscriber {k}: heartbeats go on");
+        // Through an outage (some publish failed) the stream stays open and alive. A fault
+        // without one (a slot migration) may be over before a stream is ever idle.
+        if statuses.keys().any(|&s| s != 201) {
+            assert!(seen.heartbeats > 0, "subscriber {k}: heartbeats go on");
+        }
         // The same data twice only when its first publish was answered 504, reached
         // subscribers live from the demoted primary and was lost with it; the retry
         // (same Idempotency-Key) published it again, and the loss was announced.
@@ -413,14 +417,14 @@ async fn a_sentinel_failover_and_a_primary_crash_lose_nothing_acknowledged() {
     )
     .await;
     // A manual failover.
-    survives(&mut set, &nodes, 0, true, async |set| {
+    survives(&mut set, "ha", &nodes, 0, true, async |set| {
         let old = set.primary_port().await;
         set.failover().await;
         set.wait_promoted(old).await;
     })
     .await;
     // A crash of the new primary; it comes back, and the sentinels make it a replica.
-    survives(&mut set, &nodes, 1, true, async |set| {
+    survives(&mut set, "ha", &nodes, 1, true, async |set| {
         let old = set.primary_port().await;
         set.server(old).kill().await;
         set.wait_promoted(old).await;
@@ -433,7 +437,7 @@ async fn a_sentinel_failover_and_a_primary_crash_lose_nothing_acknowledged() {
 async fn without_replica_confirmation_a_failover_loses_nothing_silently() {
     let mut set = Sentinels::start().await;
     let nodes = nodes(&set, 2, &[]).await;
-    survives(&mut set, &nodes, 0, false, async |set| {
+    survives(&mut set, "ha", &nodes, 0, false, async |set| {
         let old = set.primary_port().await;
         set.server(old).kill().await;
         set.wait_promoted(old).await;
