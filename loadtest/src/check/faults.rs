@@ -15,7 +15,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::check::publish;
 use crate::check::record::{FaultRecord, Recorder};
-use crate::check::redis::{Reply, query};
+use crate::check::redis::{RedisKind, Reply, query};
 use crate::check::topology::Topology;
 
 /// Events published on a stalled client's channels while it does not read, and their
@@ -39,11 +39,16 @@ pub(crate) enum Fault {
     RedisRestart { down_ms: u64 },
     /// `DEBUG SLEEP 0.5`: Redis (the primary) answers nothing for half a second.
     RedisSleep,
-    /// `SENTINEL FAILOVER` (Sentinel only): the replica is promoted, the primary demoted.
-    Failover,
-    /// SIGKILL of the primary (Sentinel only); the sentinels promote the replica, and
-    /// `down_ms` after that the old primary comes back as a replica.
-    KillPrimary { down_ms: u64 },
+    /// `SENTINEL FAILOVER`, or on a Redis Cluster `CLUSTER FAILOVER` on the replica of
+    /// primary `pick` (modulo the primaries): the replica is promoted, the primary demoted.
+    Failover { pick: usize },
+    /// SIGKILL of the primary (Sentinel), or of primary `pick` (Redis Cluster); its
+    /// replica is promoted, and `down_ms` after that the old primary comes back as a
+    /// replica.
+    KillPrimary { pick: usize, down_ms: u64 },
+    /// Redis Cluster only: `slots` slots move from primary `pick` to the next one
+    /// (`redis-cli --cluster reshard`), while their channels are busy.
+    Reshard { pick: usize, slots: u32 },
     /// Client `client` stops reading for `ms`, then reads on; meanwhile a burst of big
     /// events on its channels fills its socket, so that the node has to catch it up.
     Stall { client: usize, ms: u64 },
@@ -57,8 +62,9 @@ impl Fault {
             Self::PubsubKill => "pubsub-kill",
             Self::RedisRestart { .. } => "redis-restart",
             Self::RedisSleep => "redis-sleep",
-            Self::Failover => "failover",
+            Self::Failover { .. } => "failover",
             Self::KillPrimary { .. } => "kill-primary",
+            Self::Reshard { .. } => "reshard",
             Self::Stall { .. } => "stall",
         }
     }
@@ -74,11 +80,14 @@ impl Fault {
             Self::PubsubKill => "redis CLIENT KILL TYPE pubsub".into(),
             Self::RedisRestart { down_ms } => format!("redis SIGTERM + restart, down {down_ms} ms"),
             Self::RedisSleep => "redis DEBUG SLEEP 0.5".into(),
-            Self::Failover => "SENTINEL FAILOVER".into(),
-            Self::KillPrimary { down_ms } => {
+            Self::Failover { pick } => format!("failover of primary {pick}"),
+            Self::KillPrimary { pick, down_ms } => {
                 format!(
-                    "SIGKILL the Redis primary, back as a replica {down_ms} ms after the promotion"
+                    "SIGKILL Redis primary {pick}, back as a replica {down_ms} ms after the promotion"
                 )
+            }
+            Self::Reshard { pick, slots } => {
+                format!("reshard {slots} slots from primary {pick} to the next")
             }
             Self::Stall { client, ms } => {
                 format!(
@@ -97,14 +106,16 @@ pub(crate) struct Planned {
 }
 
 /// Draws the schedule: a fault every 1.5–4 s from 1.5 s until 2 s before the end. Behind
-/// Sentinel, failovers and primary crashes take the place of Redis restarts.
+/// Sentinel and on a Redis Cluster, failovers and primary crashes take the place of Redis
+/// restarts; on a Redis Cluster, slot migrations take some of the pub/sub kills' turns.
 pub(crate) fn schedule(
     seed: u64,
     duration_ms: u64,
     nodes: usize,
     clients: usize,
-    sentinel: bool,
+    kind: RedisKind,
 ) -> Vec<Planned> {
+    let ha = kind != RedisKind::One;
     let mut rng = fastrand::Rng::with_seed(seed ^ 0xfa17_5eed);
     let mut out = Vec::new();
     let mut at = 1500;
@@ -118,12 +129,19 @@ pub(crate) fn schedule(
                 node: rng.usize(0..nodes),
                 down_ms: rng.u64(200..1000),
             },
+            35..43 if kind == RedisKind::Cluster => Fault::Reshard {
+                pick: rng.usize(..8),
+                slots: rng.u32(50..1500),
+            },
             35..50 => Fault::PubsubKill,
-            50..60 if sentinel => Fault::Failover,
+            50..60 if ha => Fault::Failover {
+                pick: rng.usize(..8),
+            },
             50..60 => Fault::RedisRestart {
                 down_ms: rng.u64(100..800),
             },
-            60..75 if sentinel => Fault::KillPrimary {
+            60..75 if ha => Fault::KillPrimary {
+                pick: rng.usize(..8),
                 down_ms: rng.u64(0..1000),
             },
             60..75 => Fault::RedisSleep,
@@ -231,10 +249,28 @@ impl Runner {
                 );
                 Ok(())
             }
-            Fault::Failover => self.topo.lock().await.redis.failover().await,
-            Fault::KillPrimary { down_ms } => {
+            Fault::Failover { pick } => {
+                let redis = &mut self.topo.lock().await.redis;
+                match redis.kind() {
+                    RedisKind::Cluster => redis.cluster_failover(pick).await,
+                    _ => redis.failover().await,
+                }
+            }
+            Fault::KillPrimary { pick, down_ms } => {
                 let down = Duration::from_millis(down_ms);
-                self.topo.lock().await.redis.kill_primary(down).await
+                let redis = &mut self.topo.lock().await.redis;
+                match redis.kind() {
+                    RedisKind::Cluster => redis.cluster_kill_primary(pick, down).await,
+                    _ => redis.kill_primary(down).await,
+                }
+            }
+            Fault::Reshard { pick, slots } => {
+                self.topo
+                    .lock()
+                    .await
+                    .redis
+                    .cluster_reshard(pick, slots)
+                    .await
             }
             Fault::Stall { client, ms } => {
                 if let Some(tx) = self.stalls.get(client) {
@@ -265,16 +301,28 @@ mod tests {
 
     #[test]
     fn schedule_is_reproducible_and_bounded() {
-        let a = schedule(7, 45_000, 3, 20, false);
-        assert_eq!(a, schedule(7, 45_000, 3, 20, false));
-        assert_ne!(a, schedule(8, 45_000, 3, 20, false));
+        let a = schedule(7, 45_000, 3, 20, RedisKind::One);
+        assert_eq!(a, schedule(7, 45_000, 3, 20, RedisKind::One));
+        assert_ne!(a, schedule(8, 45_000, 3, 20, RedisKind::One));
         assert!(a.len() >= 10, "{a:?}");
         assert!(a.iter().all(|p| p.at_ms >= 1500 && p.at_ms + 2000 < 45_000));
         assert!(a.windows(2).all(|w| w[0].at_ms < w[1].at_ms));
-        assert!(schedule(7, 3000, 3, 20, false).is_empty());
-        let plain = |p: &Planned| !matches!(p.fault, Fault::Failover | Fault::KillPrimary { .. });
+        assert!(schedule(7, 3000, 3, 20, RedisKind::One).is_empty());
+        let plain = |p: &Planned| {
+            !matches!(
+                p.fault,
+                Fault::Failover { .. } | Fault::KillPrimary { .. } | Fault::Reshard { .. }
+            )
+        };
         assert!(a.iter().all(plain));
-        let ha = schedule(7, 120_000, 3, 20, true);
+        let cluster = schedule(7, 120_000, 3, 20, RedisKind::Cluster);
+        assert!(
+            cluster
+                .iter()
+                .any(|p| matches!(p.fault, Fault::Reshard { .. }))
+        );
+        let ha = schedule(7, 120_000, 3, 20, RedisKind::Sentinel);
+        assert!(ha.iter().all(|p| !matches!(p.fault, Fault::Reshard { .. })));
         assert!(ha.iter().any(|p| !plain(p)), "{ha:?}");
         assert!(
             ha.iter()

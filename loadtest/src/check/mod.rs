@@ -2,12 +2,13 @@
 //! delivery contract of a Redis-backed cluster.
 //!
 //! It starts its own system (a `redis-server` with AOF, or with `--sentinel` a primary,
-//! a replica and three sentinels, and N gateway nodes on loopback), lets random clients
+//! a replica and three sentinels, or with `--redis-cluster` three primaries and three
+//! replicas, and N gateway nodes on loopback), lets random clients
 //! open, read, stall, drop and resume single- and multi-channel streams on random nodes
 //! while publishers publish with `Idempotency-Key` and retries, injects faults drawn from
 //! the seed (node SIGKILL and SIGTERM, pub/sub connection kills, Redis restarts and
-//! `DEBUG SLEEP`, or behind Sentinel `SENTINEL FAILOVER` and primary SIGKILLs; client
-//! stalls),
+//! `DEBUG SLEEP`, or behind Sentinel `SENTINEL FAILOVER` and primary SIGKILLs, or on a
+//! Redis Cluster `CLUSTER FAILOVER`, primary SIGKILLs and slot migrations; client stalls),
 //! records everything with one monotonic clock, then stops publishing, lets every client
 //! catch up, reads each channel's stream back as ground truth, and checks the whole
 //! history against the contract (see [`model`]). Any anomaly prints a minimal history
@@ -28,7 +29,8 @@
 //!   ground truth, check, report.
 //! * [`topology`] — the gateway processes, restarts, the kill-everything
 //!   [`topology::Guard`].
-//! * [`redis`] — Redis: standalone or behind Sentinel, its faults, a tiny RESP client.
+//! * [`redis`] — Redis: standalone or behind Sentinel, its faults, a tiny RESP client;
+//!   [`cluster`] — a Redis Cluster and its faults.
 //! * [`faults`] — the seeded fault schedule and its runner.
 //! * [`publish`] — publishers with idempotent retries, and the prober that publishes
 //!   right after a fresh session's head.
@@ -39,6 +41,7 @@
 //! * `tests.rs` — the model on synthetic histories.
 
 mod client;
+mod cluster;
 mod faults;
 mod model;
 mod publish;
@@ -64,6 +67,7 @@ use tokio::time::{Instant, sleep, timeout};
 
 use crate::check::client::Phase;
 use crate::check::record::{Entry, History, Recorder, Truth, decode_data, parse_single};
+use crate::check::redis::RedisKind;
 use crate::check::topology::{Guard, Spec, Topology};
 
 /// Options of `check`.
@@ -86,8 +90,12 @@ pub(crate) struct CheckArgs {
     pub(crate) redis_bin: String,
     /// Redis behind Sentinel: a primary, a replica and three sentinels; the faults include
     /// `SENTINEL FAILOVER` and SIGKILLs of the primary.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "redis_cluster")]
     pub(crate) sentinel: bool,
+    /// A Redis Cluster of three primaries and three replicas; the faults include
+    /// `CLUSTER FAILOVER`, SIGKILLs of a primary and slot migrations of busy channels.
+    #[arg(long)]
+    pub(crate) redis_cluster: bool,
     /// `SSEGATE_PUBLISH_MIN_REPLICAS` of every node (with --sentinel). With 0, a failover
     /// may lose acknowledged events, and the check then demands that every such loss is
     /// announced with `sync-required`; with 1, nothing acknowledged may be lost.
@@ -111,6 +119,16 @@ pub(crate) struct CheckArgs {
     /// Keep the run directory (logs, AOF) even when the check passes.
     #[arg(long)]
     pub(crate) keep_dir: bool,
+}
+
+impl CheckArgs {
+    fn redis_kind(&self) -> RedisKind {
+        match (self.sentinel, self.redis_cluster) {
+            (true, _) => RedisKind::Sentinel,
+            (_, true) => RedisKind::Cluster,
+            _ => RedisKind::One,
+        }
+    }
 }
 
 /// Settings of every node: short retries and drain (so clients come back quickly),
@@ -184,7 +202,7 @@ pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let spec = Spec {
         gateway_bin,
         redis_bin: args.redis_bin.clone(),
-        sentinel: args.sentinel,
+        redis: args.redis_kind(),
         nodes: args.nodes,
         env,
     };
@@ -289,7 +307,7 @@ async fn run_checked(
     let plan = if args.no_faults {
         Vec::new()
     } else {
-        faults::schedule(seed, duration_ms, args.nodes, args.clients, args.sentinel)
+        faults::schedule(seed, duration_ms, args.nodes, args.clients, args.redis_kind())
     };
     let runner = faults::Runner {
         topo: topo.clone(),
@@ -321,7 +339,8 @@ async fn run_checked(
         bail!("publishers did not finish within 40 s");
     }
 
-    let lossy = args.sentinel && !args.no_faults;
+    // Without WAIT, a failover may lose acknowledged events (announced, never silent).
+    let lossy = args.redis_kind() != RedisKind::One && !args.no_faults;
     let truth = fetch_truth(&pctx.http, &addrs, &run_id, &channels, lossy).await?;
     let targets: BTreeMap<String, record::Key> = truth
         .channels

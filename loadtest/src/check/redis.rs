@@ -1,5 +1,7 @@
 //! Redis for the checker: one standalone `redis-server`, or (`--sentinel`) a primary, a
-//! replica and three sentinels, all real processes on loopback, each restartable.
+//! replica and three sentinels, or (`--redis-cluster`, see [`crate::check::cluster`]) a
+//! Redis Cluster of three primaries and three replicas, all real processes on loopback,
+//! each restartable.
 //!
 //! Every data server runs with `--appendonly yes` (and no RDB snapshots) in its own
 //! directory of the run's, so a clean restart (SIGTERM: the AOF is flushed) keeps every
@@ -38,8 +40,17 @@ struct Server {
     proc: Option<Proc>,
 }
 
+/// Which Redis topology a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RedisKind {
+    One,
+    Sentinel,
+    Cluster,
+}
+
 #[derive(Debug)]
 pub(crate) struct RedisSet {
+    kind: RedisKind,
     bin: String,
     dir: PathBuf,
     procs: Procs,
@@ -55,10 +66,16 @@ impl RedisSet {
         bin: &str,
         dir: PathBuf,
         procs: Procs,
-        sentinel: bool,
+        kind: RedisKind,
     ) -> anyhow::Result<Self> {
-        let data = if sentinel { 2 } else { 1 };
+        let sentinel = kind == RedisKind::Sentinel;
+        let data = match kind {
+            RedisKind::One => 1,
+            RedisKind::Sentinel => 2,
+            RedisKind::Cluster => 2 * crate::check::cluster::PRIMARIES,
+        };
         let mut set = Self {
+            kind,
             bin: bin.to_owned(),
             servers: (0..data)
                 .map(|i| {
@@ -74,6 +91,13 @@ impl RedisSet {
             dir,
             procs,
         };
+        if kind == RedisKind::Cluster {
+            for i in 0..data {
+                set.start_server(i, None).await?;
+            }
+            set.create_cluster().await?;
+            return Ok(set);
+        }
         set.start_server(0, None).await?;
         if sentinel {
             let primary = set.servers[0].port;
@@ -112,7 +136,9 @@ impl RedisSet {
 
     /// The setting that points a gateway node at this set.
     pub(crate) fn node_env(&self) -> (&'static str, String) {
-        if self.sentinels.is_empty() {
+        if self.kind == RedisKind::Cluster {
+            ("SSEGATE_REDIS_CLUSTER", self.cluster_seeds())
+        } else if self.sentinels.is_empty() {
             (
                 "SSEGATE_REDIS_URL",
                 format!("redis://{}", addr(self.servers[0].port)),
@@ -130,7 +156,9 @@ impl RedisSet {
     /// What the run prints about Redis.
     pub(crate) fn describe(&self) -> String {
         let ports: Vec<String> = self.servers.iter().map(|s| s.port.to_string()).collect();
-        if self.sentinels.is_empty() {
+        if self.kind == RedisKind::Cluster {
+            format!("a Redis Cluster on ports {} (AOF)", ports.join(", "))
+        } else if self.sentinels.is_empty() {
             format!("redis {} (AOF)", addr(self.servers[0].port))
         } else {
             let sentinels: Vec<String> =
@@ -146,6 +174,13 @@ impl RedisSet {
     /// The current primary: the sentinels' answer (the first that answers), or the one
     /// data server.
     pub(crate) async fn primary(&self) -> anyhow::Result<SocketAddr> {
+        if self.kind == RedisKind::Cluster {
+            let primaries = self.cluster_primaries().await;
+            return primaries
+                .get(fastrand::usize(..primaries.len().max(1)))
+                .copied()
+                .context("no Redis Cluster primary answers");
+        }
         if self.sentinels.is_empty() {
             return Ok(addr(self.servers[0].port));
         }
@@ -171,7 +206,7 @@ impl RedisSet {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no sentinel")))
     }
 
-    fn index_of(&self, a: SocketAddr) -> anyhow::Result<usize> {
+    pub(crate) fn index_of(&self, a: SocketAddr) -> anyhow::Result<usize> {
         self.servers
             .iter()
             .position(|s| addr(s.port) == a)
@@ -288,7 +323,7 @@ impl RedisSet {
     }
 
     /// Starts data server `i` (as a replica of `replica_of`), waiting until it answers.
-    async fn start_server(&mut self, i: usize, replica_of: Option<u16>) -> anyhow::Result<()> {
+    pub(crate) async fn start_server(&mut self, i: usize, replica_of: Option<u16>) -> anyhow::Result<()> {
         let s = &self.servers[i];
         let sdir = self.dir.join(&s.name);
         std::fs::create_dir_all(&sdir)?;
@@ -308,6 +343,10 @@ impl RedisSet {
         if let Some(p) = replica_of {
             cmd.args(["--replicaof", "127.0.0.1", &p.to_string()]);
         }
+        if self.kind == RedisKind::Cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", crate::check::cluster::NODE_TIMEOUT_MS]);
+        }
         if self.debug_command {
             // DEBUG SLEEP is a fault we inject; Redis 7 disables DEBUG by default.
             cmd.args(["--enable-debug-command", "yes"]);
@@ -323,7 +362,7 @@ impl RedisSet {
             .with_context(|| format!("see {}", sdir.join("redis.log").display()))
     }
 
-    async fn stop_server(&mut self, i: usize, signal: &str) {
+    pub(crate) async fn stop_server(&mut self, i: usize, signal: &str) {
         if let Some(p) = self.servers[i].proc.take() {
             self.procs.stop(p, signal).await;
         }
@@ -359,7 +398,7 @@ impl RedisSet {
     pub(crate) async fn restore(&mut self) -> anyhow::Result<()> {
         for i in 0..self.servers.len() {
             if self.servers[i].proc.is_none() {
-                let of = if self.sentinels.is_empty() {
+                let of = if self.sentinels.is_empty() || self.kind == RedisKind::Cluster {
                     None
                 } else {
                     Some(self.primary().await?.port())
@@ -367,14 +406,33 @@ impl RedisSet {
                 self.start_server(i, of).await?;
             }
         }
-        if !self.sentinels.is_empty() {
+        if self.kind == RedisKind::Cluster {
+            self.wait_cluster_whole().await?;
+        } else if !self.sentinels.is_empty() {
             self.wait_whole().await?;
         }
         Ok(())
     }
+
+    pub(crate) fn ports(&self) -> Vec<u16> {
+        self.servers.iter().map(|s| s.port).collect()
+    }
+
+    /// Per data server: whether it runs.
+    pub(crate) fn up(&self) -> Vec<bool> {
+        self.servers.iter().map(|s| s.proc.is_some()).collect()
+    }
+
+    pub(crate) fn kind(&self) -> RedisKind {
+        self.kind
+    }
+
+    pub(crate) fn bin(&self) -> &str {
+        &self.bin
+    }
 }
 
-fn addr(port: u16) -> SocketAddr {
+pub(crate) fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
@@ -392,7 +450,7 @@ async fn wait_ping(port: u16, what: &str) -> anyhow::Result<()> {
 }
 
 /// A data server's role (`master`, `slave`), or `None` when it does not answer.
-async fn role(a: SocketAddr) -> Option<String> {
+pub(crate) async fn role(a: SocketAddr) -> Option<String> {
     match query(a, &["ROLE"]).await {
         Ok(Reply::Array(r)) if !r.is_empty() => Some(r[0].text()),
         _ => None,
@@ -423,7 +481,7 @@ pub(crate) enum Reply {
 
 impl Reply {
     /// A string reply's text (empty for anything else).
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         match self {
             Self::Simple(s) | Self::Bulk(Some(s)) => s.clone(),
             Self::Int(n) => n.to_string(),

@@ -141,8 +141,9 @@ impl Procs {
 pub(crate) struct Spec {
     pub(crate) gateway_bin: PathBuf,
     pub(crate) redis_bin: String,
-    /// Redis behind Sentinel (a primary, a replica, three sentinels).
-    pub(crate) sentinel: bool,
+    /// One Redis, Redis behind Sentinel (a primary, a replica, three sentinels), or a
+    /// Redis Cluster.
+    pub(crate) redis: crate::check::redis::RedisKind,
     pub(crate) nodes: usize,
     /// Extra `SSEGATE_*` settings for every node.
     pub(crate) env: Vec<(String, String)>,
@@ -168,7 +169,7 @@ impl Topology {
             &spec.redis_bin,
             guard.dir.clone(),
             guard.procs.clone(),
-            spec.sentinel,
+            spec.redis,
         )
         .await?;
         let mut t = Self {
