@@ -307,7 +307,13 @@ async fn run_checked(
     let plan = if args.no_faults {
         Vec::new()
     } else {
-        faults::schedule(seed, duration_ms, args.nodes, args.clients, args.redis_kind())
+        faults::schedule(
+            seed,
+            duration_ms,
+            args.nodes,
+            args.clients,
+            args.redis_kind(),
+        )
     };
     let runner = faults::Runner {
         topo: topo.clone(),

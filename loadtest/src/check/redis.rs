@@ -323,7 +323,11 @@ impl RedisSet {
     }
 
     /// Starts data server `i` (as a replica of `replica_of`), waiting until it answers.
-    pub(crate) async fn start_server(&mut self, i: usize, replica_of: Option<u16>) -> anyhow::Result<()> {
+    pub(crate) async fn start_server(
+        &mut self,
+        i: usize,
+        replica_of: Option<u16>,
+    ) -> anyhow::Result<()> {
         let s = &self.servers[i];
         let sdir = self.dir.join(&s.name);
         std::fs::create_dir_all(&sdir)?;
@@ -344,8 +348,16 @@ impl RedisSet {
             cmd.args(["--replicaof", "127.0.0.1", &p.to_string()]);
         }
         if self.kind == RedisKind::Cluster {
-            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-                .args(["--cluster-node-timeout", crate::check::cluster::NODE_TIMEOUT_MS]);
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
+            .args([
+                "--cluster-node-timeout",
+                crate::check::cluster::NODE_TIMEOUT_MS,
+            ]);
         }
         if self.debug_command {
             // DEBUG SLEEP is a fault we inject; Redis 7 disables DEBUG by default.

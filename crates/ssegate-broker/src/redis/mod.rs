@@ -231,6 +231,19 @@ impl RedisBroker {
         Ok(())
     }
 
+    /// On a Redis Cluster: reads the epoch every [`EPOCH_RECHECK`], traffic or not, so
+    /// that a flushed epoch key is put back before a node that starts afterwards would
+    /// create a new epoch.
+    async fn keep_epoch(self) {
+        use crate::Broker;
+        loop {
+            tokio::time::sleep(EPOCH_RECHECK).await;
+            if let Err(e) = self.epoch().await {
+                tracing::debug!(error = %e, "reading the epoch failed; trying again");
+            }
+        }
+    }
+
     async fn command<T: redis::FromRedisValue>(
         &self,
         op: BrokerOp,
@@ -250,9 +263,16 @@ impl Broker for RedisBroker {
         "redis"
     }
 
-    /// The node's pub/sub connection(s).
+    /// The node's pub/sub connection(s); on a Redis Cluster also the epoch's keeper.
     fn background(&self) -> Option<crate::Background> {
-        self.inner.pubsub.take()
+        let task = self.inner.pubsub.take()?;
+        if !self.inner.backend.is_cluster() {
+            return Some(task);
+        }
+        let me = self.clone();
+        Some(Box::pin(async move {
+            futures_util::future::join(task, me.keep_epoch()).await;
+        }))
     }
 
     async fn epoch(&self) -> Result<Epoch, BrokerError> {

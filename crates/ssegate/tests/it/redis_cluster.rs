@@ -437,3 +437,78 @@ async fn a_slot_migration_of_a_busy_channel_loses_and_repeats_nothing() {
     .await;
     assert_eq!(c.owner(&key).await, target);
 }
+
+/// A channel (from `names`) that the primary on `port` serves, or that it does not.
+async fn channel_on(c: &RedisCluster, port: u16, on: bool) -> String {
+    for i in 0.. {
+        let name = format!("f{i}");
+        if (c.owner(&stream_key(&name)).await == port) == on {
+            return name;
+        }
+    }
+    unreachable!()
+}
+
+/// The shard that holds the epoch is flushed (`FLUSHALL` on its primary; its replica
+/// follows): its channels' clients are told, the other shards' are not, and the nodes put
+/// the epoch back instead of starting a new one.
+#[tokio::test]
+async fn a_flushed_shard_is_a_loss_for_its_channels_only() {
+    let store = Store::cluster().await;
+    let Store::Cluster(c) = &store else {
+        unreachable!()
+    };
+    let shard = c.owner("ssegate:epoch").await;
+    let (lost, kept) = (
+        channel_on(c, shard, true).await,
+        channel_on(c, shard, false).await,
+    );
+    let nodes = store.nodes(2, &[]).await;
+    let http = HttpClient::new();
+    let (_, lost_id) = cluster::publish(&http, &nodes[0], &lost, "l0").await;
+    let (_, kept_id) = cluster::publish(&http, &nodes[0], &kept, "k0").await;
+    let mut live = stream(
+        &nodes[1],
+        &format!("/v1/channels/{lost}/events"),
+        Some(&lost_id),
+    )
+    .await;
+    let epoch: String = query(shard, &["GET", "ssegate:epoch"]).await.unwrap();
+    let _: String = query(shard, &["FLUSHALL"]).await.unwrap();
+    // Awaited, not slept on: a node puts the epoch it knows back.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now: Option<String> = query(shard, &["GET", "ssegate:epoch"]).await.unwrap();
+        if let Some(now) = now {
+            assert_eq!(now, epoch, "the epoch was put back, not replaced");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the epoch never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster::publish(&http, &nodes[0], &lost, "l1").await;
+    cluster::publish(&http, &nodes[0], &kept, "k1").await;
+    // The open stream on the flushed channel is told, then gets what the store has.
+    let got = events(&mut live, 2).await;
+    assert_eq!(got[0].event, "sync-required");
+    assert_eq!(got[1].data, "l1");
+    // A cursor on the flushed channel is told, on a node started after the flush too.
+    let late = store.nodes(1, &[]).await;
+    for node in [&nodes[0], &late[0]] {
+        let mut conn = stream(node, &format!("/v1/channels/{lost}/events"), Some(&lost_id)).await;
+        let got = events(&mut conn, 2).await;
+        assert_eq!(got[0].event, "sync-required");
+        assert_eq!(json(got[0].data.as_bytes())["reason"], "history_trimmed");
+        assert_eq!(got[1].data, "l1");
+        // The other shard lost nothing: no signal, the next event.
+        let mut conn = stream(node, &format!("/v1/channels/{kept}/events"), Some(&kept_id)).await;
+        let got = events(&mut conn, 1).await;
+        assert_eq!(
+            (got[0].event.as_str(), got[0].data.as_str()),
+            ("message", "k1")
+        );
+    }
+}
