@@ -109,7 +109,9 @@ done
 # the delivery contract. A fresh seed each run (printed; SMOKE_CHECK_SEED pins one).
 # Then twice behind Sentinel (a primary, a replica, three sentinels; failovers and primary
 # SIGKILLs among the faults): without replica confirmation (every loss announced) and
-# with SSEGATE_PUBLISH_MIN_REPLICAS=1 (nothing acknowledged lost).
+# with SSEGATE_PUBLISH_MIN_REPLICAS=1 (nothing acknowledged lost). Then on a Redis Cluster
+# (three primaries, three replicas; CLUSTER FAILOVER, primary SIGKILLs and slot migrations
+# among the faults).
 CHECK_S=${SMOKE_CHECK_SECONDS:-45}
 SENTINEL_S=${SMOKE_SENTINEL_SECONDS:-30}
 check() {
@@ -128,4 +130,5 @@ check() {
 check check "$CHECK_S"
 check check-sentinel "$SENTINEL_S" --sentinel
 check check-durable "$SENTINEL_S" --sentinel --min-replicas 1
-echo "loadtest smoke: 6 scenarios, 0 gaps, 0 duplicates; history checks (standalone, Sentinel, Sentinel with a replica confirming): 0 anomalies"
+check check-cluster "$SENTINEL_S" --redis-cluster
+echo "loadtest smoke: 6 scenarios, 0 gaps, 0 duplicates; history checks (standalone, Sentinel, Sentinel with a replica confirming, Redis Cluster): 0 anomalies"
