@@ -104,10 +104,7 @@ pub(super) async fn publish(
         _ if conflict && !written => Err(BrokerError::IdempotencyConflict),
         _ if refused => Err(BrokerError::Unavailable(why)),
         (_, epoch) => Err(BrokerError::OutcomeUnknown {
-            known: match epoch {
-                Some(epoch) => Some(KnownIds { epoch, ids }),
-                None => None,
-            },
+            known: epoch.map(|epoch| KnownIds { epoch, ids }),
             reason: format!("a batch over several slots was written in part: {why}"),
         }),
     }

@@ -19,6 +19,7 @@ pub async fn cluster(redis: &RedisServer, n: usize, env: &[(&str, &str)]) -> Vec
 }
 
 /// What the gateways share: one Redis, or a Redis Cluster.
+#[allow(clippy::large_enum_variant)] // one per test: its size does not matter
 pub enum Store {
     One(RedisServer),
     Cluster(RedisCluster),
