@@ -40,14 +40,49 @@ def volumes_of(service):
 
 MONITORING = {"prometheus", "grafana"}
 SENTINEL = {"redis-replica", "sentinel1", "sentinel2", "sentinel3"}
+REDIS_CLUSTER = {f"redis-cluster{i}" for i in range(1, 7)}
 
 
 def test_services(compose):
-    assert set(compose["services"]) == {"redis", "nginx", *NODES, *MONITORING, *SENTINEL}
+    assert set(compose["services"]) == {
+        "redis", "nginx", *NODES, *MONITORING, *SENTINEL, *REDIS_CLUSTER, "redis-cluster-init"
+    }
     for name in MONITORING:
         assert compose["services"][name].get("profiles") == ["monitoring"], name
     for name in SENTINEL:
         assert compose["services"][name].get("profiles") == ["sentinel"], name
+    for name in [*REDIS_CLUSTER, "redis-cluster-init"]:
+        assert compose["services"][name].get("profiles") == ["redis-cluster"], name
+
+
+def test_the_redis_cluster_profile_forms_a_cluster_the_nodes_can_use(compose):
+    services = compose["services"]
+    volumes = compose.get("volumes", {})
+    for name in REDIS_CLUSTER:
+        node = services[name]
+        script = " ".join(node["command"])
+        assert "--cluster-enabled yes" in script, script
+        # Reached by name: a container's IP changes when it restarts.
+        assert node["hostname"] == name
+        assert "--cluster-preferred-endpoint-type hostname" in script, script
+        assert "--appendonly yes" in script and "--maxmemory-policy noeviction" in script
+        # nodes.conf (the node's identity in the cluster) survives a restart.
+        mounts = dict((target, source) for source, target in volumes_of(node))
+        assert mounts.get("/data") in volumes, name
+    init = services["redis-cluster-init"]
+    script = " ".join(init["command"])
+    # 3 primaries, one replica each; a formed cluster is left alone.
+    assert "--cluster create" in script and "--cluster-replicas 1" in script, script
+    assert all(f"{name}:6379" in script for name in REDIS_CLUSTER), script
+    assert script.index("cluster_state:ok") < script.index("--cluster create"), script
+    assert set(init["depends_on"]) == REDIS_CLUSTER
+    assert "cluster_state:ok" in " ".join(init["healthcheck"]["test"])
+    for node in NODES:
+        # Empty unless the profile's variable is set (the top of the file shows it).
+        assert "SSEGATE_REDIS_CLUSTER" in services[node]["environment"]
+    usage = (ROOT / "docker-compose.yml").read_text()
+    seeds = re.search(r"SSEGATE_REDIS_CLUSTER=(\S+)", usage).group(1).split(",")
+    assert seeds and all(s.split(":")[0] in REDIS_CLUSTER and s.endswith(":6379") for s in seeds), seeds
 
 
 def test_the_sentinel_profile_watches_redis_and_the_nodes_can_follow_it(compose):

@@ -9,7 +9,7 @@ import kubernetes_validate
 
 from conftest import ROOT, load_yaml_docs, parse_duration, require_tool, run
 
-KUSTOMIZATIONS = ["k8s/base", "k8s/overlays/metrics"]
+KUSTOMIZATIONS = ["k8s/base", "k8s/overlays/metrics", "k8s/overlays/redis-cluster"]
 # The oldest Kubernetes the manifests promise to work on, and the newest schemas we have.
 VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 # After the drain window the gateway gives remaining connections this long to finish.
@@ -48,8 +48,19 @@ def test_the_validator_is_not_vacuous():
         kubernetes_validate.validate(deployment, VERSIONS[0], strict=True)
 
 
+def on_redis_cluster(docs):
+    return any(d["kind"] == "StatefulSet" and d["metadata"]["name"] == "redis-cluster" for d in docs)
+
+
 def test_the_base_has_every_piece(docs):
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
+    if on_redis_cluster(docs):
+        redis = [("StatefulSet", "redis-cluster"), ("Service", "redis-cluster-headless"),
+                 ("Job", "redis-cluster-create"), ("PodDisruptionBudget", "redis-cluster")]
+        # The base's single Redis is gone, not left running beside the cluster.
+        assert not any(n in ("redis", "redis-headless") for _, n in kinds), kinds
+    else:
+        redis = [("StatefulSet", "redis"), ("Service", "redis")]
     for expected in [
         ("ConfigMap", None),
         ("Deployment", "ssegate"),
@@ -57,8 +68,7 @@ def test_the_base_has_every_piece(docs):
         ("Ingress", "ssegate"),
         ("HorizontalPodAutoscaler", "ssegate"),
         ("PodDisruptionBudget", "ssegate"),
-        ("StatefulSet", "redis"),
-        ("Service", "redis"),
+        *redis,
     ]:
         assert any(k == expected[0] and (expected[1] is None or n == expected[1]) for k, n in kinds), expected
 
@@ -173,6 +183,8 @@ def test_selectors_match_the_pods(docs):
 
 
 def test_redis_persists_and_is_what_the_gateway_uses(docs):
+    if on_redis_cluster(docs):
+        return check_redis_cluster(docs)
     sts = one(docs, "StatefulSet", "redis")
     (c,) = sts["spec"]["template"]["spec"]["containers"]
     args = c["args"]
@@ -189,6 +201,43 @@ def test_redis_persists_and_is_what_the_gateway_uses(docs):
     (port,) = service["spec"]["ports"]
     assert url == f"redis://{service['metadata']['name']}:{port['port']}"
     assert service["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+
+
+def check_redis_cluster(docs):
+    sts = one(docs, "StatefulSet", "redis-cluster")
+    spec = sts["spec"]
+    assert spec["replicas"] == 6, "3 primaries and a replica each"
+    (c,) = spec["template"]["spec"]["containers"]
+    args = c["args"]
+    assert args[args.index("--cluster-enabled") + 1] == "yes"
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    # nodes.conf and the AOF on the pod's volume.
+    data = args[args.index("--dir") + 1]
+    assert args[args.index("--cluster-config-file") + 1].startswith(data + "/")
+    claims = {t["metadata"]["name"] for t in spec["volumeClaimTemplates"]}
+    assert any(m["mountPath"] == data and m["name"] in claims for m in c["volumeMounts"])
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    # Each pod announces the DNS name its headless Service gives it.
+    headless = one(docs, "Service", spec["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"]
+    assert args[args.index("--cluster-announce-hostname") + 1] == f"$(POD_NAME).{spec['serviceName']}"
+    assert args[args.index("--cluster-preferred-endpoint-type") + 1] == "hostname"
+    assert {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}["POD_NAME"] == "metadata.name"
+    # The seeds the gateways get are pods of that StatefulSet, on its client port.
+    _, _, gw = gateway(docs)
+    seeds = settings(docs, gw)["SSEGATE_REDIS_CLUSTER"].split(",")
+    port = {p["name"]: p["containerPort"] for p in c["ports"]}["redis"]
+    pods = {f"{sts['metadata']['name']}-{i}.{spec['serviceName']}:{port}" for i in range(spec["replicas"])}
+    assert len(seeds) >= 3 and set(seeds) <= pods, seeds
+    # The Job joins every pod, with one replica per primary, and leaves a formed cluster alone.
+    job = one(docs, "Job", "redis-cluster-create")
+    script = job["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    assert "--cluster-replicas 1" in script and "cluster_state:ok" in script
+    assert f"redis-cluster-$i.{spec['serviceName']}" in script and "for i in 0 1 2 3 4 5" in script
+    pdb = one(docs, "PodDisruptionBudget", "redis-cluster")["spec"]
+    assert pdb["maxUnavailable"] == 1
+    assert pdb["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
 
 
 def test_the_metrics_overlay_marks_the_admin_port_for_scraping():
