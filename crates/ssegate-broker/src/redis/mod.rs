@@ -288,17 +288,33 @@ impl Broker for RedisBroker {
         // docs/operations.md), and the others lost nothing.
         let key = self.inner.keys.epoch();
         let candidate = cached.map_or_else(Epoch::random, |(e, _)| e).to_string();
-        let set = redis::cmd("SET")
-            .arg(&key)
-            .arg(&candidate)
-            .arg("NX")
-            .to_owned();
-        let _: Value = self.command(BrokerOp::Epoch, &key, &set).await?;
-        let get = redis::cmd("GET").arg(&key).to_owned();
-        let got: Option<String> = self.command(BrokerOp::Epoch, &key, &get).await?;
-        let epoch = codec::epoch(got.as_deref().unwrap_or_default()).map_err(bad)?;
-        self.remember_epoch(epoch);
-        Ok(epoch)
+        let reread = async {
+            let set = redis::cmd("SET")
+                .arg(&key)
+                .arg(&candidate)
+                .arg("NX")
+                .to_owned();
+            let _: Value = self.command(BrokerOp::Epoch, &key, &set).await?;
+            let get = redis::cmd("GET").arg(&key).to_owned();
+            let got: Option<String> = self.command(BrokerOp::Epoch, &key, &get).await?;
+            codec::epoch(got.as_deref().unwrap_or_default()).map_err(bad)
+        };
+        match (reread.await, cached) {
+            (Ok(epoch), _) => {
+                self.remember_epoch(epoch);
+                Ok(epoch)
+            }
+            // A re-check (cluster only) that fails keeps the epoch known: while the epoch
+            // key's shard fails over, channels on the other shards must go on. Only a
+            // successful read can change the epoch; the next re-check is in
+            // EPOCH_RECHECK, so a down shard costs one timeout per node per interval.
+            (Err(e), Some((known, _))) => {
+                tracing::warn!(error = %e, "cannot re-check the epoch; keeping the known one");
+                self.remember_epoch(known);
+                Ok(known)
+            }
+            (Err(e), None) => Err(e),
+        }
     }
 
     async fn publish(

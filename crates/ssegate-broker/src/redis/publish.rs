@@ -69,6 +69,9 @@ pub(super) async fn publish(
     let mut ids: Vec<Option<EntryId>> = vec![None; events.len()];
     let mut epoch = None;
     let (mut written, mut refused, mut conflict, mut why) = (false, true, false, String::new());
+    // A part whose outcome is unknown may be in its stream: the batch is then never
+    // answered "not published" (422), even if another part's key conflicted.
+    let mut maybe = false;
     for ((_, idx), part) in groups.iter().zip(parts) {
         match part {
             Part::Done(p) => {
@@ -85,6 +88,7 @@ pub(super) async fn publish(
             }
             Part::Failed(BrokerError::OutcomeUnknown { known, reason }) => {
                 refused = false;
+                maybe = true;
                 why = reason;
                 if let Some(k) = known {
                     epoch = Some(k.epoch);
@@ -101,7 +105,7 @@ pub(super) async fn publish(
             epoch,
             ids: ids.into_iter().flatten().collect(),
         }),
-        _ if conflict && !written => Err(BrokerError::IdempotencyConflict),
+        _ if conflict && !written && !maybe => Err(BrokerError::IdempotencyConflict),
         _ if refused => Err(BrokerError::Unavailable(why)),
         (_, epoch) => Err(BrokerError::OutcomeUnknown {
             known: epoch.map(|epoch| KnownIds { epoch, ids }),
