@@ -15,7 +15,7 @@ use deadpool::managed::{Object, PoolError, TimeoutType};
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
-use super::cluster::{Call, Lua, Request, Resend, RouteError, Router, slots};
+use super::cluster::{Call, Lua, Request, Resend, RouteError, Routed, Router, slots};
 use super::primary;
 use super::pubsub::broker_error;
 use crate::{BrokerError, BrokerOp};
@@ -52,14 +52,14 @@ impl Failed {
 /// The connection a script ran on, kept for a `WAIT` after it.
 pub(crate) enum Ran {
     Pooled(Object<primary::Manager>),
-    Routed(MultiplexedConnection),
+    Routed(Routed),
 }
 
 impl Ran {
     pub(crate) fn conn(&mut self) -> &mut MultiplexedConnection {
         match self {
             Self::Pooled(o) => &mut o.conn,
-            Self::Routed(c) => c,
+            Self::Routed(r) => r.conn(),
         }
     }
 
@@ -151,6 +151,7 @@ impl Backend {
                 .map(|(v, c)| (v, Ran::Routed(c)))
                 .map_err(|e| match e {
                     RouteError::NotRun(why) => Failed::NotRun(unavailable(why)),
+                    RouteError::Busy(why) => Failed::NotRun(BrokerError::Busy(why)),
                     RouteError::MaybeRan(why) => Failed::MaybeRan(why),
                 }),
         };
@@ -207,6 +208,15 @@ impl Backend {
             broker_error(op);
         }
         result
+    }
+
+    /// Done with the connection a publish ran on, after the `WAIT` on it answered: a
+    /// connection of its own is kept for the next publish (a pooled one goes back to its
+    /// pool when dropped, answered or not).
+    pub(crate) fn give_back(&self, ran: Ran) {
+        if let (Self::Cluster(router), Ran::Routed(Routed::Own(lease))) = (self, ran) {
+            router.give_back(lease);
+        }
     }
 
     /// Ends the connection's primary generation when `e` says the primary moved.

@@ -180,6 +180,7 @@ impl RedisBroker {
                 &config.cluster,
                 template,
                 config.timeout,
+                (config.min_replicas > 0).then_some(config.pool_size),
             ));
             let task = cluster::sharded::task(
                 router.clone(),
@@ -235,12 +236,51 @@ impl RedisBroker {
     /// that a flushed epoch key is put back before a node that starts afterwards would
     /// create a new epoch.
     async fn keep_epoch(self) {
-        use crate::Broker;
+        // At once first: a node that has never read it cannot serve while its shard is
+        // down.
         loop {
-            tokio::time::sleep(EPOCH_RECHECK).await;
-            if let Err(e) = self.epoch().await {
+            if let Err(e) = self.reread_epoch().await {
                 tracing::debug!(error = %e, "reading the epoch failed; trying again");
             }
+            tokio::time::sleep(EPOCH_RECHECK).await;
+        }
+    }
+
+    /// Reads the epoch from Redis (on a cluster putting back the known one if its key is
+    /// gone).
+    async fn reread_epoch(&self) -> Result<Epoch, BrokerError> {
+        let cached = *lock(&self.inner.epoch);
+        // On a cluster, a node that knows the epoch puts it back when its key is gone
+        // (its shard was flushed): that shard's channels signal their own losses (see
+        // docs/operations.md), and the others lost nothing.
+        let key = self.inner.keys.epoch();
+        let candidate = cached.map_or_else(Epoch::random, |(e, _)| e).to_string();
+        let reread = async {
+            let set = redis::cmd("SET")
+                .arg(&key)
+                .arg(&candidate)
+                .arg("NX")
+                .to_owned();
+            let _: Value = self.command(BrokerOp::Epoch, &key, &set).await?;
+            let get = redis::cmd("GET").arg(&key).to_owned();
+            let got: Option<String> = self.command(BrokerOp::Epoch, &key, &get).await?;
+            codec::epoch(got.as_deref().unwrap_or_default()).map_err(bad)
+        };
+        match (reread.await, cached) {
+            (Ok(epoch), _) => {
+                self.remember_epoch(epoch);
+                Ok(epoch)
+            }
+            // A re-check (cluster only) that fails keeps the epoch known: while the epoch
+            // key's shard fails over, channels on the other shards must go on. Only a
+            // successful read can change the epoch; the next re-check is in
+            // EPOCH_RECHECK, so a down shard costs one timeout per node per interval.
+            (Err(e), Some((known, _))) => {
+                tracing::warn!(error = %e, "cannot re-check the epoch; keeping the known one");
+                self.remember_epoch(known);
+                Ok(known)
+            }
+            (Err(e), None) => Err(e),
         }
     }
 
@@ -277,46 +317,16 @@ impl Broker for RedisBroker {
 
     async fn epoch(&self) -> Result<Epoch, BrokerError> {
         let cached = *lock(&self.inner.epoch);
-        let cluster = self.inner.backend.is_cluster();
+        // On a cluster the keeper re-reads it every EPOCH_RECHECK: a request reads it
+        // itself only when the keeper has not (succeeded or failed) for two of those, so
+        // that requests do not wait for a down epoch shard.
         if let Some((e, at)) = cached
-            && (!cluster || at.elapsed() < EPOCH_RECHECK)
+            && (!self.inner.backend.is_cluster() || at.elapsed() < EPOCH_RECHECK * 2)
         {
             return Ok(e);
         }
-        // On a cluster, a node that knows the epoch puts it back when its key is gone
-        // (its shard was flushed): that shard's channels signal their own losses (see
-        // docs/operations.md), and the others lost nothing.
-        let key = self.inner.keys.epoch();
-        let candidate = cached.map_or_else(Epoch::random, |(e, _)| e).to_string();
-        let reread = async {
-            let set = redis::cmd("SET")
-                .arg(&key)
-                .arg(&candidate)
-                .arg("NX")
-                .to_owned();
-            let _: Value = self.command(BrokerOp::Epoch, &key, &set).await?;
-            let get = redis::cmd("GET").arg(&key).to_owned();
-            let got: Option<String> = self.command(BrokerOp::Epoch, &key, &get).await?;
-            codec::epoch(got.as_deref().unwrap_or_default()).map_err(bad)
-        };
-        match (reread.await, cached) {
-            (Ok(epoch), _) => {
-                self.remember_epoch(epoch);
-                Ok(epoch)
-            }
-            // A re-check (cluster only) that fails keeps the epoch known: while the epoch
-            // key's shard fails over, channels on the other shards must go on. Only a
-            // successful read can change the epoch; the next re-check is in
-            // EPOCH_RECHECK, so a down shard costs one timeout per node per interval.
-            (Err(e), Some((known, _))) => {
-                tracing::warn!(error = %e, "cannot re-check the epoch; keeping the known one");
-                self.remember_epoch(known);
-                Ok(known)
-            }
-            (Err(e), None) => Err(e),
-        }
+        self.reread_epoch().await
     }
-
     async fn publish(
         &self,
         events: Vec<NewEvent>,
@@ -454,6 +464,9 @@ impl Broker for RedisBroker {
     }
 
     async fn ready(&self) -> Result<(), BrokerError> {
+        if let Backend::Cluster(router) = &self.inner.backend {
+            return router.ready().await.map_err(BrokerError::Unavailable);
+        }
         let key = self.inner.keys.epoch();
         let _: String = self
             .command(BrokerOp::Ping, &key, &redis::cmd("PING"))

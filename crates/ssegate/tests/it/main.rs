@@ -27,6 +27,7 @@ mod overload;
 mod protocol;
 mod pubsub_recovery;
 mod redis_cluster;
+mod redis_cluster_shards;
 mod redis_server;
 mod redis_tls;
 mod replay_bounds;

@@ -159,7 +159,7 @@ impl RedisCluster {
 }
 
 /// The stream key of `channel` (the default key prefix).
-fn stream_key(channel: &str) -> String {
+pub fn stream_key(channel: &str) -> String {
     format!("ssegate:{{{channel}}}:s")
 }
 
@@ -439,7 +439,7 @@ async fn a_slot_migration_of_a_busy_channel_loses_and_repeats_nothing() {
 }
 
 /// A channel (from `names`) that the primary on `port` serves, or that it does not.
-async fn channel_on(c: &RedisCluster, port: u16, on: bool) -> String {
+pub async fn channel_on(c: &RedisCluster, port: u16, on: bool) -> String {
     for i in 0.. {
         let name = format!("f{i}");
         if (c.owner(&stream_key(&name)).await == port) == on {

@@ -52,6 +52,16 @@ impl RedisServer {
         server
     }
 
+    /// Sends `sig` (`STOP`, `CONT`, ...) to the server.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().and_then(Child::id).expect("running");
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// SIGKILL: a crash, nothing flushed.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -26,8 +26,10 @@
 //!
 //! One command connection per primary in the slot map (connections to nodes that left the
 //! map are dropped at each refresh), and one pub/sub connection per primary
-//! ([`sharded`]). The map is refreshed at most every [`REFRESH_MIN`], by one task at a time.
+//! ([`sharded`]); with `SSEGATE_PUBLISH_MIN_REPLICAS` ≥ 1 also the publishes' own
+//! connections ([`lease`]). The map is refreshed at most every [`REFRESH_MIN`], by one task at a time.
 
+pub(crate) mod lease;
 pub(crate) mod sharded;
 pub(crate) mod slots;
 
@@ -41,6 +43,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::lock;
+use lease::{Lease, Leases};
 use slots::SlotMap;
 
 /// The shortest time between two refreshes of the slot map.
@@ -119,6 +122,9 @@ pub(crate) enum RouteError {
     /// Nothing ran: no connection, or Redis refused it until the deadline.
     #[error("{0}")]
     NotRun(String),
+    /// Nothing ran: every publish connection was in use until the deadline.
+    #[error("{0}")]
+    Busy(String),
     /// It may have run (a broken connection after sending, no reply in time, or an error
     /// the script raised after writing: scripts are not rolled back).
     #[error("{0}")]
@@ -138,6 +144,27 @@ pub(crate) struct Router {
     refreshing: tokio::sync::Mutex<Option<Instant>>,
     /// Bumped whenever a refresh finds a map different from the last one.
     changed: watch::Sender<u64>,
+    /// Connections of their own for publishes followed by `WAIT` (`None`: no `WAIT`).
+    leases: Option<Leases>,
+}
+
+/// The connection a command ran on.
+#[derive(Debug)]
+pub(crate) enum Routed {
+    /// The primary's shared connection.
+    Shared(MultiplexedConnection),
+    /// A connection of its own, to give back with [`Router::give_back`] once the `WAIT`
+    /// on it answered.
+    Own(Lease),
+}
+
+impl Routed {
+    pub(crate) fn conn(&mut self) -> &mut MultiplexedConnection {
+        match self {
+            Self::Shared(c) => c,
+            Self::Own(l) => &mut l.conn,
+        }
+    }
 }
 
 fn is_code(e: &redis::RedisError, codes: &[&str]) -> bool {
@@ -146,11 +173,13 @@ fn is_code(e: &redis::RedisError, codes: &[&str]) -> bool {
 
 impl Router {
     /// Reads the configuration; connects to nothing yet. `template` carries credentials
-    /// and TLS (its address is replaced per node).
+    /// and TLS (its address is replaced per node). `own_publish_conns`: publishes are
+    /// followed by `WAIT`, over at most this many connections of their own.
     pub(crate) fn new(
         seeds: &[(String, u16)],
         template: ConnectionInfo,
         timeout: Duration,
+        own_publish_conns: Option<usize>,
     ) -> Self {
         Self {
             seeds: seeds.iter().map(|(h, p)| format!("{h}:{p}")).collect(),
@@ -160,6 +189,7 @@ impl Router {
             conns: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(None),
             changed: watch::Sender::new(0),
+            leases: own_publish_conns.map(Leases::new),
         }
     }
 
@@ -207,6 +237,15 @@ impl Router {
         if let Some(c) = lock(&self.conns).get(addr) {
             return Ok(c.clone());
         }
+        let conn = self.open(addr).await?;
+        Ok(lock(&self.conns)
+            .entry(addr.to_owned())
+            .or_insert(conn)
+            .clone())
+    }
+
+    /// A new connection to `addr`.
+    async fn open(&self, addr: &str) -> Result<MultiplexedConnection, String> {
         let client = redis::Client::open(self.info(addr)?).map_err(|e| e.to_string())?;
         let conn = tokio::time::timeout(
             self.timeout,
@@ -215,10 +254,14 @@ impl Router {
         .await
         .map_err(|_| format!("connecting to {addr} timed out"))?
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
-        Ok(lock(&self.conns)
-            .entry(addr.to_owned())
-            .or_insert(conn)
-            .clone())
+        Ok(conn)
+    }
+
+    /// Keeps a publish's own connection for the next one, after its `WAIT` answered.
+    pub(crate) fn give_back(&self, lease: Lease) {
+        if let Some(leases) = &self.leases {
+            leases.give_back(lease);
+        }
     }
 
     fn forget(&self, addr: &str) {
@@ -296,6 +339,9 @@ impl Router {
             return;
         }
         lock(&self.conns).retain(|addr, _| map.primaries().contains(addr));
+        if let Some(leases) = &self.leases {
+            leases.retain(map.primaries());
+        }
         *current = Some(Arc::new(map));
         drop(current);
         self.changed.send_modify(|n| *n += 1);
@@ -319,15 +365,60 @@ impl Router {
             .ok_or_else(|| format!("no Redis Cluster primary serves slot {slot}"))
     }
 
+    /// Ready when the slot map covers every slot and a primary answers `PING`. Not only
+    /// the epoch's primary: one shard down leaves the others' channels serving, and
+    /// taking every gateway node out of the load balancer for it would stop them too.
+    pub(crate) async fn ready(&self) -> Result<(), String> {
+        let deadline = Instant::now() + self.timeout;
+        if !self.map().is_some_and(|m| m.complete()) {
+            within(deadline, self.refresh()).await??;
+        }
+        let map = self.map().ok_or("no slot map yet")?;
+        if !map.complete() {
+            return Err("the Redis Cluster does not serve every slot".into());
+        }
+        if map.primaries().is_empty() {
+            return Err("the slot map names no primary".into());
+        }
+        // All at once: a stopped primary must not use up the time the others need.
+        let pings = map.primaries().iter().map(|addr| {
+            Box::pin(async move {
+                let ping = async {
+                    let mut conn = self.conn(addr).await?;
+                    redis::cmd("PING")
+                        .query_async::<Value>(&mut conn)
+                        .await
+                        .map_err(|e| format!("{addr}: {e}"))
+                };
+                within(deadline, ping).await.and_then(|r| r)
+            })
+        });
+        match futures_util::future::select_ok(pings).await {
+            Ok(_) => Ok(()),
+            Err(why) => Err(format!("no Redis Cluster primary answers PING: {why}")),
+        }
+    }
+
     /// Runs `req` on the primary of `slot` (see the routing rule); returns the reply and
-    /// the connection it ran on (for a `WAIT` after a publish).
+    /// the connection it ran on (for a `WAIT` after a publish). Everything it waits for
+    /// (a slot map refresh, a connection, a script load) is bounded by one deadline.
     pub(crate) async fn run(
         &self,
         slot: u16,
         req: Request<'_>,
         resend: Resend,
-    ) -> Result<(Value, MultiplexedConnection), RouteError> {
+    ) -> Result<(Value, Routed), RouteError> {
         let deadline = Instant::now() + self.timeout;
+        // A publish followed by `WAIT` runs on a connection of its own (see `lease`).
+        let mut own = match &self.leases {
+            Some(leases) if resend == Resend::Never => Some((
+                leases,
+                within(deadline, leases.permit()).await.map_err(|_| {
+                    RouteError::Busy("every Redis publish connection is in use".into())
+                })?,
+            )),
+            _ => None,
+        };
         let mut ask: Option<String> = None;
         let mut pause = RETRY_PAUSE;
         let mut why = String::new();
@@ -337,23 +428,33 @@ impl Router {
             }
             let addr = match ask.clone() {
                 Some(a) => a,
-                None => match self.owner(slot).await {
+                None => match within(deadline, self.owner(slot)).await.and_then(|r| r) {
                     Ok(a) => a,
                     Err(e) => {
                         why = e;
-                        tokio::time::sleep(pause.min(deadline - Instant::now())).await;
+                        tokio::time::sleep(
+                            pause.min(deadline.saturating_duration_since(Instant::now())),
+                        )
+                        .await;
                         pause *= 2;
                         continue;
                     }
                 },
             };
-            let mut conn = match self.conn(&addr).await {
+            let got = match &own {
+                Some((leases, _)) => match leases.take(&addr) {
+                    Some(c) => Ok(c),
+                    None => within(deadline, self.open(&addr)).await.and_then(|r| r),
+                },
+                None => within(deadline, self.conn(&addr)).await.and_then(|r| r),
+            };
+            let mut conn = match got {
                 Ok(c) => c,
                 Err(e) => {
                     // Nothing was sent: a dead primary; its replica takes over soon.
                     why = e;
                     ask = None;
-                    let _ = self.refresh().await;
+                    let _ = within(deadline, self.refresh()).await;
                     tokio::time::sleep(
                         pause.min(deadline.saturating_duration_since(Instant::now())),
                     )
@@ -366,7 +467,17 @@ impl Router {
             let left = deadline.saturating_duration_since(Instant::now());
             let reply = tokio::time::timeout(left, Self::send(&mut conn, req, asking)).await;
             let e = match reply {
-                Ok(Ok(v)) => return Ok((v, conn)),
+                Ok(Ok(v)) => {
+                    let routed = match own.take() {
+                        Some((_, permit)) => Routed::Own(Lease {
+                            addr,
+                            conn,
+                            _permit: permit,
+                        }),
+                        None => Routed::Shared(conn),
+                    };
+                    return Ok((v, routed));
+                }
                 Ok(Err(e)) => e,
                 Err(_) => {
                     return Err(RouteError::MaybeRan(format!(
@@ -374,13 +485,17 @@ impl Router {
                     )));
                 }
             };
+            let broken = e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error();
+            if let (Some((leases, _)), false) = (&own, broken) {
+                leases.put(&addr, conn.clone());
+            }
             if let Some((to, s)) = e.redirect_node() {
                 let to = to.to_owned();
                 if is_code(&e, &["ASK"]) {
                     ask = Some(to);
                 } else {
                     self.moved(s, &to);
-                    let _ = self.refresh().await;
+                    let _ = within(deadline, self.refresh()).await;
                 }
                 why = e.to_string();
                 continue;
@@ -388,7 +503,7 @@ impl Router {
             if is_code(&e, &["NOSCRIPT"]) {
                 if let Request::Script(lua, _) = req {
                     let load = redis::cmd("SCRIPT").arg("LOAD").arg(lua.code).to_owned();
-                    let _ = load.query_async::<Value>(&mut conn).await;
+                    let _ = within(deadline, load.query_async::<Value>(&mut conn)).await;
                 }
                 why = e.to_string();
                 continue;
@@ -404,15 +519,15 @@ impl Router {
                 ],
             ) {
                 why = e.to_string();
-                let _ = self.refresh().await;
+                let _ = within(deadline, self.refresh()).await;
                 tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
                     .await;
                 pause *= 2;
                 continue;
             }
-            if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+            if broken {
                 self.forget(&addr);
-                let _ = self.refresh().await;
+                let _ = within(deadline, self.refresh()).await;
                 if resend == Resend::Never {
                     return Err(RouteError::MaybeRan(format!("{addr}: {e}")));
                 }
@@ -485,6 +600,13 @@ impl Router {
     pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
+}
+
+/// `fut`, unless `deadline` passes first.
+async fn within<F: std::future::Future>(deadline: Instant, fut: F) -> Result<F::Output, String> {
+    tokio::time::timeout_at(deadline, fut)
+        .await
+        .map_err(|_| "the Redis Cluster command's deadline passed".to_owned())
 }
 
 /// Groups items by the slot of the key `key_of` gives, keeping their order within a slot;
