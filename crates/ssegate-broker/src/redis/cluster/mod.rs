@@ -27,8 +27,17 @@
 //! One command connection per primary in the slot map (connections to nodes that left the
 //! map are dropped at each refresh), and one pub/sub connection per primary
 //! ([`sharded`]); with `SSEGATE_PUBLISH_MIN_REPLICAS` ≥ 1 also the publishes' own
-//! connections ([`lease`]). The map is refreshed at most every [`REFRESH_MIN`], by one task at a time.
+//! connections ([`lease`]). The map is refreshed at most every [`REFRESH_MIN`], by one
+//! task at a time.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: the [`Router`] (slot map, connections, the routing rule, readiness).
+//! - [`call`]: what it carries (scripts, calls, [`Resend`], [`RouteError`]), [`by_slot`].
+//! - [`lease`]: the publishes' own connections. [`slots`]: key slots and the slot map.
+//! - [`sharded`]: sharded pub/sub and the registry of wanted subscriptions.
 
+mod call;
 pub(crate) mod lease;
 pub(crate) mod sharded;
 pub(crate) mod slots;
@@ -43,6 +52,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::lock;
+pub(crate) use call::{Call, Lua, Request, Resend, RouteError, by_slot};
 use lease::{Lease, Leases};
 use slots::SlotMap;
 
@@ -51,85 +61,6 @@ pub(crate) const REFRESH_MIN: Duration = Duration::from_millis(100);
 
 /// The pause before a command goes again after `TRYAGAIN` and the like (doubling).
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
-
-/// Whether a command may be sent again after it may have run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Resend {
-    /// Its writes are idempotent (reads, the guard, the epoch's `SET NX`).
-    Safe,
-    /// It must run at most once (a publish).
-    Never,
-}
-
-/// A Lua script, as text and hash.
-#[derive(Debug)]
-pub(crate) struct Lua {
-    code: &'static str,
-    script: redis::Script,
-}
-
-impl Lua {
-    pub(crate) fn new(code: &'static str) -> Self {
-        Self {
-            code,
-            script: redis::Script::new(code),
-        }
-    }
-
-    pub(crate) fn script(&self) -> &redis::Script {
-        &self.script
-    }
-}
-
-/// One call of a script: its keys and arguments.
-#[derive(Debug, Default)]
-pub(crate) struct Call {
-    pub(crate) keys: Vec<String>,
-    pub(crate) args: Vec<Vec<u8>>,
-}
-
-impl Call {
-    pub(crate) fn key(&mut self, k: String) -> &mut Self {
-        self.keys.push(k);
-        self
-    }
-
-    pub(crate) fn arg(&mut self, a: impl redis::ToRedisArgs) -> &mut Self {
-        self.args.extend(a.to_redis_args());
-        self
-    }
-
-    fn command(&self, name: &str, body: &str) -> redis::Cmd {
-        let mut cmd = redis::cmd(name);
-        cmd.arg(body).arg(self.keys.len()).arg(&self.keys);
-        for a in &self.args {
-            cmd.arg(a.as_slice());
-        }
-        cmd
-    }
-}
-
-/// What goes to the slot's primary.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Request<'a> {
-    Cmd(&'a redis::Cmd),
-    Script(&'a Lua, &'a Call),
-}
-
-/// Why a routed command failed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum RouteError {
-    /// Nothing ran: no connection, or Redis refused it until the deadline.
-    #[error("{0}")]
-    NotRun(String),
-    /// Nothing ran: every publish connection was in use until the deadline.
-    #[error("{0}")]
-    Busy(String),
-    /// It may have run (a broken connection after sending, no reply in time, or an error
-    /// the script raised after writing: scripts are not rolled back).
-    #[error("{0}")]
-    MaybeRan(String),
-}
 
 /// The cluster's slot map and one connection per primary.
 #[derive(Debug)]
@@ -568,7 +499,7 @@ impl Router {
         match (req, asking) {
             (Request::Cmd(cmd), false) => cmd.query_async(conn).await,
             (Request::Script(lua, call), false) => {
-                call.command("EVALSHA", lua.script.get_hash())
+                call.command("EVALSHA", lua.script().get_hash())
                     .query_async(conn)
                     .await
             }
@@ -607,23 +538,4 @@ async fn within<F: std::future::Future>(deadline: Instant, fut: F) -> Result<F::
     tokio::time::timeout_at(deadline, fut)
         .await
         .map_err(|_| "the Redis Cluster command's deadline passed".to_owned())
-}
-
-/// Groups items by the slot of the key `key_of` gives, keeping their order within a slot;
-/// the groups in order of first appearance.
-pub(crate) fn by_slot<T>(
-    items: impl IntoIterator<Item = T>,
-    key_of: impl Fn(&T) -> String,
-) -> Vec<(u16, Vec<T>)> {
-    let mut groups: Vec<(u16, Vec<T>)> = Vec::new();
-    let mut index: HashMap<u16, usize> = HashMap::new();
-    for item in items {
-        let s = slots::slot(&key_of(&item));
-        let i = *index.entry(s).or_insert_with(|| {
-            groups.push((s, Vec::new()));
-            groups.len() - 1
-        });
-        groups[i].1.push(item);
-    }
-    groups
 }
