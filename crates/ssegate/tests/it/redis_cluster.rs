@@ -29,22 +29,27 @@ impl RedisCluster {
     /// Six servers, joined with `redis-cli --cluster create --cluster-replicas 1`; returns
     /// once every node says the cluster is ok.
     pub async fn start() -> Self {
+        Self::start_with(|_| Vec::new()).await
+    }
+
+    /// [`RedisCluster::start`] with more arguments for each server (`extra(k)` for the
+    /// k-th, e.g. its own TLS port).
+    pub async fn start_with(extra: impl Fn(usize) -> Vec<String>) -> Self {
         let mut servers = Vec::new();
-        for _ in 0..6 {
-            servers.push(
-                RedisServer::start_with(
-                    false,
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        NODE_TIMEOUT_MS,
-                    ],
-                )
-                .await,
-            );
+        for k in 0..6 {
+            let mut args: Vec<String> = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                NODE_TIMEOUT_MS,
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            args.extend(extra(k));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            servers.push(RedisServer::start_with(false, &args).await);
         }
         let addrs: Vec<String> = servers
             .iter()

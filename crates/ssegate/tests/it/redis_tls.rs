@@ -1,7 +1,8 @@
 //! TLS to Redis: real `redis-server`s with a TLS port and a certificate from a CA made
 //! here with openssl. A node given `rediss://` and the CA (`SSL_CERT_FILE`) publishes and
 //! streams through it; a node that does not trust the CA publishes nothing; behind TLS
-//! sentinels, a failover is followed as without TLS.
+//! sentinels, a failover is followed as without TLS; a Redis Cluster whose nodes talk TLS
+//! (to clients, to each other, to their replicas) is routed over TLS.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,6 +12,7 @@ use ssegate_client::HttpClient;
 
 use crate::cluster::{nodes_on, publish, stream};
 use crate::helpers::events;
+use crate::redis_cluster::RedisCluster;
 use crate::redis_server::{RedisServer, free_port};
 use crate::sentinel::{Sentinels, nodes as sentinel_nodes, survives};
 
@@ -209,4 +211,47 @@ async fn behind_tls_sentinels_a_failover_loses_nothing_acknowledged() {
         set.wait_promoted(old).await;
     })
     .await;
+}
+
+/// A Redis Cluster on TLS (`tls-cluster yes`: its bus and replication too; the slot map a
+/// TLS client reads names the TLS ports): nodes given only TLS seeds, `rediss://` and the
+/// CA publish to channels on every primary, and resume them on another node.
+#[tokio::test]
+async fn on_a_tls_redis_cluster_nodes_route_over_tls() {
+    let files = TlsFiles::new();
+    let tls_ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let cluster = RedisCluster::start_with(|k| {
+        let mut args = files.server_args(tls_ports[k]);
+        args.extend(["--tls-cluster", "yes"].map(str::to_owned));
+        args
+    })
+    .await;
+    let seeds = format!("127.0.0.1:{},127.0.0.1:{}", tls_ports[0], tls_ports[1]);
+    let nodes = nodes_on(
+        ("SSEGATE_REDIS_CLUSTER", &seeds),
+        2,
+        &[
+            ("SSEGATE_REDIS_URL", "rediss://127.0.0.1"),
+            ("SSL_CERT_FILE", &files.ca),
+        ],
+    )
+    .await;
+    let http = HttpClient::new();
+    // Channels on different primaries (the names hash to slots all over the map).
+    let mut owners = std::collections::HashSet::new();
+    for ch in ["a", "b", "c", "news", "user:1", "user:2"] {
+        owners.insert(cluster.owner(&format!("ssegate:{{{ch}}}:s")).await);
+        let mut sub = stream(&nodes[1], &format!("/v1/channels/{ch}/events"), None).await;
+        let (status, id) = publish(&http, &nodes[0], ch, "over tls").await;
+        assert_eq!(status, StatusCode::CREATED, "{ch}: {id}");
+        let got = events(&mut sub, 1).await;
+        assert_eq!(
+            (got[0].id.as_str(), got[0].data.as_str()),
+            (id.as_str(), "over tls")
+        );
+    }
+    assert!(
+        owners.len() >= 2,
+        "the channels cover several primaries: {owners:?}"
+    );
 }
