@@ -84,8 +84,13 @@ test('token-expired is refreshed through token() and the stream goes on exactly 
     }
     await publish('helper', 'last');
     published.push('last');
-    await page.waitForFunction(() => window.log.got.includes('last'), null, { timeout: WAIT_MS });
-    const log = await page.evaluate(() => window.log);
+    // Tokens keep expiring every 2 s, so the state may be `reconnecting` at any moment:
+    // take the log in the page at a moment it is open again after the last event, in one
+    // step, rather than read the state after it may have moved on.
+    const log = await (await page.waitForFunction(() => (
+      window.log.got.includes('last') && window.log.states.at(-1) === 'open'
+        ? JSON.parse(JSON.stringify(window.log)) : null
+    ), null, { timeout: WAIT_MS })).jsonValue();
     t.diagnostic(`${mints()} tokens, states ${log.states.join(' ')}`);
     assert.ok(mints() >= 3, `the expired token was replaced (${mints()} minted)`);
     assert.deepEqual(log.got, published, 'every event exactly once, in order');
