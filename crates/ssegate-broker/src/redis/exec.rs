@@ -78,18 +78,34 @@ impl std::fmt::Debug for Ran {
     }
 }
 
-/// Server replies that mean the script did not run (Redis refused it as a whole); any
-/// other failure after sending leaves the outcome open.
+/// Error codes with which Redis refuses a command as a whole. Inside a script Redis
+/// raises these only before the script's first write (`OOM`, `READONLY`, `MASTERDOWN`,
+/// `NOREPLICAS` are checked while nothing is dirty), so they mean "not run" there too.
 const REFUSED: &[&str] = &[
     "READONLY",
     "OOM",
     "LOADING",
-    "NOPERM",
     "NOAUTH",
+    "WRONGPASS",
     "BUSY",
     "MASTERDOWN",
     "NOREPLICAS",
+    "CROSSSLOT",
 ];
+
+/// Whether Redis said it did not run the command (or script) at all. Any other failure
+/// after sending leaves the outcome open, because scripts are not rolled back.
+///
+/// An ACL refusal is the exception to "a code means the same everywhere": Redis checks
+/// permissions at every call a script makes, so one raised inside a script (its message
+/// names `@user_script`) may follow the script's `XADD`. Only a `NOPERM` for the command
+/// itself (the script never started) is a refusal.
+pub(crate) fn refused(e: &redis::RedisError) -> bool {
+    let Some(code) = e.code() else {
+        return false;
+    };
+    REFUSED.contains(&code) || (code == "NOPERM" && !e.to_string().contains("@user_script"))
+}
 
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
@@ -136,7 +152,7 @@ impl Backend {
                     Ok(Ok(v)) => Ok((v, Ran::Pooled(conn))),
                     Ok(Err(e)) => {
                         primary.check(generation, &e);
-                        Err(if e.code().is_some_and(|c| REFUSED.contains(&c)) {
+                        Err(if refused(&e) {
                             Failed::NotRun(unavailable(e))
                         } else {
                             Failed::MaybeRan(e.to_string())
@@ -223,6 +239,43 @@ impl Backend {
     pub(crate) fn check(&self, generation: Option<u64>, e: &redis::RedisError) {
         if let (Self::Single { primary, .. }, Some(g)) = (self, generation) {
             primary.check(g, e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused;
+
+    /// The error a reply line on the wire becomes.
+    fn reply(line: &str) -> redis::RedisError {
+        let v = redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).unwrap();
+        v.extract_error().unwrap_err()
+    }
+
+    #[test]
+    fn refusals_of_the_whole_command_mean_not_run() {
+        for line in [
+            "NOPERM this user has no permissions to run the 'evalsha' command",
+            "NOPERM this user has no permissions to access one of the keys used as arguments",
+            "OOM command not allowed when used memory > 'maxmemory'. script: 1f, on @user_script:1.",
+            "READONLY You can't write against a read only replica.",
+            "NOAUTH Authentication required.",
+            "BUSY Redis is busy running a script.",
+        ] {
+            assert!(refused(&reply(line)), "{line}");
+        }
+    }
+
+    /// Permissions are checked at every call a script makes, after its writes too.
+    #[test]
+    fn acl_errors_raised_inside_a_script_leave_the_outcome_open() {
+        for line in [
+            "NOPERM this user has no permissions to access one of the channels script: 37, on @user_script:1.",
+            "ERR The user executing the script can't publish to the channel mentioned in the command script: 37, on @user_script:1.",
+            "ERR user_script:1: Script attempted to access nonexistent global variable",
+        ] {
+            assert!(!refused(&reply(line)), "{line}");
         }
     }
 }

@@ -63,3 +63,31 @@ async fn streams_recover_after_redis_refused_the_re_subscribe() {
     assert_eq!(status, StatusCode::CREATED, "{id}");
     assert_eq!(events(&mut fresh, 1).await[0].data, "new");
 }
+
+/// Redis checks permissions at every call a script makes, so an ACL that allows the
+/// stream but not the channel stops the publish script after its `XADD`: the event is
+/// stored, and the answer must be `504 publish_outcome_unknown`, never a `503` that tells
+/// the publisher to send it again.
+#[tokio::test]
+async fn a_publish_the_acl_stops_after_its_write_is_outcome_unknown() {
+    let redis = RedisServer::start(false).await;
+    let nodes = cluster(&redis, 1, &[]).await;
+    let http = HttpClient::new();
+    redis
+        .cmd(&["ACL", "SETUSER", "default", "resetchannels"])
+        .await;
+    let (status, body) = publish(&http, &nodes[0], "half", "stored").await;
+    assert_eq!(status.as_u16(), 504, "{body}");
+    let error = &crate::helpers::json(body.as_bytes())["error"];
+    assert_eq!(error["code"], "publish_outcome_unknown", "{body}");
+    assert_eq!(
+        redis.cmd(&["XLEN", "ssegate:{half}:s"]).await,
+        redis::Value::Int(1),
+        "the script wrote the event before the ACL stopped it"
+    );
+    redis
+        .cmd(&["ACL", "SETUSER", "default", "allchannels"])
+        .await;
+    let (status, body) = publish(&http, &nodes[0], "half", "next").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}

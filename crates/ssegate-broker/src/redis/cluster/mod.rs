@@ -51,6 +51,7 @@ use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectio
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::exec;
 use crate::lock;
 pub(crate) use call::{Call, Lua, Request, Resend, RouteError, by_slot};
 use lease::{Lease, Leases};
@@ -465,21 +466,9 @@ impl Router {
                 why = e.to_string();
                 continue;
             }
-            // Any other error reply. These say Redis refused the command as a whole;
-            // anything else a script answers may have been raised after a write
-            // (scripts are not rolled back).
-            let refused = is_code(
-                &e,
-                &[
-                    "OOM",
-                    "NOPERM",
-                    "NOAUTH",
-                    "WRONGPASS",
-                    "BUSY",
-                    "NOREPLICAS",
-                    "CROSSSLOT",
-                ],
-            );
+            // Any other error reply: refused as a whole, or raised by a script that may
+            // have written before it (scripts are not rolled back).
+            let refused = exec::refused(&e);
             return Err(if refused || matches!(req, Request::Cmd(_)) {
                 RouteError::NotRun(e.to_string())
             } else {
