@@ -84,8 +84,11 @@ def test_python_clients_keep_every_event_through_drains_and_kills(cluster, clien
     pub.start()
     try:
         for how, node in [("stop", "node1"), ("kill", "node2"), ("stop", "node3"), ("kill", "node1")]:
-            assert cluster["cli"](how, node).returncode == 0
-            assert cluster["cli"]("start", node).returncode == 0
+            for step in (how, "start"):
+                done_ = cluster["cli"](step, node)
+                log = cluster["state"] / "logs" / f"{node}.log"
+                tail = log.read_text()[-3000:] if log.exists() else ""
+                assert done_.returncode == 0, f"{step} {node}: {done_.stderr}\n{node}.log:\n{tail}"
     finally:
         stop.set()
         pub.join()
