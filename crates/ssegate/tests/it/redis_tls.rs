@@ -2,7 +2,8 @@
 //! here with openssl. A node given `rediss://` and the CA (`SSL_CERT_FILE`) publishes and
 //! streams through it; a node that does not trust the CA publishes nothing; behind TLS
 //! sentinels, a failover is followed as without TLS; a Redis Cluster whose nodes talk TLS
-//! (to clients, to each other, to their replicas) is routed over TLS.
+//! (to clients, to each other, to their replicas) is routed over TLS, and one that requires
+//! a password is reached with the credentials of `SSEGATE_REDIS_URL` on every connection.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -248,6 +249,71 @@ async fn on_a_tls_redis_cluster_nodes_route_over_tls() {
         assert_eq!(
             (got[0].id.as_str(), got[0].data.as_str()),
             (id.as_str(), "over tls")
+        );
+    }
+    assert!(
+        owners.len() >= 2,
+        "the channels cover several primaries: {owners:?}"
+    );
+}
+
+/// What the default user of the password-protected cluster may do: what `redis-cli
+/// --cluster create` and the test's own look-ups need (`CLUSTER`, `INFO`, `PING`), no key
+/// and no channel. The gateway's user `gw` may do everything, and replicas authenticate as
+/// it to their primaries.
+const ACL: &[&str] = &[
+    "--user",
+    "default",
+    "on",
+    "nopass",
+    "resetkeys",
+    "resetchannels",
+    "-@all",
+    "+cluster",
+    "+info",
+    "+ping",
+    "--user",
+    "gw",
+    "on",
+    ">secret",
+    "~*",
+    "&*",
+    "+@all",
+    "--masteruser",
+    "gw",
+    "--masterauth",
+    "secret",
+];
+
+/// A Redis Cluster that requires a password: nodes given it in `SSEGATE_REDIS_URL` publish
+/// (scripts routed to every primary) and stream (sharded subscriptions on every primary,
+/// which the default user could not make); a node without it publishes nothing (`503`,
+/// and no subscriber ever sees the event).
+#[tokio::test]
+async fn on_a_redis_cluster_with_a_password_every_connection_authenticates() {
+    let cluster = RedisCluster::start_with(|_| ACL.iter().map(|a| (*a).to_owned()).collect()).await;
+    let redis = ("SSEGATE_REDIS_CLUSTER", cluster.seeds());
+    let redis = (redis.0, redis.1.as_str());
+    let nodes = nodes_on(
+        redis,
+        2,
+        &[("SSEGATE_REDIS_URL", "redis://gw:secret@127.0.0.1")],
+    )
+    .await;
+    let outsider = nodes_on(redis, 1, &[("SSEGATE_NODE_ID", "outsider")]).await;
+    let http = HttpClient::new();
+    let mut owners = std::collections::HashSet::new();
+    for ch in ["a", "b", "c", "news", "user:1", "user:2"] {
+        owners.insert(cluster.owner(&format!("ssegate:{{{ch}}}:s")).await);
+        let mut sub = stream(&nodes[1], &format!("/v1/channels/{ch}/events"), None).await;
+        let (status, body) = publish(&http, &outsider[0], ch, "no password").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ch}: {body}");
+        let (status, id) = publish(&http, &nodes[0], ch, "with password").await;
+        assert_eq!(status, StatusCode::CREATED, "{ch}: {id}");
+        let got = events(&mut sub, 1).await;
+        assert_eq!(
+            (got[0].id.as_str(), got[0].data.as_str()),
+            (id.as_str(), "with password")
         );
     }
     assert!(
