@@ -24,25 +24,27 @@
 //!
 //! # Bounds
 //!
-//! One command connection per primary in the slot map (connections to nodes that left the
-//! map are dropped at each refresh), and one pub/sub connection per primary
+//! One command connection per primary in the slot map, opened by one connect however many
+//! commands want it ([`conns`]; connections to nodes that left the map are dropped at each
+//! refresh), and one pub/sub connection per primary
 //! ([`sharded`]); with `SSEGATE_PUBLISH_MIN_REPLICAS` ≥ 1 also the publishes' own
 //! connections ([`lease`]). The map is refreshed at most every [`REFRESH_MIN`], by one
 //! task at a time.
 //!
 //! # Layout
 //!
-//! - `mod.rs`: the [`Router`] (slot map, connections, the routing rule, readiness).
+//! - `mod.rs`: the [`Router`] (slot map, the routing rule, readiness).
+//! - [`conns`]: one connection per node, opened once however many callers want it.
 //! - [`call`]: what it carries (scripts, calls, [`Resend`], [`RouteError`]), [`by_slot`].
 //! - [`lease`]: the publishes' own connections. [`slots`]: key slots and the slot map.
 //! - [`sharded`]: sharded pub/sub and the registry of wanted subscriptions.
 
 mod call;
+mod conns;
 pub(crate) mod lease;
 pub(crate) mod sharded;
 pub(crate) mod slots;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +56,7 @@ use tokio::time::Instant;
 use super::exec;
 use crate::lock;
 pub(crate) use call::{Call, Lua, Request, Resend, RouteError, by_slot};
+use conns::Conns;
 use lease::{Lease, Leases};
 use slots::SlotMap;
 
@@ -71,7 +74,10 @@ pub(crate) struct Router {
     template: ConnectionInfo,
     timeout: Duration,
     map: Mutex<Option<Arc<SlotMap>>>,
-    conns: Mutex<HashMap<String, MultiplexedConnection>>,
+    /// Each primary's shared connection, or the one connect in flight that every caller
+    /// waits for (single-flight: a burst of requests to a new or restarted primary opens
+    /// one connection, not one per request).
+    conns: Conns<MultiplexedConnection>,
     /// Held while refreshing (async: it is held across the reply).
     refreshing: tokio::sync::Mutex<Option<Instant>>,
     /// Bumped whenever a refresh finds a map different from the last one.
@@ -118,7 +124,7 @@ impl Router {
             template,
             timeout,
             map: Mutex::new(None),
-            conns: Mutex::new(HashMap::new()),
+            conns: Conns::new(),
             refreshing: tokio::sync::Mutex::new(None),
             changed: watch::Sender::new(0),
             leases: own_publish_conns.map(Leases::new),
@@ -166,27 +172,26 @@ impl Router {
 
     /// The connection to `addr`, opened when there is none.
     async fn conn(&self, addr: &str) -> Result<MultiplexedConnection, String> {
-        if let Some(c) = lock(&self.conns).get(addr) {
-            return Ok(c.clone());
-        }
-        let conn = self.open(addr).await?;
-        Ok(lock(&self.conns)
-            .entry(addr.to_owned())
-            .or_insert(conn)
-            .clone())
+        self.conns.get(addr, || self.open(addr)).await
     }
 
-    /// A new connection to `addr`.
-    async fn open(&self, addr: &str) -> Result<MultiplexedConnection, String> {
-        let client = redis::Client::open(self.info(addr)?).map_err(|e| e.to_string())?;
-        let conn = tokio::time::timeout(
-            self.timeout,
-            client.get_multiplexed_async_connection_with_config(&self.settings()),
-        )
-        .await
-        .map_err(|_| format!("connecting to {addr} timed out"))?
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-        Ok(conn)
+    /// A new connection to `addr` (owning what it needs, so that callers can share it).
+    fn open(
+        &self,
+        addr: &str,
+    ) -> impl Future<Output = Result<MultiplexedConnection, String>> + 'static {
+        let info = self.info(addr);
+        let (settings, timeout, addr) = (self.settings(), self.timeout, addr.to_owned());
+        async move {
+            let client = redis::Client::open(info?).map_err(|e| e.to_string())?;
+            tokio::time::timeout(
+                timeout,
+                client.get_multiplexed_async_connection_with_config(&settings),
+            )
+            .await
+            .map_err(|_| format!("connecting to {addr} timed out"))?
+            .map_err(|e| format!("connecting to {addr}: {e}"))
+        }
     }
 
     /// Keeps a publish's own connection for the next one, after its `WAIT` answered.
@@ -197,7 +202,7 @@ impl Router {
     }
 
     fn forget(&self, addr: &str) {
-        lock(&self.conns).remove(addr);
+        self.conns.forget(addr);
     }
 
     /// Reads the slot map again (from a known primary, else a seed), unless it was read
@@ -270,7 +275,8 @@ impl Router {
         if current.as_deref() == Some(&map) {
             return;
         }
-        lock(&self.conns).retain(|addr, _| map.primaries().contains(addr));
+        self.conns
+            .retain(|addr| map.primaries().iter().any(|p| p == addr));
         if let Some(leases) = &self.leases {
             leases.retain(map.primaries());
         }
