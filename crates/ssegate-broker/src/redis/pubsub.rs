@@ -129,6 +129,38 @@ fn jittered(d: Duration) -> Duration {
     Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2))
 }
 
+/// The retry rule of every pub/sub connection and subscription attempt (one primary's
+/// connection here; the cluster's per primary and its reconcile): from [`BACKOFF_MIN`],
+/// doubling per failure up to [`BACKOFF_MAX`], each wait jittered into its upper half so
+/// that nodes which lost Redis together do not come back together.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) const fn new() -> Self {
+        Self { next: BACKOFF_MIN }
+    }
+
+    /// The wait before the next attempt; the one after it is twice as long.
+    pub(crate) fn fail(&mut self) -> Duration {
+        let wait = jittered(self.next);
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        wait
+    }
+
+    /// The (unjittered) wait the next failure gets, for log lines.
+    pub(crate) const fn next(&self) -> Duration {
+        self.next
+    }
+
+    /// After a success: the next failure waits the least again.
+    pub(crate) const fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
 /// Why a connection was given up (for the log line).
 #[derive(Debug)]
 enum Lost {
@@ -169,7 +201,7 @@ struct Task {
 
 impl Task {
     async fn run(mut self) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new();
         let mut connected_before = false;
         // Subscribed once, so that a switch announced before the connection was lost
         // still ends the backoff below (at worst an old one skips one backoff).
@@ -184,20 +216,19 @@ impl Task {
                 continue;
             }
             broker_error(BrokerOp::Pubsub);
-            tracing::warn!(reason = %lost, retry_in = ?backoff, "pub/sub connection given up; reconnecting");
+            tracing::warn!(reason = %lost, retry_in = ?backoff.next(), "pub/sub connection given up; reconnecting");
             // A new primary (a sentinel announced it) ends the wait: follow it at once.
             tokio::select! {
-                () = tokio::time::sleep(jittered(backoff)) => {}
+                () = tokio::time::sleep(backoff.fail()) => {}
                 _ = switched.changed() => {}
             }
             switched.borrow_and_update();
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
     /// One connection, from connecting until it is lost. `backoff` is reset once the
     /// connection carries every wanted subscription.
-    async fn connection(&mut self, backoff: &mut Duration, connected_before: &mut bool) -> Lost {
+    async fn connection(&mut self, backoff: &mut Backoff, connected_before: &mut bool) -> Lost {
         let mut moved = self.primary.watch();
         let (client, generation) = match self.primary.client().await {
             Ok(found) => found,
@@ -235,7 +266,7 @@ impl Task {
     async fn serve(
         &mut self,
         conn: redis::aio::PubSub,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
         connected_before: &mut bool,
         moved: &mut tokio::sync::watch::Receiver<u64>,
     ) -> Lost {
@@ -258,7 +289,7 @@ impl Task {
         // Whatever was published while we were not subscribed is in the streams.
         self.hub.resync_all();
         *connected_before = true;
-        *backoff = BACKOFF_MIN;
+        backoff.reset();
 
         loop {
             tokio::select! {
@@ -455,6 +486,24 @@ pub(crate) fn deliver(hub: &Hub, keys: &Keys, live: &str, payload: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_bound_with_jitter_and_resets() {
+        let mut b = Backoff::new();
+        let mut expected = BACKOFF_MIN;
+        for _ in 0..20 {
+            assert_eq!(b.next(), expected);
+            let wait = b.fail();
+            assert!(
+                wait >= expected / 2 && wait <= expected,
+                "{wait:?} of {expected:?}"
+            );
+            expected = (expected * 2).min(BACKOFF_MAX);
+        }
+        assert_eq!(b.next(), BACKOFF_MAX);
+        b.reset();
+        assert_eq!(b.next(), BACKOFF_MIN);
+    }
 
     #[test]
     fn changes_coalesce_per_channel() {

@@ -164,3 +164,66 @@ async fn a_stalled_replica_does_not_queue_publishes_behind_each_others_wait() {
     let (status, body) = publish(&http, &nodes[0], &channels[1], "after").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
+
+/// The clients on `port` that are not Redis's own (a replication link) nor this query.
+async fn foreign_clients(port: u16) -> Vec<String> {
+    let list: String = query(port, &["CLIENT", "LIST"]).await.unwrap();
+    list.lines()
+        .filter(|l| !l.contains("cmd=client|list"))
+        .filter(|l| {
+            let flags = l.split(' ').find_map(|f| f.strip_prefix("flags="));
+            !flags.is_some_and(|f| f.contains('M') || f.contains('S'))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A failover turns a primary into a replica: the node closes what it held there (the
+/// command connection, and the sharded pub/sub connection once its subscriptions moved),
+/// so failovers one after another do not pile connections up on former primaries, and the
+/// channel is delivered from its new primary.
+#[tokio::test]
+async fn after_a_failover_a_node_holds_no_connection_to_the_former_primary() {
+    let Store::Cluster(c) = Store::cluster().await else {
+        unreachable!()
+    };
+    let key = stream_key("fo");
+    let old = c.owner(&key).await;
+    let nodes = nodes_on(("SSEGATE_REDIS_CLUSTER", &c.seeds()), 1, &[]).await;
+    let http = HttpClient::new();
+    let mut sub = stream(&nodes[0], "/v1/channels/fo/events", None).await;
+    let (status, id) = publish(&http, &nodes[0], "fo", "before").await;
+    assert_eq!(status, StatusCode::CREATED, "{id}");
+    assert_eq!(events(&mut sub, 1).await[0].data, "before");
+    let held = foreign_clients(old).await;
+    assert!(
+        held.iter().any(|l| l.contains("ssub=1")),
+        "the node's sharded subscription is on the primary: {held:#?}"
+    );
+    let replica = c.replica_of(old).await;
+    query::<String>(replica, &["CLUSTER", "FAILOVER"])
+        .await
+        .unwrap();
+    c.wait_moved(&key, old).await;
+    let (status, id) = publish(&http, &nodes[0], "fo", "after").await;
+    assert_eq!(status, StatusCode::CREATED, "{id}");
+    let got = events(&mut sub, 1).await;
+    assert_eq!(
+        (got[0].data.as_str(), got[0].id.as_str()),
+        ("after", id.as_str())
+    );
+    // Awaited by polling what Redis lists (nothing else observes a closed connection);
+    // the node reconciles every second.
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = foreign_clients(old).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "still held on the former primary: {left:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -3,14 +3,15 @@
 //!
 //! # Bounding rule
 //!
-//! **One pub/sub connection per primary, one registry entry per channel with local
-//! subscribers, and at most [`QUEUE_BYTES`] of received messages waiting.** A channel is
-//! subscribed with its own `SSUBSCRIBE` (one channel per command, so two slots never meet
-//! in one command: `CROSSSLOT` would refuse both), pipelined on the primary's connection.
-//! Subscription changes are coalesced per channel exactly as in `pubsub` ([`Changes`]).
-//! Received messages wait in one queue for this task; a connection whose messages would
-//! take it past [`QUEUE_BYTES`] is dropped and its channels caught up from their streams,
-//! so a slow task costs catch-up reads, never memory.
+//! **One pub/sub connection per primary in the slot map, one registry entry per channel
+//! with local subscribers, and at most [`link::QUEUE_BYTES`] of received messages waiting**
+//! ([`link`]). A channel is subscribed with its own `SSUBSCRIBE` (one channel per command,
+//! so two slots never meet in one command: `CROSSSLOT` would refuse both), pipelined on
+//! the primary's connection, at most [`IN_FLIGHT`] at once. Subscription changes are
+//! coalesced per channel exactly as in `pubsub` ([`Changes`]). A connection that carries
+//! nothing to a node that is no longer a primary is closed at the next reconcile, and so
+//! is the backoff record of such a node: after any number of failovers the task holds
+//! what the current map names, no more.
 //!
 //! # Recovery rule
 //!
@@ -30,53 +31,45 @@
 //!   reused), and after the subscription is confirmed its streams re-read history from
 //!   their cursors.
 //!
+//! A reconcile that cannot finish (a primary unreachable, the guard refused) is retried
+//! after a backoff ([`Backoff`], 100 ms doubling to 5 s), not at every wake-up of the
+//! task: a message rate of thousands per second must not become as many walks over every
+//! channel and script calls to a failing primary. A new slot map ends the wait at once,
+//! because it is new information (where the channels live now).
+//!
 //! Between a lost subscription and its replacement, live delivery's `prev` self-check and
 //! the re-read cover what was published.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: the task: pushes, changes, the reconcile and its backoff, subscribing.
+//! - [`link`]: one primary's connection, the push queue, the backoff record of a primary
+//!   that is down, and the commands that count only on their own confirmation.
 
-use std::collections::{HashMap, HashSet};
+mod link;
+
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{PushInfo, PushKind, Value};
+use redis::{PushInfo, PushKind};
 use ssegate_core::ChannelName;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Call, Lua, Request, Resend, Router, by_slot, slots};
 use crate::error::BrokerOp;
 use crate::hub::Hub;
 use crate::redis::keys::Keys;
-use crate::redis::pubsub::{Changes, broker_error, deliver};
+use crate::redis::pubsub::{Backoff, Changes, broker_error, deliver};
+use link::{Down, Queue, Refused, Shard, bytes_of};
 
 /// How often subscriptions are reconciled with the slot map, and connections pinged.
 pub(crate) const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
-/// Received message bytes that may wait for this task, over all connections.
-pub(crate) const QUEUE_BYTES: usize = 64 << 20;
-
 /// Commands in flight at once on one connection while (un)subscribing.
 const IN_FLIGHT: usize = 64;
-
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// One primary's pub/sub connection.
-struct Shard {
-    /// Tells this connection's pushes from an older one's.
-    id: u64,
-    conn: MultiplexedConnection,
-    subscribed: HashSet<ChannelName>,
-    /// Set by the push sender when the queue was full: the connection is dropped.
-    overflow: Arc<AtomicBool>,
-}
-
-/// A primary that could not be reached, and when to try it again.
-struct Down {
-    until: Instant,
-    backoff: Duration,
-}
 
 struct Task {
     router: Arc<Router>,
@@ -89,11 +82,13 @@ struct Task {
     /// Where each subscribed channel is subscribed (a primary's address).
     at: HashMap<ChannelName, String>,
     down: HashMap<String, Down>,
-    tx: mpsc::UnboundedSender<(u64, PushInfo)>,
-    queued: Arc<AtomicUsize>,
+    queue: Queue,
     next_id: u64,
-    /// Some subscription was lost since the last reconcile.
+    /// Some subscription was lost, or is not yet where it belongs.
     dirty: bool,
+    /// No reconcile before this (after one that could not finish).
+    retry_at: Instant,
+    retry: Backoff,
 }
 
 /// The sharded pub/sub task, for the node's lifecycle to run.
@@ -104,7 +99,7 @@ pub(crate) fn task(
     changes: Arc<Changes>,
     stream_ttl_ms: u64,
 ) -> crate::Background {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (queue, rx) = Queue::new();
     let task = Task {
         router,
         hub,
@@ -115,34 +110,17 @@ pub(crate) fn task(
         shards: HashMap::new(),
         at: HashMap::new(),
         down: HashMap::new(),
-        tx,
-        queued: Arc::new(AtomicUsize::new(0)),
+        queue,
         next_id: 0,
         dirty: true,
+        retry_at: Instant::now(),
+        retry: Backoff::new(),
     };
     Box::pin(task.run(rx))
 }
 
-fn payload_size(info: &PushInfo) -> usize {
-    info.data
-        .iter()
-        .map(|v| match v {
-            Value::BulkString(b) => b.len(),
-            _ => 16,
-        })
-        .sum::<usize>()
-        + 64
-}
-
-fn bytes_of(v: Option<&Value>) -> Option<&[u8]> {
-    match v? {
-        Value::BulkString(b) => Some(b),
-        _ => None,
-    }
-}
-
 impl Task {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<(u64, PushInfo)>) {
+    async fn run(mut self, mut rx: tokio::sync::mpsc::UnboundedReceiver<(u64, PushInfo)>) {
         let mut map_changed = self.router.watch();
         let mut tick = tokio::time::interval(RECONCILE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -150,11 +128,16 @@ impl Task {
             tokio::select! {
                 push = rx.recv() => {
                     let Some((id, info)) = push else { return };
-                    self.queued.fetch_sub(payload_size(&info), Ordering::Relaxed);
+                    self.queue.took(&info);
                     self.on_push(id, info);
                 }
                 () = self.changes.wake.notified() => self.apply_changes().await,
-                _ = map_changed.changed() => self.dirty = true,
+                _ = map_changed.changed() => {
+                    // Where the channels live now: no reason to wait out a backoff.
+                    self.dirty = true;
+                    self.retry_at = Instant::now();
+                }
+                () = tokio::time::sleep_until(self.retry_at), if self.dirty => {}
                 _ = tick.tick() => {
                     if let Err(e) = self.router.refresh().await {
                         tracing::warn!(error = %e, "cannot read the Redis Cluster slot map");
@@ -164,9 +147,14 @@ impl Task {
                 }
             }
             self.drop_overflowed();
-            if self.dirty {
+            if self.dirty && Instant::now() >= self.retry_at {
                 self.dirty = false;
                 self.reconcile().await;
+                if self.dirty {
+                    self.retry_at = Instant::now() + self.retry.fail();
+                } else {
+                    self.retry.reset();
+                }
             }
         }
     }
@@ -241,17 +229,8 @@ impl Task {
     async fn ping(&mut self) {
         let timeout = self.router.timeout();
         let pings = self.shards.iter().map(|(addr, s)| {
-            let mut conn = s.conn.clone();
-            let addr = addr.clone();
-            async move {
-                let pong = tokio::time::timeout(
-                    timeout,
-                    redis::cmd("PING").query_async::<Value>(&mut conn),
-                )
-                .await;
-                let ok = matches!(pong, Ok(Ok(Value::SimpleString(ref s))) if s == "PONG");
-                (addr, ok)
-            }
+            let ping = link::ping(s.conn.clone(), timeout);
+            async move { (addr.clone(), ping.await) }
         });
         for (addr, ok) in futures_util::future::join_all(pings).await {
             if !ok {
@@ -331,9 +310,19 @@ impl Task {
         for (addr, chans) in stale {
             self.unsubscribe(&addr, &chans).await;
         }
+        self.prune(&map);
         if !misplaced.is_empty() {
             self.place(misplaced).await;
         }
+    }
+
+    /// Closes connections that carry nothing to nodes that are no longer primaries, and
+    /// forgets the backoff of such nodes (see the bounding rule).
+    fn prune(&mut self, map: &slots::SlotMap) {
+        let primary = |addr: &String| map.primaries().contains(addr);
+        self.shards
+            .retain(|addr, s| primary(addr) || !s.subscribed.is_empty());
+        self.down.retain(|addr, _| primary(addr));
     }
 
     /// Subscribes `chans` on their slots' primaries.
@@ -359,74 +348,26 @@ impl Task {
         if let Some(s) = self.shards.get(addr) {
             return Some(s.conn.clone());
         }
-        if self
-            .down
-            .get(addr)
-            .is_some_and(|d| Instant::now() < d.until)
-        {
+        if self.down.get(addr).is_some_and(Down::waiting) {
+            self.dirty = true;
             return None;
         }
         let id = self.next_id;
         self.next_id += 1;
-        let overflow = Arc::new(AtomicBool::new(false));
-        let (tx, queued, full) = (self.tx.clone(), self.queued.clone(), overflow.clone());
-        let sender = move |info: PushInfo| -> Result<(), ()> {
-            let size = payload_size(&info);
-            if queued.fetch_add(size, Ordering::Relaxed) + size > QUEUE_BYTES {
-                queued.fetch_sub(size, Ordering::Relaxed);
-                full.store(true, Ordering::Relaxed);
-                return Err(());
-            }
-            tx.send((id, info)).map_err(|_| ())
-        };
-        let timeout = self.router.timeout();
-        let connect = async {
-            let client =
-                redis::Client::open(self.router.pubsub_info(addr)?).map_err(|e| e.to_string())?;
-            let config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(None)
-                .set_push_sender(sender);
-            tokio::time::timeout(
-                timeout,
-                client.get_multiplexed_async_connection_with_config(&config),
-            )
-            .await
-            .map_err(|_| "timed out".to_owned())?
-            .map_err(|e| e.to_string())
-        };
-        match connect.await {
-            Ok(conn) => {
+        match link::connect(&self.router, addr, id, &self.queue).await {
+            Ok(shard) => {
                 if self.down.remove(addr).is_some() {
                     metrics::counter!(ssegate_core::metric_names::PUBSUB_RECONNECTS).increment(1);
                 }
-                self.shards.insert(
-                    addr.to_owned(),
-                    Shard {
-                        id,
-                        conn: conn.clone(),
-                        subscribed: HashSet::new(),
-                        overflow,
-                    },
-                );
+                let conn = shard.conn.clone();
+                self.shards.insert(addr.to_owned(), shard);
                 Some(conn)
             }
             Err(e) => {
                 broker_error(BrokerOp::Pubsub);
-                let backoff = self
-                    .down
-                    .get(addr)
-                    .map_or(BACKOFF_MIN, |d| (d.backoff * 2).min(BACKOFF_MAX));
-                tracing::warn!(primary = %addr, error = %e, retry_in = ?backoff, "cannot open a sharded pub/sub connection");
-                let jitter =
-                    backoff / 2 + Duration::from_millis(fastrand::u64(0..=ms(backoff) / 2));
-                self.down.insert(
-                    addr.to_owned(),
-                    Down {
-                        until: Instant::now() + jitter,
-                        backoff,
-                    },
-                );
+                let down = Down::after(self.down.remove(addr));
+                tracing::warn!(primary = %addr, error = %e, retry_in = ?down.next(), "cannot open a sharded pub/sub connection");
+                self.down.insert(addr.to_owned(), down);
                 self.dirty = true;
                 None
             }
@@ -448,7 +389,7 @@ impl Task {
         for chunk in chans.chunks(IN_FLIGHT) {
             let sent = chunk
                 .iter()
-                .map(|ch| ssubscribe(conn.clone(), self.keys.live(ch), timeout));
+                .map(|ch| link::ssubscribe(conn.clone(), self.keys.live(ch), timeout));
             let replies = futures_util::future::join_all(sent).await;
             results.extend(chunk.iter().cloned().zip(replies));
         }
@@ -463,11 +404,11 @@ impl Task {
                     // Whatever was published before the subscription was active.
                     self.hub.resync(&ch);
                 }
-                Err(e) if e == "moved" => {
+                Err(Refused::Moved) => {
                     let _ = self.router.refresh().await;
                     self.dirty = true;
                 }
-                Err(e) => broken = Some(e),
+                Err(Refused::Broken(e)) => broken = Some(e),
             }
         }
         if let Some(e) = broken {
@@ -485,7 +426,7 @@ impl Task {
         for chunk in chans.chunks(IN_FLIGHT) {
             let sent = chunk
                 .iter()
-                .map(|ch| sunsubscribe(conn.clone(), self.keys.live(ch), timeout));
+                .map(|ch| link::sunsubscribe(conn.clone(), self.keys.live(ch), timeout));
             ok.extend(futures_util::future::join_all(sent).await);
         }
         if ok.contains(&false) {
@@ -537,37 +478,4 @@ impl Task {
         }
         Ok(())
     }
-}
-
-/// `SSUBSCRIBE` one channel; `Ok` only for its own confirmation.
-async fn ssubscribe(
-    mut conn: MultiplexedConnection,
-    name: String,
-    timeout: Duration,
-) -> Result<(), String> {
-    let cmd = redis::cmd("SSUBSCRIBE").arg(&name).to_owned();
-    match tokio::time::timeout(timeout, cmd.query_async::<Value>(&mut conn)).await {
-        Ok(Ok(Value::Push {
-            kind: PushKind::SSubscribe,
-            data,
-        })) if bytes_of(data.first()) == Some(name.as_bytes()) => Ok(()),
-        Ok(Ok(other)) => Err(format!("not our confirmation: {other:?}")),
-        Ok(Err(e)) if e.redirect_node().is_some() => Err(String::from("moved")),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("SSUBSCRIBE timed out".to_owned()),
-    }
-}
-
-/// `SUNSUBSCRIBE` one channel; `true` only for its own confirmation.
-async fn sunsubscribe(mut conn: MultiplexedConnection, name: String, timeout: Duration) -> bool {
-    let cmd = redis::cmd("SUNSUBSCRIBE").arg(&name).to_owned();
-    matches!(
-        tokio::time::timeout(timeout, cmd.query_async::<Value>(&mut conn)).await,
-        Ok(Ok(Value::Push { kind: PushKind::SUnsubscribe, ref data }))
-            if bytes_of(data.first()) == Some(name.as_bytes())
-    )
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
