@@ -41,7 +41,7 @@ pub use error::{BrokerError, BrokerOp, ErrorClass, KnownIds};
 pub use event::{StoredData, StoredEvent};
 pub use hub::{LiveRecv, LiveSubscription};
 pub use memory::{MemoryBroker, StoreLimits};
-pub use redis::{RedisBroker, RedisConfig};
+pub use redis::{CLUSTER_PRIMARIES_BUDGETED, RedisBroker, RedisConfig};
 
 /// Where a history read starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -178,8 +178,10 @@ impl Drop for SubjectGuard {
 /// listeners, stdio and log files, the runtime's own (epoll, eventfd, signal pipe), the
 /// OTLP exporter's connections, files read at run time. An idle node holds about 15.
 pub const RESERVED_FILES: usize = 64;
-/// Descriptors kept for Redis on top of its command pool: the pub/sub connection and
-/// reconnects that overlap a connection being closed.
+/// Descriptors kept for Redis on top of what its configuration holds at once
+/// ([`ssegate_broker::RedisConfig::connections`]): the pub/sub or sentinel connection of
+/// one primary, reconnects that overlap a connection being closed, a cluster's slot map
+/// reads from a seed.
 pub const REDIS_EXTRA_FILES: usize = 8;
 /// No listener is ever capped below this many connections, however small the limit.
 const MIN_CONNECTIONS: usize = 16;
@@ -239,7 +241,7 @@ impl FileBudget {
         Self::new(
             limit,
             admin_listen.map_or(0, |_| max_admin),
-            redis.map_or(0, |r| r.pool_size + REDIS_EXTRA_FILES),
+            redis.map_or(0, |r| r.connections() + REDIS_EXTRA_FILES),
         )
     }
 

@@ -87,6 +87,30 @@ pub struct RedisConfig {
     pub timeout: Duration,
 }
 
+impl RedisConfig {
+    /// The most connections to Redis this configuration holds at once, for the node's
+    /// file budget. One primary (fixed or named by sentinels): the command pool. A
+    /// cluster: a command and a pub/sub connection for each of up to
+    /// [`CLUSTER_PRIMARIES_BUDGETED`] primaries (a map with more is logged, see
+    /// `cluster::Router`), and the publishes' own connections when they `WAIT`. What
+    /// either adds briefly (a pub/sub or sentinel connection, a reconnect that overlaps
+    /// the connection being closed) is the caller's margin.
+    pub fn connections(&self) -> usize {
+        if self.cluster.is_empty() {
+            return self.pool_size;
+        }
+        let own = if self.min_replicas > 0 {
+            self.pool_size
+        } else {
+            0
+        };
+        2 * CLUSTER_PRIMARIES_BUDGETED + own
+    }
+}
+
+/// Primaries of a Redis Cluster that a node's file budget keeps descriptors for.
+pub const CLUSTER_PRIMARIES_BUDGETED: usize = 32;
+
 /// How long a node trusts the epoch it read on a Redis Cluster, where the scripts cannot
 /// read it (it is in another slot than the channel's keys).
 const EPOCH_RECHECK: Duration = Duration::from_secs(5);

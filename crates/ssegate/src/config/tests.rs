@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use ssegate_server::limits::FileBudget;
+use ssegate_server::limits::{FileBudget, REDIS_EXTRA_FILES};
 
 use super::*;
 
@@ -113,6 +113,43 @@ fn secrets_are_never_echoed() {
         assert!(!msg.contains(secret), "{msg}");
         assert!(msg.contains(&env_name(&args[0][2..])), "{msg}");
     }
+}
+
+/// Redis's share of the open files follows its shape: a cluster's two connections per
+/// budgeted primary, and its publishes' own connections only when they `WAIT`.
+#[test]
+fn redis_connections_are_kept_out_of_the_public_share() {
+    let total = |args: &[&str]| {
+        let s = load_args(args).unwrap().settings;
+        s.max_connections + s.max_request_connections
+    };
+    let Some(limit) = load_args(&[]).unwrap().settings.open_files_limit else {
+        return;
+    };
+    if limit < 4096 {
+        return; // below this the shares are clamped, not subtracted
+    }
+    let embedded = total(&[]);
+    let one = total(&["--redis-url", "redis://127.0.0.1:6379"]);
+    let cluster = total(&["--redis-cluster", "127.0.0.1:7000"]);
+    let waiting = total(&[
+        "--redis-cluster",
+        "127.0.0.1:7000",
+        "--publish-min-replicas",
+        "1",
+    ]);
+    let pool = load_args(&["--redis-url", "redis://127.0.0.1:6379"])
+        .unwrap()
+        .settings
+        .redis
+        .expect("Redis")
+        .pool_size;
+    assert_eq!(embedded - one, pool + REDIS_EXTRA_FILES);
+    assert_eq!(
+        embedded - cluster,
+        2 * ssegate_broker::CLUSTER_PRIMARIES_BUDGETED + REDIS_EXTRA_FILES
+    );
+    assert_eq!(cluster - waiting, pool);
 }
 
 #[test]

@@ -275,6 +275,14 @@ impl Router {
         if current.as_deref() == Some(&map) {
             return;
         }
+        let primaries = map.primaries().len();
+        if primaries > crate::redis::CLUSTER_PRIMARIES_BUDGETED {
+            tracing::warn!(
+                primaries,
+                budgeted = crate::redis::CLUSTER_PRIMARIES_BUDGETED,
+                "the Redis Cluster has more primaries than the node's file budget keeps descriptors for (two each): lower SSEGATE_MAX_CONNECTIONS by two per extra primary"
+            );
+        }
         self.conns
             .retain(|addr| map.primaries().iter().any(|p| p == addr));
         if let Some(leases) = &self.leases {
