@@ -382,9 +382,14 @@ impl Broker for RedisBroker {
         // only this one's cursor: a region recorded up to the cursor alone would grow when
         // the guard or another stream adds a later lost event, and this stream, already
         // told, would be told again.
+        // From the oldest (where a fresh stream learns its start), the node's newest is
+        // the evidence too: a store that lacks it lost it in a failover no guard has
+        // reported yet, and the start must be after the loss, not before it.
+        let newest = self.inner.hub.newest(channel);
         let seen = match from {
-            ReadFrom::AfterShown(id) => self.inner.hub.newest(channel).map_or(id, |n| n.max(id)),
-            _ => ssegate_core::EntryId::ZERO,
+            ReadFrom::AfterShown(id) => newest.map_or(id, |n| n.max(id)),
+            ReadFrom::Oldest => newest.unwrap_or(ssegate_core::EntryId::ZERO),
+            ReadFrom::After(_) => ssegate_core::EntryId::ZERO,
         };
         call.arg(limit)
             .arg(stream_ttl_ms(&self.inner.history))

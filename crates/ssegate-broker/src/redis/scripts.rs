@@ -288,8 +288,9 @@ end",
 /// One page of a channel's history (`KEYS`: epoch, stream, metadata; `ARGV[1]`: a
 /// candidate epoch, `ARGV[2]`: `oldest`, `after` or `shown` (after an event a stream
 /// wrote), `ARGV[3]`: the cursor, `ARGV[4]`: the page size, `ARGV[5]`: the keys' expiry in
-/// ms, `ARGV[6]`: [`MAX_LOST_REGIONS`], `ARGV[7]`: with `shown`, the newest id the node saw
-/// on the channel, at least the cursor: with the cursor, the evidence of a loss). Returns the epoch, the channel's last id, where
+/// ms, `ARGV[6]`: [`MAX_LOST_REGIONS`], `ARGV[7]`: the newest id the node saw on the
+/// channel, the evidence of a loss (with `shown` at least the cursor; with `oldest` `0-0`
+/// when the node saw none; unused with `after`, where the cursor is a client's word). Returns the epoch, the channel's last id, where
 /// the page continues from, whether there is a gap, and the entries.
 pub(crate) const READ: &str = with_epoch!(with_id_order!(with_lost_regions!(with_record_lost!(
     r"
@@ -302,6 +303,11 @@ if ARGV[2] == 'shown' then
   if ARGV[7] ~= ARGV[3] then
     record_lost(KEYS[2], KEYS[3], ARGV[7], ARGV[5], tonumber(ARGV[6]))
   end
+elseif ARGV[2] == 'oldest' and ARGV[7] ~= '0-0' then
+  -- A fresh stream's start (or a history read from the start) on a node that delivered
+  -- ARGV[7]: a store without it lost it, and the stream must not start before the loss
+  -- (it would go past it silently when the new primary's events arrive).
+  record_lost(KEYS[2], KEYS[3], ARGV[7], ARGV[5], tonumber(ARGV[6]))
 end
 local m = redis.call('HMGET', KEYS[3], 'last', 'del', 'lost')
 local last = m[1] or '0-0'

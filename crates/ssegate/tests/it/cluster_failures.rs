@@ -7,7 +7,9 @@ use http::StatusCode;
 use ssegate_client::{HttpClient, Item};
 
 use crate::cluster::{cluster, publish, stream};
-use crate::helpers::{WAIT, events, history_data, json, next_item, sync_reasons_then_event};
+use crate::helpers::{
+    WAIT, events, history_data, json, next_item, opening_id, sync_reasons_then_event,
+};
 use crate::redis_server::RedisServer;
 
 #[tokio::test]
@@ -430,4 +432,40 @@ async fn last_generated_id(redis: &RedisServer, stream_key: &str) -> String {
 fn succ(id: &str) -> String {
     let (ms, seq) = id.split_once('-').unwrap();
     format!("{ms}-{}", seq.parse::<u64>().unwrap() + 1)
+}
+
+/// A failover lost an event this node delivered, and no guard has run yet (the node's
+/// pub/sub connection did not drop): a stream that opens fresh now starts after the lost
+/// event, not before it. Starting before it, the new primary's next event would take the
+/// stream past the loss without a word (a history checker run found that); now its read
+/// records the loss, so the stream's position is past it and a cursor before it is told.
+#[tokio::test]
+async fn a_fresh_stream_after_an_unreported_loss_starts_past_it() {
+    let redis = RedisServer::start(false).await;
+    let nodes = cluster(&redis, 1, &[]).await;
+    let http = HttpClient::new();
+    let (_, before) = publish(&http, &nodes[0], "unrep", "before").await;
+    let mut x = stream(&nodes[0], "/v1/channels/unrep/events", Some(&before)).await;
+    let (_, lost) = publish(&http, &nodes[0], "unrep", "lost").await;
+    assert_eq!(events(&mut x, 1).await[0].data, "lost");
+    promote_without(&redis, "unrep", &before, &lost).await;
+    let mut fresh = stream(&nodes[0], "/v1/channels/unrep/events", None).await;
+    let start = opening_id(&mut fresh).await;
+    let (epoch, entry) = lost.split_once('-').unwrap();
+    assert_eq!(
+        start,
+        format!("{epoch}-{}", succ(entry)),
+        "past the lost event"
+    );
+    let (status, after) = publish(&http, &nodes[0], "unrep", "after").await;
+    assert_eq!(status, StatusCode::CREATED, "{after}");
+    let got = events(&mut fresh, 1).await;
+    assert_eq!(
+        (got[0].data.as_str(), got[0].id.as_str()),
+        ("after", after.as_str())
+    );
+    let mut early = stream(&nodes[0], "/v1/channels/unrep/events", Some(&before)).await;
+    let (reasons, next) = sync_reasons_then_event(&mut early).await;
+    assert_eq!(reasons, ["history_trimmed"], "the lost event is announced");
+    assert_eq!(next.data, "after");
 }
