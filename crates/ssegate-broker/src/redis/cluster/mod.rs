@@ -171,7 +171,8 @@ impl Router {
     }
 
     /// The connection to `addr`, opened when there is none.
-    async fn conn(&self, addr: &str) -> Result<MultiplexedConnection, String> {
+    /// With its generation, for [`Router::forget`].
+    async fn conn(&self, addr: &str) -> Result<(MultiplexedConnection, u64), String> {
         self.conns.get(addr, || self.open(addr)).await
     }
 
@@ -201,8 +202,9 @@ impl Router {
         }
     }
 
-    fn forget(&self, addr: &str) {
-        self.conns.forget(addr);
+    /// Drops the shared connection of `generation` to `addr` (not a newer one).
+    fn forget(&self, addr: &str, generation: u64) {
+        self.conns.forget(addr, generation);
     }
 
     /// Reads the slot map again (from a known primary, else a seed), unless it was read
@@ -244,7 +246,7 @@ impl Router {
     }
 
     async fn slots_of(&self, addr: &str) -> Result<SlotMap, String> {
-        let mut conn = self.conn(addr).await?;
+        let (mut conn, generation) = self.conn(addr).await?;
         let reply = tokio::time::timeout(
             self.timeout,
             redis::cmd("CLUSTER")
@@ -255,11 +257,11 @@ impl Router {
         let reply = match reply {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
-                self.forget(addr);
+                self.forget(addr, generation);
                 return Err(format!("{addr}: {e}"));
             }
             Err(_) => {
-                self.forget(addr);
+                self.forget(addr, generation);
                 return Err(format!("{addr}: CLUSTER SLOTS timed out"));
             }
         };
@@ -272,6 +274,10 @@ impl Router {
 
     fn install(&self, map: SlotMap) {
         let mut current = lock(&self.map);
+        // Even when the map is the same: a connection opened meanwhile to a seed or a
+        // former primary is not kept.
+        self.conns
+            .retain(|addr| map.primaries().iter().any(|p| p == addr));
         if current.as_deref() == Some(&map) {
             return;
         }
@@ -283,8 +289,6 @@ impl Router {
                 "the Redis Cluster has more primaries than the node's file budget keeps descriptors for (two each): lower SSEGATE_MAX_CONNECTIONS by two per extra primary"
             );
         }
-        self.conns
-            .retain(|addr| map.primaries().iter().any(|p| p == addr));
         if let Some(leases) = &self.leases {
             leases.retain(map.primaries());
         }
@@ -330,7 +334,7 @@ impl Router {
         let pings = map.primaries().iter().map(|addr| {
             Box::pin(async move {
                 let ping = async {
-                    let mut conn = self.conn(addr).await?;
+                    let (mut conn, _) = self.conn(addr).await?;
                     redis::cmd("PING")
                         .query_async::<Value>(&mut conn)
                         .await
@@ -388,13 +392,20 @@ impl Router {
                 },
             };
             let got = match &own {
+                // A publish's own connection: not the shared one, which stays when it breaks.
                 Some((leases, _)) => match leases.take(&addr) {
-                    Some(c) => Ok(c),
-                    None => within(deadline, self.open(&addr)).await.and_then(|r| r),
+                    Some(c) => Ok((c, None)),
+                    None => within(deadline, self.open(&addr))
+                        .await
+                        .and_then(|r| r)
+                        .map(|c| (c, None)),
                 },
-                None => within(deadline, self.conn(&addr)).await.and_then(|r| r),
+                None => within(deadline, self.conn(&addr))
+                    .await
+                    .and_then(|r| r)
+                    .map(|(c, g)| (c, Some(g))),
             };
-            let mut conn = match got {
+            let (mut conn, generation) = match got {
                 Ok(c) => c,
                 Err(e) => {
                     // Nothing was sent: a dead primary; its replica takes over soon.
@@ -472,7 +483,9 @@ impl Router {
                 continue;
             }
             if broken {
-                self.forget(&addr);
+                if let Some(generation) = generation {
+                    self.forget(&addr, generation);
+                }
                 let _ = within(deadline, self.refresh()).await;
                 if resend == Resend::Never {
                     return Err(RouteError::MaybeRan(format!("{addr}: {e}")));

@@ -211,6 +211,9 @@ impl Task {
             self.at.remove(ch);
         }
         self.dirty = true;
+        // A healthy primary's channels must not wait out a backoff that another (down)
+        // primary built up: this loss is new, so the reconcile runs at once.
+        self.retry_at = Instant::now();
     }
 
     fn drop_overflowed(&mut self) {
@@ -322,7 +325,10 @@ impl Task {
         let primary = |addr: &String| map.primaries().contains(addr);
         self.shards
             .retain(|addr, s| primary(addr) || !s.subscribed.is_empty());
-        self.down.retain(|addr, _| primary(addr));
+        // A record still waiting is kept whatever the map says: a partial map in a
+        // failover may leave the down primary out, and forgetting its backoff there would
+        // have the next map send the task to connect to it at once, again and again.
+        self.down.retain(|addr, d| primary(addr) || d.waiting());
     }
 
     /// Subscribes `chans` on their slots' primaries.
