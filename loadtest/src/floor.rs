@@ -262,4 +262,43 @@ mod tests {
             "another channel got nothing"
         );
     }
+
+    /// `read_head` on the server side of a loopback connection whose client sent `bytes`.
+    fn head_of(bytes: &[u8]) -> anyhow::Result<Head> {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        server.set_read_timeout(Some(HEAD_TIMEOUT)).unwrap();
+        // A client that sends more than the floor reads may see its write refused.
+        let _ = client.write_all(bytes);
+        let _ = client.shutdown(std::net::Shutdown::Write);
+        read_head(&mut server, &mut Vec::new())
+    }
+
+    #[test]
+    fn read_head_takes_a_head_and_refuses_past_its_bounds() {
+        let head = head_of(b"POST /pub/a HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc").unwrap();
+        assert_eq!(
+            (
+                head.method.as_str(),
+                head.path.as_str(),
+                head.content_length
+            ),
+            ("POST", "/pub/a", 3)
+        );
+        // A head that never ends is read no further than MAX_HEAD (and a chunk).
+        let endless = format!("GET /{} HTTP/1.1\r\n", "a".repeat(MAX_HEAD * 2));
+        let e = head_of(endless.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("head too large"), "{e}");
+        let big = format!(
+            "POST /pub/a HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        let e = head_of(big.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("body too large"), "{e}");
+        let e = head_of(b"POST /pub/a HTTP/1.1\r\ncontent-length: x\r\n\r\n").unwrap_err();
+        assert!(e.to_string().contains("content-length"), "{e}");
+        let e = head_of(b"GET /sub/a HTTP/1.1\r\n").unwrap_err();
+        assert!(e.to_string().contains("closed before a whole head"), "{e}");
+    }
 }
