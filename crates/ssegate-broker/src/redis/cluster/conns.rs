@@ -132,10 +132,20 @@ mod tests {
         addr: std::net::SocketAddr,
         opened: &Arc<AtomicUsize>,
     ) -> impl FnOnce() -> BoxFuture<'static, Result<Arc<TcpStream>, String>> {
+        opener_after(addr, opened, async {})
+    }
+
+    /// [`opener`], connecting once `ready` is done.
+    fn opener_after(
+        addr: std::net::SocketAddr,
+        opened: &Arc<AtomicUsize>,
+        ready: impl Future<Output = ()> + Send + 'static,
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<Arc<TcpStream>, String>> {
         let opened = opened.clone();
         move || {
             opened.fetch_add(1, Ordering::SeqCst);
             async move {
+                ready.await;
                 TcpStream::connect(addr)
                     .await
                     .map(Arc::new)
@@ -220,20 +230,9 @@ mod tests {
         let conns = Conns::new();
         let opened = Arc::new(AtomicUsize::new(0));
         let (release, wait) = tokio::sync::oneshot::channel::<()>();
-        let slow = {
-            let opened = opened.clone();
-            move || {
-                opened.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    let _ = wait.await;
-                    TcpStream::connect(addr)
-                        .await
-                        .map(Arc::new)
-                        .map_err(|e| e.to_string())
-                }
-                .boxed()
-            }
-        };
+        let slow = opener_after(addr, &opened, async {
+            let _ = wait.await;
+        });
         {
             let first = conns.get("a:1", slow);
             tokio::pin!(first);

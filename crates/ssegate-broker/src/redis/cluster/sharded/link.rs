@@ -37,26 +37,40 @@ pub(super) struct Shard {
     pub(super) overflow: Arc<AtomicBool>,
 }
 
-/// A primary that could not be reached, and when to try it again.
+/// A wait after failures: until when, and the backoff that set it. Kept per primary that
+/// could not be reached, and for the task's reconcile.
 #[derive(Debug)]
-pub(super) struct Down {
+pub(super) struct Retry {
     until: Instant,
     backoff: Backoff,
 }
 
-impl Down {
-    /// After a failed connect, `before` being the primary's earlier record.
-    pub(super) fn after(before: Option<Self>) -> Self {
-        let mut backoff = before.map_or_else(Backoff::new, |d| d.backoff);
-        let wait = backoff.fail();
+impl Retry {
+    /// No failure yet: nothing to wait for.
+    pub(super) fn new() -> Self {
         Self {
-            until: Instant::now() + wait,
-            backoff,
+            until: Instant::now(),
+            backoff: Backoff::new(),
         }
+    }
+
+    /// After a failure: wait, longer than after the one before.
+    pub(super) fn fail(&mut self) {
+        self.until = Instant::now() + self.backoff.fail();
+    }
+
+    /// New information (a new slot map, a connection lost): no waiting for it, while the
+    /// backoff stays where the failures put it.
+    pub(super) fn cut(&mut self) {
+        self.until = Instant::now();
     }
 
     pub(super) fn waiting(&self) -> bool {
         Instant::now() < self.until
+    }
+
+    pub(super) const fn until(&self) -> Instant {
+        self.until
     }
 
     /// For the log line: the wait after another failure.
@@ -196,19 +210,28 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn a_primary_that_stays_down_waits_longer_each_time_up_to_the_bound() {
-        let mut down = Down::after(None);
-        assert!(down.waiting());
+    async fn a_retry_waits_longer_after_each_failure_up_to_the_bound() {
+        let mut retry = Retry::new();
+        assert!(!retry.waiting(), "nothing to wait for before a failure");
         let mut waits = Vec::new();
         for _ in 0..12 {
-            let before = down.next();
+            let before = retry.next();
+            retry.fail();
+            assert!(retry.waiting());
             tokio::time::advance(before).await;
-            assert!(!down.waiting(), "a wait is at most its backoff");
-            down = Down::after(Some(down));
-            waits.push(down.next());
+            assert!(!retry.waiting(), "a wait is at most its backoff");
+            waits.push(retry.next());
         }
         assert!(waits.windows(2).all(|w| w[0] <= w[1]));
         assert_eq!(waits.last(), Some(&Duration::from_secs(5)));
+        retry.fail();
+        retry.cut();
+        assert!(!retry.waiting(), "cut ends the wait");
+        assert_eq!(
+            retry.next(),
+            Duration::from_secs(5),
+            "and keeps the backoff"
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@
 //!   their cursors.
 //!
 //! A reconcile that cannot finish (a primary unreachable, the guard refused) is retried
-//! after a backoff ([`Backoff`], 100 ms doubling to 5 s), not at every wake-up of the
+//! after a backoff ([`Retry`], 100 ms doubling to 5 s), not at every wake-up of the
 //! task: a message rate of thousands per second must not become as many walks over every
 //! channel and script calls to a failing primary. A new slot map ends the wait at once,
 //! because it is new information (where the channels live now).
@@ -43,8 +43,9 @@
 //! # Layout
 //!
 //! - `mod.rs`: the task: pushes, changes, the reconcile and its backoff, subscribing.
-//! - [`link`]: one primary's connection, the push queue, the backoff record of a primary
-//!   that is down, and the commands that count only on their own confirmation.
+//! - [`link`]: one primary's connection, the push queue, [`Retry`] (the wait after
+//!   failures, of a primary that is down and of the reconcile), and the commands that
+//!   count only on their own confirmation.
 
 mod link;
 
@@ -56,20 +57,31 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{PushInfo, PushKind};
 use ssegate_core::ChannelName;
-use tokio::time::Instant;
 
 use super::{Call, Lua, Request, Resend, Router, by_slot, slots};
 use crate::error::BrokerOp;
 use crate::hub::Hub;
 use crate::redis::keys::Keys;
-use crate::redis::pubsub::{Backoff, Changes, broker_error, deliver};
-use link::{Down, Queue, Refused, Shard, bytes_of};
+use crate::redis::pubsub::{Changes, broker_error, deliver};
+use link::{Queue, Refused, Retry, Shard, bytes_of};
 
 /// How often subscriptions are reconciled with the slot map, and connections pinged.
 pub(crate) const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
 /// Commands in flight at once on one connection while (un)subscribing.
 const IN_FLIGHT: usize = 64;
+
+/// `send` for every channel, at most [`IN_FLIGHT`] at once; the replies in their order.
+async fn pipelined<R, F: Future<Output = R>>(
+    chans: &[ChannelName],
+    send: impl Fn(&ChannelName) -> F,
+) -> Vec<R> {
+    let mut replies = Vec::with_capacity(chans.len());
+    for chunk in chans.chunks(IN_FLIGHT) {
+        replies.extend(futures_util::future::join_all(chunk.iter().map(&send)).await);
+    }
+    replies
+}
 
 struct Task {
     router: Arc<Router>,
@@ -81,14 +93,14 @@ struct Task {
     shards: HashMap<String, Shard>,
     /// Where each subscribed channel is subscribed (a primary's address).
     at: HashMap<ChannelName, String>,
-    down: HashMap<String, Down>,
+    /// Primaries that could not be reached, and when to try each again.
+    down: HashMap<String, Retry>,
     queue: Queue,
     next_id: u64,
     /// Some subscription was lost, or is not yet where it belongs.
     dirty: bool,
-    /// No reconcile before this (after one that could not finish).
-    retry_at: Instant,
-    retry: Backoff,
+    /// No reconcile while this waits (after one that could not finish).
+    retry: Retry,
 }
 
 /// The sharded pub/sub task, for the node's lifecycle to run.
@@ -113,8 +125,7 @@ pub(crate) fn task(
         queue,
         next_id: 0,
         dirty: true,
-        retry_at: Instant::now(),
-        retry: Backoff::new(),
+        retry: Retry::new(),
     };
     Box::pin(task.run(rx))
 }
@@ -135,9 +146,9 @@ impl Task {
                 _ = map_changed.changed() => {
                     // Where the channels live now: no reason to wait out a backoff.
                     self.dirty = true;
-                    self.retry_at = Instant::now();
+                    self.retry.cut();
                 }
-                () = tokio::time::sleep_until(self.retry_at), if self.dirty => {}
+                () = tokio::time::sleep_until(self.retry.until()), if self.dirty => {}
                 _ = tick.tick() => {
                     if let Err(e) = self.router.refresh().await {
                         tracing::warn!(error = %e, "cannot read the Redis Cluster slot map");
@@ -147,13 +158,13 @@ impl Task {
                 }
             }
             self.drop_overflowed();
-            if self.dirty && Instant::now() >= self.retry_at {
+            if self.dirty && !self.retry.waiting() {
                 self.dirty = false;
                 self.reconcile().await;
                 if self.dirty {
-                    self.retry_at = Instant::now() + self.retry.fail();
+                    self.retry.fail();
                 } else {
-                    self.retry.reset();
+                    self.retry = Retry::new();
                 }
             }
         }
@@ -213,7 +224,7 @@ impl Task {
         self.dirty = true;
         // A healthy primary's channels must not wait out a backoff that another (down)
         // primary built up: this loss is new, so the reconcile runs at once.
-        self.retry_at = Instant::now();
+        self.retry.cut();
     }
 
     fn drop_overflowed(&mut self) {
@@ -354,7 +365,7 @@ impl Task {
         if let Some(s) = self.shards.get(addr) {
             return Some(s.conn.clone());
         }
-        if self.down.get(addr).is_some_and(Down::waiting) {
+        if self.down.get(addr).is_some_and(Retry::waiting) {
             self.dirty = true;
             return None;
         }
@@ -371,9 +382,9 @@ impl Task {
             }
             Err(e) => {
                 broker_error(BrokerOp::Pubsub);
-                let down = Down::after(self.down.remove(addr));
+                let down = self.down.entry(addr.to_owned()).or_insert_with(Retry::new);
+                down.fail();
                 tracing::warn!(primary = %addr, error = %e, retry_in = ?down.next(), "cannot open a sharded pub/sub connection");
-                self.down.insert(addr.to_owned(), down);
                 self.dirty = true;
                 None
             }
@@ -391,16 +402,12 @@ impl Task {
             return;
         }
         let timeout = self.router.timeout();
-        let mut results = Vec::with_capacity(chans.len());
-        for chunk in chans.chunks(IN_FLIGHT) {
-            let sent = chunk
-                .iter()
-                .map(|ch| link::ssubscribe(conn.clone(), self.keys.live(ch), timeout));
-            let replies = futures_util::future::join_all(sent).await;
-            results.extend(chunk.iter().cloned().zip(replies));
-        }
+        let replies = pipelined(&chans, |ch| {
+            link::ssubscribe(conn.clone(), self.keys.live(ch), timeout)
+        })
+        .await;
         let mut broken = None;
-        for (ch, r) in results {
+        for (ch, r) in chans.into_iter().zip(replies) {
             match r {
                 Ok(()) => {
                     if let Some(s) = self.shards.get_mut(addr) {
@@ -428,13 +435,10 @@ impl Task {
         };
         let conn = s.conn.clone();
         let timeout = self.router.timeout();
-        let mut ok = Vec::with_capacity(chans.len());
-        for chunk in chans.chunks(IN_FLIGHT) {
-            let sent = chunk
-                .iter()
-                .map(|ch| link::sunsubscribe(conn.clone(), self.keys.live(ch), timeout));
-            ok.extend(futures_util::future::join_all(sent).await);
-        }
+        let ok = pipelined(chans, |ch| {
+            link::sunsubscribe(conn.clone(), self.keys.live(ch), timeout)
+        })
+        .await;
         if ok.contains(&false) {
             // A subscription we no longer want may linger: start that connection over.
             self.lose(addr, "SUNSUBSCRIBE failed");
