@@ -14,7 +14,8 @@
 //!
 //! - [`error`]: [`BrokerError`], tagged client / broker / internal.
 //! - [`event`]: [`StoredEvent`], an event as stored and pre-encoded for the wire.
-//! - [`hub`]: node-local fan-out, one bounded ring per channel (the backpressure rule).
+//! - [`hub`]: node-local fan-out, one bounded ring per channel (the backpressure rule),
+//!   and the chain of recent live events that serves resumes without a history read.
 //! - [`memory`]: the embedded in-memory broker (the default with no Redis).
 //! - [`redis`]: the Redis broker (cluster mode): Streams for history, pub/sub for live.
 //! - [`trace`]: hooks that link deliveries to the publish's trace.

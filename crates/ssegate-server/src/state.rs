@@ -53,6 +53,8 @@ pub struct AppState {
     pub admin_connections: Arc<ConnectionSlots>,
     /// Bytes of request bodies held at once.
     pub body_budget: BodyBudget,
+    /// Reads of a channel's newest id shared by the fresh streams opening on it at once.
+    pub(crate) heads: crate::stream::Heads,
 }
 
 /// The client's socket address, attached to every request by the accept loop.
@@ -76,6 +78,7 @@ impl AppState {
                 settings.max_admin_connections,
             ),
             body_budget: BodyBudget::new(settings.max_body_bytes_in_flight),
+            heads: crate::stream::Heads::default(),
             auth,
             subjects: SubjectCounts::new(settings.max_connections_per_subject),
             new_streams: rate(settings.max_new_connections_per_second),

@@ -10,6 +10,7 @@
 //! and ends: browsers' `EventSource` gives up for good on a 503, but reconnects after a
 //! stream ends.
 
+mod heads;
 mod session;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::query::Query;
 use crate::state::{AppState, RemoteAddr};
 use tracing::Instrument;
 
+pub(crate) use heads::Heads;
 pub(crate) use session::{IdForm, Session};
 
 /// The client's cursor: a non-empty `Last-Event-ID` header, else `?lastEventId=`.
@@ -219,8 +221,9 @@ impl Subscribe {
         let id = state
             .next_stream_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // One span per stream; the node's span (with its id) is its parent.
-        let span = tracing::info_span!("stream", id, channels = channels.len());
+        // One span per stream, at debug: at the default level none is built, nor entered
+        // on every poll. The node's span (with its id) is its parent.
+        let span = tracing::debug_span!("stream", id, channels = channels.len());
         let open = Session::open(state, guard, ids, channels, starts, echo);
         let mut session = open.instrument(span.clone()).await;
         if let Some(exp) = expires_at {

@@ -253,24 +253,26 @@ impl Session {
                 return self.finish_with_retry(CloseReason::BrokerUnavailable);
             }
         };
-        // A fresh subscriber starts at each channel's newest id; the reads run together,
-        // as they all stand between the request and its head.
+        // A fresh subscriber starts at each channel's newest id in the store, by one read
+        // shared with the streams opening on the channel at the same moment (see
+        // `heads`). The reads run together, as they all stand between the request and its
+        // head.
         let fresh = starts
             .iter()
             .enumerate()
             .filter(|(_, s)| matches!(s, StartFrom::Now));
+        let heads = &self.state.heads;
         let reads = fresh.map(|(i, _)| {
-            let broker = &broker;
-            let name = &self.chans[i].name;
-            async move { (i, broker.read(name, ReadFrom::Oldest, 0).await) }
+            let read = heads.newest(&broker, &self.chans[i].name);
+            async move { (i, read.await) }
         });
         let mut read_epoch = None;
         for (i, read) in futures_util::future::join_all(reads).await {
             match read {
                 // A read reports the store's epoch at that moment; it wins over a cached
                 // one (a store that started over since).
-                Ok(page) if *read_epoch.get_or_insert(page.epoch) == page.epoch => {
-                    self.chans[i].cursor = page.last;
+                Ok(head) if *read_epoch.get_or_insert(head.epoch) == head.epoch => {
+                    self.chans[i].cursor = head.last;
                 }
                 Ok(_) => {
                     // The store started over between two of these reads: the positions
@@ -340,6 +342,16 @@ impl Session {
             None if self.chans[i].shown => ReadFrom::AfterShown(self.chans[i].cursor),
             None => ReadFrom::After(self.chans[i].cursor),
         };
+        if let ReadFrom::After(cursor) = from
+            && let Some(events) = self.chans[i].live.recent_after(epoch, cursor)
+        {
+            // A resume this node can serve from the events it received live (see the
+            // hub's `recent`): what follows the cursor, with no history read.
+            if !self.replay(i, &events, false) {
+                self.chans[i].catching_up = false;
+            }
+            return;
+        }
         let page = match broker
             .read(&self.chans[i].name, from, self.page_limit)
             .await
@@ -390,12 +402,21 @@ impl Session {
             self.pending
                 .push_back(sse::sync_required_frame(&id, name.as_str(), reason));
         }
-        // One coalesced chunk per page: replay is about throughput, not sharing. The chunk
-        // stops at the budget (plus the event that crossed it); the rest of the page is
-        // read again next time rather than held for a client that may not be reading.
+        let cut = self.replay(i, &page.events, true);
+        if !cut && !page.has_more() {
+            self.chans[i].catching_up = false;
+        }
+    }
+
+    /// Writes the events after channel `i`'s cursor as one coalesced chunk (replay is
+    /// about throughput, not sharing). The chunk stops at the budget (plus the event that
+    /// crossed it); returns whether it stopped there, leaving the rest to be read again
+    /// next time rather than held for a client that may not be reading. With `adapt`, the
+    /// next history read's size follows the sizes seen.
+    fn replay(&mut self, i: usize, events: &[Arc<StoredEvent>], adapt: bool) -> bool {
         let mut replayed = 0u64;
         let mut cut = false;
-        for ev in &page.events {
+        for ev in events {
             if self.buf.len() >= REPLAY_BUDGET {
                 cut = true;
                 break;
@@ -413,15 +434,15 @@ impl Session {
             m.delivered(replayed);
         }
         if !self.buf.is_empty() {
-            let per_event = self.buf.len() / usize::try_from(replayed).unwrap_or(1).max(1);
-            self.page_limit = (REPLAY_BUDGET / per_event.max(1))
-                .clamp(1, self.state.settings.replay_page_size.max(1));
+            if adapt {
+                let per_event = self.buf.len() / usize::try_from(replayed).unwrap_or(1).max(1);
+                self.page_limit = (REPLAY_BUDGET / per_event.max(1))
+                    .clamp(1, self.state.settings.replay_page_size.max(1));
+            }
             let chunk = self.buf.split().freeze();
             self.pending.push_back(chunk);
         }
-        if !cut && !page.has_more() {
-            self.chans[i].catching_up = false;
-        }
+        cut
     }
 
     /// The store started over: every channel restarts from its oldest retained event,

@@ -21,6 +21,7 @@ mod history_bounds;
 mod hyper_bounds;
 mod lb;
 mod memory_bounds;
+mod node_cache;
 mod observability;
 mod open_race;
 mod overload;

@@ -1,0 +1,78 @@
+//! The node's recent events: a resume that the events this node received live can answer
+//! is answered without the store (see the hub's `recent`).
+//!
+//! Proven the way a client would notice: with Redis frozen (`SIGSTOP`), a stream that
+//! resumes from an event this node delivered live still gets what followed it; once Redis
+//! is back, it goes on live with nothing lost or repeated.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use ssegate_client::HttpClient;
+
+use crate::cluster::{cluster, publish, stream};
+use crate::helpers::{WAIT, events};
+use crate::redis_server::{RedisServer, query};
+
+/// Waits until Redis counts a subscriber of `channel`'s live messages: from then on every
+/// publish reaches the node live, after its subscription's resync.
+async fn subscribed(redis: &RedisServer, channel: &str) {
+    let key = format!("ssegate:{{{channel}}}:live");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let counts: Vec<redis::Value> = query(redis.port, &["PUBSUB", "NUMSUB", &key])
+            .await
+            .unwrap();
+        if matches!(counts.get(1), Some(redis::Value::Int(n)) if *n > 0) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn resumes_and_fresh_streams_are_served_from_what_the_node_received_live() {
+    let redis = RedisServer::start(false).await;
+    let nodes = cluster(&redis, 1, &[]).await;
+    let node = &nodes[0];
+    let http = HttpClient::new();
+    let path = "/v1/channels/warm/events";
+    let mut live = stream(node, path, None).await;
+    subscribed(&redis, "warm").await;
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        let (status, id) = publish(&http, node, "warm", &format!("e{i}")).await;
+        assert_eq!(status, StatusCode::CREATED, "{id}");
+        ids.push(id);
+    }
+    let got = events(&mut live, 3).await;
+    assert_eq!(
+        got.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        ids.iter().collect::<Vec<_>>()
+    );
+
+    redis.signal("STOP");
+    let mut resumed = stream(node, path, Some(&ids[0])).await;
+    // Bounded as a whole: with the store frozen, heartbeats would keep a wait for the
+    // next item alive for ever.
+    let replayed = tokio::time::timeout(WAIT, events(&mut resumed, 2)).await;
+    let mut at_newest = stream(node, path, Some(&ids[2])).await;
+    redis.signal("CONT");
+    let replayed = replayed.expect("the resume was served with the store frozen");
+    assert_eq!(
+        replayed
+            .iter()
+            .map(|e| (e.id.as_str(), e.data.as_str()))
+            .collect::<Vec<_>>(),
+        [(ids[1].as_str(), "e2"), (ids[2].as_str(), "e3")],
+        "what followed the cursor, with the store frozen"
+    );
+
+    let (status, id) = publish(&http, node, "warm", "e4").await;
+    assert_eq!(status, StatusCode::CREATED, "{id}");
+    for conn in [&mut live, &mut resumed, &mut at_newest] {
+        let next = events(conn, 1).await.remove(0);
+        assert_eq!((next.id.as_str(), next.data.as_str()), (id.as_str(), "e4"));
+    }
+}
