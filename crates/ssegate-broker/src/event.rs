@@ -77,7 +77,17 @@ impl StoredEvent {
             + self.data.own_bytes()
             + self.trace.as_ref().map_or(0, |t| t.len())
     }
+
+    /// What keeping this event costs a store that counts it: its heap bytes, its own
+    /// size and about what an allocation and a container slot add. The one measure of
+    /// an event for every node-wide byte budget (history, recent events).
+    pub fn held_bytes(&self) -> usize {
+        self.heap_bytes() + EVENT_OVERHEAD
+    }
 }
+
+/// The fixed part of [`StoredEvent::held_bytes`].
+const EVENT_OVERHEAD: usize = std::mem::size_of::<StoredEvent>() + 96;
 
 /// The data of a [`StoredEvent`], kept once. Framing writes the data verbatim into the
 /// frame's `data:` lines, so the text is read back from the frame (a slice of the same

@@ -59,8 +59,6 @@ pub struct StoreLimits {
 
 /// What a retained event costs besides [`StoredEvent::heap_bytes`]: the struct, its
 /// `Arc`, its place in the log and the allocator's rounding of its frame.
-const EVENT_OVERHEAD: usize = std::mem::size_of::<StoredEvent>() + 96;
-
 /// What an idempotency record costs besides its key, fingerprint and ids.
 const IDEM_OVERHEAD: usize = std::mem::size_of::<IdemEntry>() + 96;
 
@@ -72,7 +70,7 @@ struct Retained {
 }
 
 fn cost(event: &StoredEvent) -> usize {
-    event.heap_bytes() + EVENT_OVERHEAD
+    event.held_bytes()
 }
 
 /// The node-wide history budget: what every log retains, and which channel holds the

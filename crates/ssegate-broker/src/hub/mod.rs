@@ -410,6 +410,26 @@ impl Hub {
         }
     }
 
+    /// Forgets `channel`'s recent events: its upstream subscription was lost, so live
+    /// delivery misses events until the resync that follows the re-subscribe, and a
+    /// resume must read history until then (see `recent`).
+    pub fn forget_recent(&self, channel: &ChannelName) {
+        if let Some(ring) = self.ring(channel) {
+            lock(&ring.state).recent.clear();
+        }
+    }
+
+    /// [`Hub::forget_recent`] for every channel (the one pub/sub connection was lost).
+    pub fn forget_recent_all(&self) {
+        let rings: Vec<Arc<Ring>> = lock(&self.shared.channels)
+            .values()
+            .map(|c| c.ring.clone())
+            .collect();
+        for ring in rings {
+            lock(&ring.state).recent.clear();
+        }
+    }
+
     /// How many local connections listen to `channel`.
     pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
         lock(&self.shared.channels)

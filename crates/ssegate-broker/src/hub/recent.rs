@@ -20,11 +20,15 @@
 //! # Bounds
 //!
 //! Per channel with local subscribers: at most [`RECENT_EVENTS`] events and
-//! [`RECENT_BYTES`] of frames (an event larger than that is not kept). Per node: at most
+//! [`RECENT_BYTES`] (an event larger than that is not kept). Per node: at most
 //! [`NODE_RECENT_BYTES`] over every channel; a channel that would pass it drops its own
-//! oldest first, and keeps nothing when that is not enough. The events are the `Arc`s
-//! the live ring and history already share, so the cache adds references, not copies.
-//! It goes with the channel's ring when the channel's last local subscriber leaves.
+//! oldest first, and keeps nothing when that is not enough. An event counts as the
+//! history budget counts it ([`StoredEvent::held_bytes`]: its frame, its own data and
+//! trace, its fixed size and allocation overhead), as if the cache alone kept it alive,
+//! although it shares the `Arc`s of the live ring and history. It goes with the
+//! channel's ring when the channel's last local subscriber leaves, and with a lost
+//! upstream subscription ([`super::Hub::forget_recent`]): until the resync that follows
+//! the re-subscribe, live delivery is known to miss events.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -84,7 +88,7 @@ pub(crate) struct Recent {
 }
 
 fn size(ev: &StoredEvent) -> usize {
-    ev.encoded.frame().len()
+    ev.held_bytes()
 }
 
 impl Recent {

@@ -216,3 +216,46 @@ async fn every_waiting_subscriber_is_woken_also_after_others_left() {
     }
     assert_eq!(hub.ring_size(&ch).map(|s| s.0), None, "all gone");
 }
+
+/// What came live is kept for resumes until upstream delivery is in doubt: a resync, a
+/// lost subscription, or the channel's last subscriber leaving.
+#[test]
+fn recent_events_are_forgotten_when_live_delivery_is_in_doubt() {
+    let hub = Hub::new(8, usize::MAX, None);
+    let ch = ChannelName::new("r").unwrap();
+    let epoch = Epoch::random();
+    let live = |n: u64| {
+        Arc::new(StoredEvent::new(
+            epoch,
+            ch.clone(),
+            EntryId::new(n, 0),
+            EntryId::new(n - 1, 0),
+            None,
+            Data::text(n.to_string()),
+            n,
+        ))
+    };
+    let sub = hub.subscribe(&ch);
+    let served = |sub: &LiveSubscription| {
+        sub.recent_after(epoch, EntryId::new(1, 0))
+            .map(|v| v.iter().map(|e| e.id.ms).collect::<Vec<_>>())
+    };
+    hub.send(live(1));
+    hub.send(live(2));
+    assert_eq!(served(&sub), Some(vec![2]));
+    hub.resync(&ch);
+    assert_eq!(served(&sub), None, "after a resync");
+    hub.send(live(1));
+    hub.send(live(2));
+    hub.forget_recent(&ch);
+    assert_eq!(served(&sub), None, "after its subscription was lost");
+    hub.send(live(1));
+    hub.send(live(2));
+    hub.forget_recent_all();
+    assert_eq!(served(&sub), None, "after the pub/sub connection was lost");
+    hub.send(live(1));
+    hub.send(live(2));
+    drop(sub);
+    let sub = hub.subscribe(&ch);
+    assert_eq!(served(&sub), None, "a new ring starts empty");
+}

@@ -256,6 +256,9 @@ impl Task {
         let lost = self
             .serve(conn, backoff, connected_before, &mut moved)
             .await;
+        // Until the next connection's resync, live delivery misses events: no resume is
+        // served from what came live before.
+        self.hub.forget_recent_all();
         if !matches!(lost, Lost::Moved) {
             // A lost pub/sub connection is as good a sign as any that the primary moved.
             self.primary.lost(generation, &lost);

@@ -70,6 +70,9 @@ struct Chan {
     /// read says so ([`ReadFrom::AfterShown`]).
     shown: bool,
     catching_up: bool,
+    /// Until the first catch-up of a client's cursor: it may be served from the node's
+    /// recent events (see [`Session::catch_up`]).
+    resuming: bool,
     resync: Option<Resync>,
     /// After a gap moved `cursor` back (the store lost events this stream showed): the
     /// newest id shown before. A live event at or below it may be a late copy of a lost
@@ -172,6 +175,7 @@ impl Session {
                 cursor: EntryId::ZERO,
                 shown: false,
                 catching_up: false,
+                resuming: false,
                 live_floor: None,
                 resync: None,
             })
@@ -297,6 +301,7 @@ impl Session {
                 StartFrom::After(Position { epoch: e, id }) if e == epoch => {
                     chan.cursor = id;
                     chan.catching_up = true;
+                    chan.resuming = true;
                 }
                 StartFrom::After(_) => {
                     chan.catching_up = true;
@@ -342,11 +347,15 @@ impl Session {
             None if self.chans[i].shown => ReadFrom::AfterShown(self.chans[i].cursor),
             None => ReadFrom::After(self.chans[i].cursor),
         };
-        if let ReadFrom::After(cursor) = from
+        if std::mem::take(&mut self.chans[i].resuming)
+            && let ReadFrom::After(cursor) = from
             && let Some(events) = self.chans[i].live.recent_after(epoch, cursor)
         {
             // A resume this node can serve from the events it received live (see the
-            // hub's `recent`): what follows the cursor, with no history read.
+            // hub's `recent`): what follows the cursor, with no history read. Only the
+            // client's own cursor, on the first catch-up: any later one follows a gap, a
+            // lag or a resync, where the chain may hold late copies of events the store
+            // lost (a cursor moved back below `live_floor`), and history decides.
             if !self.replay(i, &events, false) {
                 self.chans[i].catching_up = false;
             }

@@ -199,6 +199,7 @@ impl Task {
                 // moved), and the channel is placed again.
                 if self.at.get(&ch) == Some(&addr) {
                     tracing::info!(channel = %ch, primary = %addr, "Redis ended a sharded subscription (the slot moved)");
+                    self.hub.forget_recent(&ch);
                     self.at.remove(&ch);
                     if let Some(s) = self.shards.get_mut(&addr) {
                         s.subscribed.remove(&ch);
@@ -219,6 +220,8 @@ impl Task {
         broker_error(BrokerOp::Pubsub);
         tracing::warn!(primary = %addr, reason = why, channels = shard.subscribed.len(), "sharded pub/sub connection given up; its channels are subscribed again");
         for ch in &shard.subscribed {
+            // Until its resync, live delivery misses events: no resume from before.
+            self.hub.forget_recent(ch);
             self.at.remove(ch);
         }
         self.dirty = true;
