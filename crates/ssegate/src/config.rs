@@ -5,7 +5,7 @@
 //! of a config file baked into an image or a ConfigMap (see docs/configuration.md).
 //!
 //! The settings are declared once, in [`ssegate_server::settings::Options`] (the node's)
-//! and [`Cli`] (the binary's own: the file and logging). From that declaration come the
+//! and [`Cli`] (the binary's own: the file, logging and the runtime). From that declaration come the
 //! flags, the variables (`SSEGATE_` + the name, attached here to every flag), the file keys
 //! (the name with `_`), `--help`, and the value rules. A file key is checked against the
 //! same declaration and parsed by the same rule as the flag. An invalid value, an unknown
@@ -47,6 +47,9 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax)
     #[arg(long, default_value = "info")]
     pub log: String,
+    /// Runtime worker threads; unset: one per core
+    #[arg(long, value_name = "N")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
     /// The node's settings.
     #[command(flatten)]
     pub node: Options,
@@ -59,6 +62,8 @@ pub struct Config {
     pub settings: Settings,
     /// How to log, for `telemetry::init`.
     pub log: LogSettings,
+    /// The runtime's worker threads; `None`: one per core.
+    pub worker_threads: Option<std::num::NonZeroUsize>,
 }
 
 /// Loading stopped: print `message` and exit with `code` (0 for `--help`).
@@ -128,6 +133,7 @@ pub fn load(
             format: cli.log_format,
             filter: cli.log,
         },
+        worker_threads: cli.worker_threads,
     })
 }
 

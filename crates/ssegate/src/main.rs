@@ -15,10 +15,11 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.worker_threads {
+        builder.worker_threads(n.get());
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             ssegate::report(&format!("ssegate: cannot start the runtime: {e}\n"), false);
@@ -42,7 +43,14 @@ fn main() -> ExitCode {
         app.run(shutdown).await;
         ExitCode::SUCCESS
     };
-    let code = runtime.block_on(tracing::Instrument::instrument(node, span));
+    // The node runs on a worker, not on this thread: `block_on` drives its future here,
+    // outside the pool, so every accepted connection would be handed across threads (a
+    // wake-up each way per connection, measured in docs/benchmarks.md).
+    let node = runtime.spawn(tracing::Instrument::instrument(node, span));
+    let code = runtime.block_on(node).unwrap_or_else(|e| {
+        ssegate::report(&format!("ssegate: the node stopped: {e}\n"), false);
+        ExitCode::FAILURE
+    });
     telemetry.shutdown();
     code
 }
