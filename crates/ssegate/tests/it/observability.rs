@@ -71,8 +71,14 @@ async fn metrics_count_exactly_what_a_scripted_scenario_did() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // One trimmed cursor: e0 is gone (history keeps e2..e6), so sync-required + 5 events.
-    let mut trimmed = stream(&node, "/v1/channels/m/events", Some(&ids[0])).await;
+    // One trimmed cursor: history keeps e2..e6, so a client whose last event came before
+    // e0 gets sync-required + 5 events. (Not e0 itself: this node delivered e0..e6 live
+    // and still holds them, so a resume from e0 is served every event after it, e1
+    // included, with no gap to announce; see "Opening a stream" in docs/architecture.md.)
+    let (epoch, entry) = ids[0].split_once('-').unwrap();
+    let ms: u64 = entry.split_once('-').unwrap().0.parse().unwrap();
+    let before_e0 = format!("{epoch}-{}-0", ms - 1);
+    let mut trimmed = stream(&node, "/v1/channels/m/events", Some(&before_e0)).await;
     let got = events(&mut trimmed, 6).await;
     assert_eq!(got[0].event, "sync-required");
     // One refused connection: three streams are open, the limit is three.
