@@ -51,8 +51,12 @@ pub struct App {
 }
 
 /// Connections the kernel queues for a listener that is not accepting (at its
-/// connection cap, see `limits::ConnectionSlots`); capped by `net.core.somaxconn`.
-const LISTEN_BACKLOG: u32 = 1024;
+/// connection cap, see `limits::ConnectionSlots`) or not accepting fast enough; capped by
+/// `net.core.somaxconn`. Sized for a reconnect wave: when a node goes away its clients
+/// come back to the others all at once, and a SYN the full queue drops is retried by the
+/// client's kernel only after a second (measured: at 1024, 10,000 resumes through three
+/// nodes overflowed it thousands of times; at 4096, never; docs/benchmarks.md).
+const LISTEN_BACKLOG: u32 = 4096;
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, BuildError> {
     let listen = || {
