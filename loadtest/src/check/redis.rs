@@ -37,6 +37,9 @@ const HA_TIMEOUT: Duration = Duration::from_secs(30);
 struct Server {
     name: String,
     port: u16,
+    /// The cluster bus port, kept across restarts. Given, because Redis's default (the
+    /// port + 10000) is past 65535 for a port above 55535, which free ports can be.
+    bus: u16,
     proc: Option<Proc>,
 }
 
@@ -82,6 +85,7 @@ impl RedisSet {
                     Ok(Server {
                         name: format!("redis{}", i + 1),
                         port: crate::check::topology::free_port()?,
+                        bus: crate::check::topology::free_port()?,
                         proc: None,
                     })
                 })
@@ -125,6 +129,7 @@ impl RedisSet {
                 set.sentinels.push(Server {
                     name,
                     port,
+                    bus: 0, // a sentinel has no cluster bus
                     proc: Some(p),
                 });
                 wait_ping(port, &format!("sentinel{}", k + 1)).await?;
@@ -353,6 +358,8 @@ impl RedisSet {
                 "yes",
                 "--cluster-config-file",
                 "nodes.conf",
+                "--cluster-port",
+                &s.bus.to_string(),
             ])
             .args([
                 "--cluster-node-timeout",

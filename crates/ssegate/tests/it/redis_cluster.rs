@@ -10,7 +10,7 @@ use ssegate_client::HttpClient;
 
 use crate::cluster::{self, Store, stream};
 use crate::helpers::{WAIT, events, json};
-use crate::redis_server::{RedisServer, query};
+use crate::redis_server::{RedisServer, free_port, query};
 
 /// How long a primary may be unreachable before its replica is promoted: short, so that
 /// a crash test takes seconds.
@@ -47,6 +47,9 @@ impl RedisCluster {
             ]
             .map(str::to_owned)
             .to_vec();
+            // The bus port defaults to the port + 10000, past 65535 for a port above
+            // 55535, which the ephemeral range free_port draws from includes.
+            args.extend(["--cluster-port".to_owned(), free_port().to_string()]);
             args.extend(extra(k));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             servers.push(RedisServer::start_with(false, &args).await);

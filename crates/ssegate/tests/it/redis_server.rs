@@ -48,8 +48,18 @@ impl RedisServer {
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             child: None,
         };
-        server.boot().await;
-        server
+        // A port that free_port saw free may be taken before Redis binds it (another test
+        // starting a server at the same moment): start again on another, with what Redis
+        // said in the panic when every try failed.
+        let mut said = Vec::new();
+        for _ in 0..3 {
+            match server.boot().await {
+                Ok(()) => return server,
+                Err(log) => said.push(log),
+            }
+            server.port = free_port();
+        }
+        panic!("redis-server did not start: {said:#?}");
     }
 
     /// Sends `sig` (`STOP`, `CONT`, ...) to the server.
@@ -69,7 +79,9 @@ impl RedisServer {
         }
     }
 
-    async fn boot(&mut self) {
+    /// Starts the server on `self.port`; `Err` with what it logged when it did not
+    /// become ready.
+    async fn boot(&mut self) -> Result<(), Vec<String>> {
         let aof = if self.persistent { "yes" } else { "no" };
         let mut child = Command::new("redis-server")
             .args([
@@ -94,18 +106,26 @@ impl RedisServer {
         self.child = Some(child);
         // Redis logs this line once it accepts connections.
         let mut lines = BufReader::new(stdout).lines();
+        let mut log = Vec::new();
         let ready = tokio::time::timeout(WAIT, async {
             while let Ok(Some(line)) = lines.next_line().await {
                 if line.contains("Ready to accept connections") {
                     return true;
                 }
+                log.push(line);
             }
             false
         })
         .await;
-        assert_eq!(ready.ok(), Some(true), "redis-server did not start");
+        if ready.ok() != Some(true) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill().await;
+            }
+            return Err(log);
+        }
         // Keep draining its log so that it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(())
     }
 
     pub fn url(&self) -> String {
@@ -132,6 +152,8 @@ impl RedisServer {
 
     /// Starts Redis again on the same port and directory.
     pub async fn restart(&mut self) {
-        self.boot().await;
+        if let Err(log) = self.boot().await {
+            panic!("redis-server did not start again: {log:#?}");
+        }
     }
 }
