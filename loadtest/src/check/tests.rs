@@ -470,3 +470,25 @@ fn a_session_holding_a_lost_event_must_be_told() {
     );
     assert_eq!(failover_kinds(&h, true), vec![]);
 }
+
+#[test]
+fn a_fresh_session_is_owed_only_the_lost_events_published_after_its_head() {
+    // Opened at 32 where the new primary's stream ends (entry 1): op 3, lost, was
+    // published at 30, before the head, so going past it is no loss to this session.
+    let h = with(
+        failed_over(),
+        session(None, 32, vec![id_only(1), ev(4, 3), ev(5, 4)]),
+    );
+    assert_eq!(failover_kinds(&h, true), vec![]);
+    // Opened at 25, before op 3's publish started: it was owed op 3 or a word.
+    let h = with(
+        failed_over(),
+        session(None, 25, vec![id_only(1), ev(4, 3), ev(5, 4)]),
+    );
+    assert_eq!(failover_kinds(&h, true), vec![Kind::Lost]);
+    let h = with(
+        failed_over(),
+        session(None, 25, vec![id_only(1), sync_at(2), ev(4, 3), ev(5, 4)]),
+    );
+    assert_eq!(failover_kinds(&h, true), vec![]);
+}

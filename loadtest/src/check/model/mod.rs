@@ -33,9 +33,11 @@
 //! channel), and the model then takes its id as the session's position. An event whose
 //! publish was answered `504` may vanish; an acknowledged one only without replica
 //! confirmation ([`Contract::acked_may_vanish`]), and then never silently: a session
-//! whose position moves over a vanished acknowledged event it did not get, without a
-//! `sync-required` for that channel, lost it; one that got a vanished event and moves on
-//! from it without one keeps, unknowing, an event the history no longer has.
+//! whose position moves over a vanished acknowledged event it was owed and did not get
+//! (after its cursor; for a fresh session, published after its head, as any event),
+//! without a `sync-required` for that channel, lost it; one that got a vanished event
+//! and moves on from it without one keeps, unknowing, an event the history no longer
+//! has.
 
 mod session;
 
@@ -138,8 +140,9 @@ pub(crate) struct Index<'a> {
     pub(crate) pos: HashMap<u64, (&'a str, usize)>,
     pub(crate) contract: Contract,
     /// Per channel, the keys of vanished events (see the module docs; only with
-    /// failovers): `true` for an acknowledged one, which nobody may skip silently.
-    pub(crate) vanished: HashMap<&'a str, BTreeMap<Key, bool>>,
+    /// failovers): for an acknowledged one, when its publish started (no session it is
+    /// owed to may skip it silently); `None` for one only a session got.
+    pub(crate) vanished: HashMap<&'a str, BTreeMap<Key, Option<Micros>>>,
     /// When the first failover began (a `sync-required` before it is spurious).
     pub(crate) first_failover: Option<Micros>,
 }
@@ -178,7 +181,7 @@ impl<'a> Index<'a> {
             .filter(|f| matches!(f.kind, "failover" | "kill-primary"))
             .map(|f| f.start)
             .min();
-        let mut vanished: HashMap<&'a str, BTreeMap<Key, bool>> = HashMap::new();
+        let mut vanished: HashMap<&'a str, BTreeMap<Key, Option<Micros>>> = HashMap::new();
         for op in &h.publishes {
             if let Outcome::Acked { id } = &op.outcome
                 && !self.pos.contains_key(&op.op)
@@ -187,7 +190,7 @@ impl<'a> Index<'a> {
                 vanished
                     .entry(op.channel.as_str())
                     .or_default()
-                    .insert(k, true);
+                    .insert(k, Some(op.start));
             }
         }
         for s in &h.sessions {
@@ -211,7 +214,7 @@ impl<'a> Index<'a> {
                         .entry(p.channel.as_str())
                         .or_default()
                         .entry(k)
-                        .or_insert(false);
+                        .or_insert(None);
                 }
             }
         }
@@ -280,12 +283,13 @@ pub(crate) fn vanished(h: &History, contract: Contract) -> (usize, usize) {
     ix.vanished
         .values()
         .flat_map(|v| v.values())
-        .fold(
-            (0, 0),
-            |(a, o), &acked| {
-                if acked { (a + 1, o) } else { (a, o + 1) }
-            },
-        )
+        .fold((0, 0), |(a, o), acked| {
+            if acked.is_some() {
+                (a + 1, o)
+            } else {
+                (a, o + 1)
+            }
+        })
 }
 
 fn global(kind: Kind, at: Micros, detail: String) -> Anomaly {

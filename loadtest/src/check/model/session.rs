@@ -278,9 +278,14 @@ impl<'a, 'b> SessionCheck<'a, 'b> {
         } else {
             Bound::Excluded(k)
         };
+        // Owed, as every event is (`owed_after_head`): to a resumed session everything
+        // after its cursor; to a fresh one what was published after its head. A fresh
+        // stream that starts where the new primary's stream ends, before events the old
+        // primary took and lost earlier, was never owed those.
+        let owed = |start: Micros| self.s.cursor.is_some() || self.s.head.is_none_or(|h| start > h);
         let skipped: Vec<String> = vanished
             .range((Bound::Excluded(from), upper))
-            .filter(|(_, acked)| **acked)
+            .filter(|(_, acked)| acked.is_some_and(owed))
             .map(|((ms, seq), _)| format!("{ms}-{seq}"))
             .collect();
         if !skipped.is_empty() {
