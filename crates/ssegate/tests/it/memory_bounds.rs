@@ -58,10 +58,10 @@ async fn an_idle_stream_costs_little_per_channel() {
     );
 }
 
-/// Idle single-channel streams, as a browser tab holds them.
 /// Issue 6's bound, 4 KiB of RSS per idle stream (docs/security.md). Measured in this
 /// test's debug build: 2.2 KB, and 6.0 KB with the connection's states inline.
 const BOUND_PER_IDLE_STREAM: u64 = 4096;
+/// Idle single-channel streams, as a browser tab holds them.
 const PLAIN_STREAMS: usize = 1000;
 
 #[tokio::test]
@@ -71,24 +71,28 @@ async fn an_idle_stream_task_stays_small() {
     // idle stream 6 KB of RSS (release build) against issue 6's 4 KiB; they are boxed.
     let node = spawn_process(&[("SSEGATE_HEARTBEAT_INTERVAL", "1h")]).await;
     let url = node.url("/v1/channels/plain/events");
-    let mut conns = Vec::with_capacity(WARM_UP + PLAIN_STREAMS);
-    let mut before = 0;
-    for i in 0..WARM_UP + PLAIN_STREAMS {
-        if i == WARM_UP {
-            before = node.rss_kib();
+    let open = |n: usize| {
+        let (node, url) = (&node, &url);
+        async move {
+            let mut conns = Vec::with_capacity(n);
+            for _ in 0..n {
+                let conn = Connection::open(url, &ConnectOptions::default())
+                    .await
+                    .unwrap();
+                assert_eq!(conn.status(), StatusCode::OK, "{}", node.stderr());
+                conns.push(conn);
+            }
+            conns
         }
-        let conn = Connection::open(&url, &ConnectOptions::default())
-            .await
-            .unwrap();
-        assert_eq!(conn.status(), StatusCode::OK, "{}", node.stderr());
-        conns.push(conn);
-    }
+    };
+    let _warm = open(WARM_UP).await;
+    let before = node.rss_kib();
+    let _streams = open(PLAIN_STREAMS).await;
     let per_stream = node.rss_kib().saturating_sub(before) * 1024 / PLAIN_STREAMS as u64;
     eprintln!("{PLAIN_STREAMS} idle single-channel streams: {per_stream} bytes per stream");
-    let bound = BOUND_PER_IDLE_STREAM;
     assert!(
-        per_stream < bound,
-        "an idle stream costs {per_stream} bytes (bound {bound})"
+        per_stream < BOUND_PER_IDLE_STREAM,
+        "an idle stream costs {per_stream} bytes (bound {BOUND_PER_IDLE_STREAM})"
     );
 }
 

@@ -278,11 +278,11 @@ impl<'a, 'b> SessionCheck<'a, 'b> {
         } else {
             Bound::Excluded(k)
         };
-        // Owed, as every event is (`owed_after_head`): to a resumed session everything
-        // after its cursor; to a fresh one what was published after its head. A fresh
-        // stream that starts where the new primary's stream ends, before events the old
-        // primary took and lost earlier, was never owed those.
-        let owed = |start: Micros| self.s.cursor.is_some() || self.s.head.is_none_or(|h| start > h);
+        // Owed as every event is: to a resumed session everything after its cursor; to a
+        // fresh one what was published after its head. A fresh stream that starts where
+        // the new primary's stream ends, before events the old primary took and lost
+        // earlier, was never owed those.
+        let owed = |start: Micros| self.s.cursor.is_some() || self.published_after_head(start);
         let skipped: Vec<String> = vanished
             .range((Bound::Excluded(from), upper))
             .filter(|(_, acked)| acked.is_some_and(owed))
@@ -356,13 +356,23 @@ impl<'a, 'b> SessionCheck<'a, 'b> {
         self.tracks[ci].last = Some(p);
     }
 
+    /// Whether a publish that started at `start` is owed to the session as a fresh one
+    /// (the contract: it started after the head).
+    fn published_after_head(&self, start: Micros) -> bool {
+        self.s.head.is_some_and(|head| start > head)
+    }
+
     /// Entries up to `to` whose publish started after the head: owed, so lost.
     fn owed_after_head(&mut self, ci: usize, to: i64, why: &str) {
         let Some(head) = self.s.head else { return };
         let ch = &self.s.channels[ci];
         let lost: Vec<usize> = range(0, to)
             .into_iter()
-            .filter(|&p| self.ix.op_at(ch, p).is_some_and(|o| o.start > head))
+            .filter(|&p| {
+                self.ix
+                    .op_at(ch, p)
+                    .is_some_and(|o| self.published_after_head(o.start))
+            })
             .collect();
         if !lost.is_empty() {
             let d = format!(
