@@ -7,7 +7,18 @@
 //! into the socket.** Nothing is queued here: a client that stops reading leaves the
 //! session unpolled, so its live ring laps it and it is caught up from history later
 //! (the hub's rule). Frames that are already waiting when a write starts go out
-//! together, as one chunk in one vectored write (up to [`GATHER`] frames).
+//! together, as one chunk in one write (up to [`GATHER`] frames).
+//!
+//! # One buffer per write
+//!
+//! A chunk is several parts (size line, frames, CRLF, maybe the head before it). When
+//! they add up to at most [`STAGE`] bytes (every live event of usual size, and a new
+//! stream's head with its opening frame) they are copied into one stack buffer and go out
+//! in one `write`; only larger writes use `writev`. Measured on fan-out (5,000 streams,
+//! 20 ev/s, one Redis, seven interleaved A/B pairs): a `writev` of the three parts cost
+//! the node 5.45 CPU s per million deliveries on average, the copy and a `write` 4.96
+//! (-9%, lower in 6 of the 7 pairs); the copy is a few hundred bytes, the difference is
+//! the kernel's.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -27,6 +38,10 @@ use crate::body::Body;
 const GATHER: usize = 4;
 /// Bytes gathered into one write at most.
 const GATHER_BYTES: usize = 256 * 1024;
+/// Writes up to this size are copied into one buffer and written with `write`, not
+/// `writev` (see the module docs). On the stack of the poll, never in a connection's
+/// state.
+const STAGE: usize = 4096;
 
 const CRLF: &[u8] = b"\r\n";
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
@@ -213,7 +228,21 @@ impl Respond<'_> {
             used += 1;
         }
         let before: usize = slices[..used].iter().map(|s| s.len()).sum();
-        let mut bufs = &mut slices[..used];
+        // Zeroed only when used: a larger write does not pay for it.
+        let mut stage: [u8; STAGE];
+        let mut one = [IoSlice::new(&[])];
+        let mut bufs = if used > 1 && before <= STAGE {
+            stage = [0u8; STAGE];
+            let mut at = 0;
+            for part in &slices[..used] {
+                stage[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+            one[0] = IoSlice::new(&stage[..at]);
+            &mut one[..]
+        } else {
+            &mut slices[..used]
+        };
         let result = poll_write_all(self.stream, cx, &mut bufs);
         let left: usize = bufs.iter().map(|s| s.len()).sum();
         self.written += before - left;
@@ -248,7 +277,12 @@ fn poll_write_all(
         if bufs.is_empty() {
             return Poll::Ready(Ok(()));
         }
-        match stream.try_write_vectored(bufs) {
+        // One buffer is a `write`, cheaper in the kernel than a `writev` of one.
+        let wrote = match &**bufs {
+            [one] => stream.try_write(one),
+            _ => stream.try_write_vectored(bufs),
+        };
+        match wrote {
             Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
             Ok(n) => IoSlice::advance_slices(bufs, n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -334,6 +368,68 @@ impl ChunkSize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Decodes a chunked body (after the head) into its bytes; `None` if it is malformed
+    /// or has no last chunk.
+    fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let line = body.windows(2).position(|w| w == CRLF)?;
+            let size = usize::from_str_radix(std::str::from_utf8(&body[..line]).ok()?, 16).ok()?;
+            body = &body[line + 2..];
+            if size == 0 {
+                return (body == CRLF).then_some(out);
+            }
+            out.extend_from_slice(body.get(..size)?);
+            body = body.get(size..)?.strip_prefix(CRLF)?;
+        }
+    }
+
+    /// Frames small enough to be staged into one `write` and larger ones written with
+    /// `writev`, to a reader with a small receive window (so that writes end part-way
+    /// through a staged buffer): the body decodes to exactly the frames, in order.
+    #[tokio::test]
+    async fn staged_and_vectored_writes_survive_partial_writes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frames: Vec<Bytes> = (0..3000usize)
+            .map(|i| {
+                let len = if i % 500 == 7 { 40_000 } else { 20 + i % 300 };
+                Bytes::from(vec![b'a' + (i % 26) as u8; len])
+            })
+            .collect();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        let server = tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            // A small send buffer: most writes end part-way (the kernel's minimum is
+            // about 4.5 KiB).
+            socket2::SockRef::from(&sock)
+                .set_send_buffer_size(1024)
+                .unwrap();
+            let res = crate::stream::sse_response(Body::stream(futures_util::stream::iter(frames)));
+            respond(&sock, res, true).await
+        });
+        // A small receive window: the server's writes end part-way, often.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut client = socket.connect(addr).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1500];
+        loop {
+            let n = client.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(server.await.unwrap(), Ended::Complete);
+        let split = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        let body = dechunk(&got[split..]).expect("a well-formed chunked body");
+        assert_eq!(body.len(), expected.len());
+        assert!(body == expected, "the frames arrive whole and in order");
+    }
 
     #[test]
     fn chunk_sizes_are_lowercase_hex_lines() {
