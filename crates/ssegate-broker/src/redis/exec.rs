@@ -16,8 +16,8 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 
 use super::cluster::{Call, Lua, Request, Resend, RouteError, Routed, Router, slots};
-use super::primary;
 use super::pubsub::broker_error;
+use super::{pooled, primary};
 use crate::{BrokerError, BrokerOp};
 
 /// How commands reach Redis.
@@ -25,7 +25,7 @@ use crate::{BrokerError, BrokerOp};
 pub(crate) enum Backend {
     /// One primary, over a pool of connections.
     Single {
-        pool: primary::Pool,
+        pool: pooled::Pool,
         primary: Arc<primary::Primary>,
     },
     /// A Redis Cluster, routed by slot.
@@ -51,7 +51,7 @@ impl Failed {
 
 /// The connection a script ran on, kept for a `WAIT` after it.
 pub(crate) enum Ran {
-    Pooled(Object<primary::Manager>),
+    Pooled(Object<pooled::Manager>),
     Routed(Routed),
 }
 
@@ -117,7 +117,7 @@ impl Backend {
         matches!(self, Self::Cluster(_))
     }
 
-    async fn pooled(&self, pool: &primary::Pool) -> Result<Object<primary::Manager>, BrokerError> {
+    async fn pooled(&self, pool: &pooled::Pool) -> Result<Object<pooled::Manager>, BrokerError> {
         pool.get().await.map_err(|e| match e {
             PoolError::Backend(e) => e,
             // Every connection in use for the whole wait: overload, not an outage.

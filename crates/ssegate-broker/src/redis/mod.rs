@@ -24,12 +24,15 @@
 //! - [`publish`]: the publish script's call, per slot, and its answer.
 //! - [`cluster`]: slot routing, the slot map, sharded pub/sub.
 //! - [`primary`], [`pubsub`]: the primary and its pub/sub connection (standalone, Sentinel).
+//! - [`pooled`]: the pool of command connections to the primary, checked without a round
+//!   trip.
 //! - [`keys`], [`scripts`], [`codec`]: the key layout, the Lua scripts, reply decoding.
 
 mod cluster;
 mod codec;
 mod exec;
 mod keys;
+mod pooled;
 mod primary;
 mod publish;
 mod pubsub;
@@ -88,8 +91,10 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// The most connections to Redis this configuration holds at once, for the node's
-    /// file budget. One primary (fixed or named by sentinels): the command pool. A
+    /// The most descriptors for Redis connections this configuration holds at once, for
+    /// the node's file budget. One primary (fixed or named by sentinels): the command
+    /// pool, two each (a socket and the duplicate its liveness is read from, see
+    /// `pooled`). A
     /// cluster: a command and a pub/sub connection for each of up to
     /// [`CLUSTER_PRIMARIES_BUDGETED`] primaries (a map with more is logged, see
     /// `cluster::Router`), and the publishes' own connections when they `WAIT`. What
@@ -97,7 +102,7 @@ impl RedisConfig {
     /// the connection being closed) is the caller's margin.
     pub fn connections(&self) -> usize {
         if self.cluster.is_empty() {
-            return self.pool_size;
+            return 2 * self.pool_size;
         }
         let own = if self.min_replicas > 0 {
             self.pool_size
@@ -171,7 +176,7 @@ impl RedisBroker {
         );
         let (backend, task) = if config.cluster.is_empty() {
             let primary = Arc::new(primary::Primary::new(&config)?);
-            let pool = primary::Pool::builder(primary::Manager(primary.clone()))
+            let pool = pooled::Pool::builder(pooled::Manager(primary.clone()))
                 .max_size(config.pool_size)
                 .timeouts(Timeouts {
                     wait: Some(config.timeout),

@@ -18,7 +18,6 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
@@ -65,10 +64,10 @@ pub(crate) struct Primary {
     switched: watch::Sender<u64>,
     /// Held while resolving (an async mutex: it is held across the sentinels' replies).
     resolving: tokio::sync::Mutex<()>,
-    timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
@@ -465,59 +464,3 @@ impl Primary {
         }
     }
 }
-
-/// A pooled connection and the generation it was opened under.
-#[derive(Debug)]
-pub(crate) struct Conn {
-    pub(crate) conn: MultiplexedConnection,
-    pub(crate) generation: u64,
-}
-
-/// The pool's manager: opens connections to the current primary, and refuses to hand
-/// out one of an ended generation (see the trust rule above).
-#[derive(Debug)]
-pub(crate) struct Manager(pub(crate) std::sync::Arc<Primary>);
-
-impl managed::Manager for Manager {
-    type Type = Conn;
-    type Error = BrokerError;
-
-    async fn create(&self) -> Result<Conn, BrokerError> {
-        let (client, generation) = self.0.client().await?;
-        match client
-            .get_multiplexed_async_connection_with_config(&self.0.connection_config())
-            .await
-        {
-            // A generation that ended while we connected (a failover announced): this
-            // connection may reach the demoted primary; nothing was sent on it yet.
-            Ok(_) if self.0.generation() != generation => {
-                Err(unavailable("the Redis primary changed while connecting"))
-            }
-            Ok(conn) => Ok(Conn { conn, generation }),
-            Err(e) => {
-                self.0.unreachable(generation, &e);
-                Err(unavailable(e))
-            }
-        }
-    }
-
-    async fn recycle(&self, c: &mut Conn, _: &Metrics) -> RecycleResult<BrokerError> {
-        if c.generation != self.0.generation() {
-            return Err(RecycleError::message("the primary changed"));
-        }
-        // A connection that died idle (a Redis restart) is found here, not by the
-        // publish that would have used it.
-        let ping = redis::cmd("PING");
-        match tokio::time::timeout(self.0.timeout, ping.query_async::<()>(&mut c.conn)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                self.0.check(c.generation, &e);
-                Err(RecycleError::Backend(unavailable(e)))
-            }
-            Err(_) => Err(RecycleError::message("PING timed out")),
-        }
-    }
-}
-
-/// The pool of command connections.
-pub(crate) type Pool = managed::Pool<Manager>;

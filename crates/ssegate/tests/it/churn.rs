@@ -20,7 +20,7 @@ const OPENS: usize = 400;
 const CHANNELS: usize = 64;
 
 /// `calls=` of one command in `INFO commandstats`.
-fn calls(info: &str, cmd: &str) -> u64 {
+pub fn calls(info: &str, cmd: &str) -> u64 {
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
         .and_then(|rest| rest.split(',').next())
@@ -28,7 +28,7 @@ fn calls(info: &str, cmd: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn commandstats(redis: &RedisServer) -> String {
+pub async fn commandstats(redis: &RedisServer) -> String {
     match redis.cmd(&["INFO", "commandstats"]).await {
         redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
         redis::Value::VerbatimString { text, .. } => text,

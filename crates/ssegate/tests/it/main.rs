@@ -25,6 +25,7 @@ mod node_cache;
 mod observability;
 mod open_race;
 mod overload;
+mod pooled_close;
 mod protocol;
 mod pubsub_recovery;
 mod redis_cluster;

@@ -1,0 +1,230 @@
+//! The pool of command connections to the primary, and how a dead one is found before it
+//! is handed out.
+//!
+//! # Liveness without a round trip
+//!
+//! A pooled connection that Redis closed while it sat idle (a restart, Redis's own idle
+//! `timeout`, `CLIENT KILL`) must be found at checkout, not by the command that would use
+//! it: a publish sent on a dead connection fails after it was handed to the socket, and
+//! can then only be answered `504 publish_outcome_unknown` where `503` (not published) is
+//! the truth. Asking Redis with a `PING` at every checkout finds it, but doubles the round
+//! trips of every publish and every read.
+//!
+//! So a plain TCP connection is opened over a socket of ours, and a checkout reads its
+//! state from the kernel instead: the connection's driver task is still running, and a
+//! non-blocking one-byte `MSG_PEEK` on a duplicate of the socket finds neither the end of
+//! the stream nor an error (no data, or a reply the driver has yet to read, both mean
+//! alive). Redis's close arrives before anything it could send after it, so a connection
+//! closed before a checkout is never handed out; one closed in flight fails its command,
+//! as it would after a `PING`. A connection over TLS or a Unix socket is opened by
+//! redis-rs and still asked with `PING`.
+//!
+//! Each socket connection holds two file descriptors (the socket and its duplicate) and
+//! one driver task, which its [`Conn`] owns: dropping the connection aborts the task.
+//! There are at most `SSEGATE_REDIS_POOL_SIZE` of them.
+
+use std::io;
+use std::net::TcpStream as StdTcpStream;
+use std::sync::Arc;
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use redis::aio::MultiplexedConnection;
+use redis::{ConnectionAddr, RedisError};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use super::primary::{Primary, unavailable};
+use crate::BrokerError;
+
+/// A pooled connection and the generation it was opened under.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) conn: MultiplexedConnection,
+    pub(crate) generation: u64,
+    probe: Probe,
+}
+
+/// How a checkout tells whether the connection is still open.
+#[derive(Debug)]
+enum Probe {
+    /// Our own socket: a duplicate to peek at, and the task that drives the connection.
+    Socket {
+        peek: StdTcpStream,
+        driver: JoinHandle<()>,
+    },
+    /// Opened by redis-rs (TLS, Unix socket): asked with `PING`.
+    Ping,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Probe::Socket { driver, .. } = &self.probe {
+            driver.abort();
+        }
+    }
+}
+
+/// What the kernel says about an idle connection's socket.
+fn socket_open(peek: &StdTcpStream) -> io::Result<bool> {
+    match peek.peek(&mut [0u8]) {
+        // The end of the stream: Redis closed it.
+        Ok(0) => Ok(false),
+        // A reply the driver has yet to read: alive.
+        Ok(_) => Ok(true),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The pool's manager: opens connections to the current primary, and refuses to hand
+/// out one of an ended generation (see the trust rule in [`super::primary`]) or one
+/// that Redis closed.
+#[derive(Debug)]
+pub(crate) struct Manager(pub(crate) Arc<Primary>);
+
+impl Manager {
+    /// A connection over a TCP socket of ours, with its probe.
+    async fn open_socket(
+        &self,
+        client: &redis::Client,
+        host: &str,
+        port: u16,
+    ) -> Result<(MultiplexedConnection, Probe), RedisError> {
+        let info = client.get_connection_info();
+        let open = async {
+            let stream = TcpStream::connect((host, port)).await?;
+            stream.set_nodelay(info.tcp_settings().nodelay())?;
+            // A duplicate of the socket, only ever peeked at (it shares the original's
+            // non-blocking mode, and peeking consumes nothing).
+            let std = stream.into_std()?;
+            let peek = std.try_clone()?;
+            let stream = TcpStream::from_std(std)?;
+            let (conn, driver) = MultiplexedConnection::new_with_config(
+                info.redis_settings(),
+                stream,
+                self.0.connection_config(),
+            )
+            .await?;
+            let driver = tokio::spawn(driver);
+            Ok::<_, RedisError>((conn, Probe::Socket { peek, driver }))
+        };
+        match tokio::time::timeout(self.0.timeout, open).await {
+            Ok(opened) => opened,
+            Err(_) => Err(io::Error::from(io::ErrorKind::TimedOut).into()),
+        }
+    }
+}
+
+impl managed::Manager for Manager {
+    type Type = Conn;
+    type Error = BrokerError;
+
+    async fn create(&self) -> Result<Conn, BrokerError> {
+        let (client, generation) = self.0.client().await?;
+        let opened = match client.get_connection_info().addr() {
+            ConnectionAddr::Tcp(host, port) => self.open_socket(&client, host, *port).await,
+            _ => client
+                .get_multiplexed_async_connection_with_config(&self.0.connection_config())
+                .await
+                .map(|conn| (conn, Probe::Ping)),
+        };
+        match opened {
+            // A generation that ended while we connected (a failover announced): this
+            // connection may reach the demoted primary; nothing was sent on it yet.
+            Ok(_) if self.0.generation() != generation => {
+                Err(unavailable("the Redis primary changed while connecting"))
+            }
+            Ok((conn, probe)) => Ok(Conn {
+                conn,
+                generation,
+                probe,
+            }),
+            Err(e) => {
+                self.0.unreachable(generation, &e);
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    async fn recycle(&self, c: &mut Conn, _: &Metrics) -> RecycleResult<BrokerError> {
+        if c.generation != self.0.generation() {
+            return Err(RecycleError::message("the primary changed"));
+        }
+        match &c.probe {
+            Probe::Socket { driver, .. } if driver.is_finished() => {
+                Err(RecycleError::message("the Redis connection ended"))
+            }
+            Probe::Socket { peek, .. } => match socket_open(peek) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(RecycleError::message("Redis closed the connection")),
+                Err(e) => Err(RecycleError::Backend(unavailable(e))),
+            },
+            Probe::Ping => {
+                let ping = redis::cmd("PING");
+                let asked = ping.query_async::<()>(&mut c.conn);
+                match tokio::time::timeout(self.0.timeout, asked).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => {
+                        self.0.check(c.generation, &e);
+                        Err(RecycleError::Backend(unavailable(e)))
+                    }
+                    Err(_) => Err(RecycleError::message("PING timed out")),
+                }
+            }
+        }
+    }
+}
+
+/// The pool of command connections.
+pub(crate) type Pool = managed::Pool<Manager>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The probe reads a socket's state without consuming from it.
+    #[tokio::test]
+    async fn the_probe_tells_an_open_socket_from_a_closed_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let std = client.into_std().unwrap();
+        let peek = std.try_clone().unwrap();
+        let mut client = TcpStream::from_std(std).unwrap();
+        assert!(socket_open(&peek).unwrap(), "idle: open");
+
+        // A reply waiting to be read is not a close, however often it is peeked at.
+        server.write_all(b"+PONG\r\n").await.unwrap();
+        client.readable().await.unwrap();
+        assert!(socket_open(&peek).unwrap());
+        assert!(socket_open(&peek).unwrap());
+        let mut read = [0u8; 7];
+        client.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"+PONG\r\n", "peeking consumed nothing");
+
+        drop(server);
+        // Wait for the close as the connection's own reader would see it.
+        loop {
+            client.readable().await.unwrap();
+            match client.try_read(&mut [0u8]) {
+                Ok(0) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => panic!("only the close was left to read, got {other:?}"),
+            }
+        }
+        assert!(
+            !socket_open(&peek).unwrap(),
+            "a closed peer is seen as closed"
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! The node's pooled command connections: one that Redis closed while it sat idle is
+//! replaced before a command would use it (a publish sent on it could only be answered
+//! "outcome unknown"), and that check costs Redis nothing: a publish is one round trip,
+//! not a `PING` and then the script.
+
+use http::StatusCode;
+use ssegate_client::HttpClient;
+use tokio::task::JoinSet;
+
+use crate::churn::{calls, commandstats};
+use crate::cluster::{cluster, publish, stream};
+use crate::helpers::{events, json};
+use crate::redis_server::RedisServer;
+
+/// Publishes that run at once, so that the pool holds several connections.
+const AT_ONCE: usize = 8;
+
+async fn publish_at_once(http: &HttpClient, base: &str, round: &str) -> Vec<(StatusCode, String)> {
+    let mut tasks = JoinSet::new();
+    for i in 0..AT_ONCE {
+        let (http, url) = (http.clone(), format!("{base}/v1/channels/pool/events"));
+        let body = serde_json::json!({ "data": format!("{round}{i}") }).to_string();
+        tasks.spawn(async move {
+            match http
+                .post(&url, "application/json", bytes::Bytes::from(body))
+                .await
+            {
+                Ok(res) => (res.status, res.text()),
+                Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()),
+            }
+        });
+    }
+    tasks.join_all().await
+}
+
+#[tokio::test]
+async fn a_pooled_connection_redis_closed_is_replaced_and_no_publish_pings() {
+    let redis = RedisServer::start(false).await;
+    let nodes = cluster(&redis, 1, &[]).await;
+    let http = HttpClient::new();
+    let base = nodes[0].url("");
+    // A subscriber, so that the node's pub/sub connection holds a subscription (Redis
+    // counts it as `TYPE pubsub`, and the kill below leaves it alone).
+    let mut sub = stream(&nodes[0], "/v1/channels/pool/events", None).await;
+    assert!(
+        publish_at_once(&http, &base, "warm")
+            .await
+            .iter()
+            .all(|(s, _)| *s == StatusCode::CREATED)
+    );
+
+    let pings = calls(&commandstats(&redis).await, "ping");
+    for i in 0..20 {
+        let (status, body) = publish(&http, &nodes[0], "pool", &format!("one{i}")).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    assert_eq!(
+        calls(&commandstats(&redis).await, "ping"),
+        pings,
+        "a publish checks its pooled connection without asking Redis"
+    );
+
+    // Close every command connection (not the pub/sub one, not this one): the next
+    // publishes take new connections, none fails.
+    redis.cmd(&["CLIENT", "KILL", "TYPE", "normal"]).await;
+    let after = publish_at_once(&http, &base, "after").await;
+    assert!(
+        after.iter().all(|(s, _)| *s == StatusCode::CREATED),
+        "every publish after the close succeeds: {after:?}\n{}",
+        nodes[0].stderr()
+    );
+    let history = http
+        .get(&nodes[0].url("/v1/channels/pool/history?after=0&limit=100"))
+        .await
+        .unwrap();
+    assert_eq!(history.status, StatusCode::OK);
+    let stored = json(&history.body)["events"].as_array().unwrap().len();
+    assert_eq!(
+        stored,
+        2 * AT_ONCE + 20,
+        "every acknowledged publish is in the stream"
+    );
+    assert_eq!(
+        events(&mut sub, stored).await.len(),
+        stored,
+        "and reached the subscriber"
+    );
+}
