@@ -8,6 +8,8 @@ use ssegate_server::App;
 fn main() -> ExitCode {
     // A server wants its hard open-files limit: the defaults are derived from it.
     ssegate_server::limits::raise_open_files_limit();
+    // Before the runtime's threads exist: growing the table later stalls accepts.
+    ssegate_server::limits::presize_descriptor_table();
     let config = match config::load(std::env::args_os()) {
         Ok(c) => c,
         Err(ConfigError::Exit { code, message }) => {

@@ -428,6 +428,29 @@ async fn limited_node(nofile: u32, env: &[(&str, &str)]) -> Option<TestProcess> 
     }
 }
 
+/// A node sizes its descriptor table for its open-files limit before its threads start: a
+/// table that grows later, while streams arrive, stalls the accepting thread at every
+/// doubling (`limits::presize_descriptor_table`). The kernel reports the size as `FDSize`.
+#[tokio::test]
+async fn a_node_sizes_its_descriptor_table_for_its_limit_at_start() {
+    const NOFILE: u32 = 4096;
+    let Some(node) = limited_node(NOFILE, &[]).await else {
+        eprintln!("prlimit is not available: skipped");
+        return;
+    };
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).unwrap();
+    let size: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(
+        size >= NOFILE,
+        "a table for {NOFILE} descriptors, holding {}: {size}",
+        node.open_files()
+    );
+}
+
 /// 900 connections (idle, stalled heads, stalled bodies) on the public listener of a node
 /// that may hold 256 files: the admin listener keeps answering, the node never runs out
 /// of descriptors, existing subscribers get every event, and the public listener serves
