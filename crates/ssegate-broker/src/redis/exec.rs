@@ -63,6 +63,14 @@ impl Ran {
         }
     }
 
+    /// A command after the script failed or timed out on it: a pooled connection is
+    /// asked with `PING` before its next use (see `pooled`).
+    pub(crate) fn suspect(&mut self) {
+        if let Self::Pooled(o) = self {
+            o.suspect();
+        }
+    }
+
     /// The primary generation it was opened under (standalone and Sentinel only).
     pub(crate) fn generation(&self) -> Option<u64> {
         match self {
@@ -155,10 +163,14 @@ impl Backend {
                         Err(if refused(&e) {
                             Failed::NotRun(unavailable(e))
                         } else {
+                            conn.suspect();
                             Failed::MaybeRan(e.to_string())
                         })
                     }
-                    Err(_) => Err(Failed::MaybeRan("no reply from Redis in time".into())),
+                    Err(_) => {
+                        conn.suspect();
+                        Err(Failed::MaybeRan("no reply from Redis in time".into()))
+                    }
                 }
             }
             Self::Cluster(router) => router
@@ -199,11 +211,15 @@ impl Backend {
                         Ok(Ok(v)) => Ok(v),
                         Ok(Err(e)) => {
                             primary.check(generation, &e);
+                            conn.suspect();
                             Err(unavailable(e))
                         }
                         // A slow reply is no sign that the primary moved: ending the
                         // generation on it would make every stream re-read history.
-                        Err(_) => Err(unavailable("Redis command timed out")),
+                        Err(_) => {
+                            conn.suspect();
+                            Err(unavailable("Redis command timed out"))
+                        }
                     }
                 }
             },

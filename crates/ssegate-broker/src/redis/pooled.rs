@@ -10,14 +10,22 @@
 //! the truth. Asking Redis with a `PING` at every checkout finds it, but doubles the round
 //! trips of every publish and every read.
 //!
-//! So a plain TCP connection is opened over a socket of ours, and a checkout reads its
-//! state from the kernel instead: the connection's driver task is still running, and a
-//! non-blocking one-byte `MSG_PEEK` on a duplicate of the socket finds neither the end of
-//! the stream nor an error (no data, or a reply the driver has yet to read, both mean
-//! alive). Redis's close arrives before anything it could send after it, so a connection
-//! closed before a checkout is never handed out; one closed in flight fails its command,
-//! as it would after a `PING`. A connection over TLS or a Unix socket is opened by
-//! redis-rs and still asked with `PING`.
+//! So a plain TCP connection is opened over a socket of ours, and a busy connection's
+//! checkout reads its state from the kernel instead: the connection's driver task is still
+//! running, and a non-blocking one-byte `MSG_PEEK` on a duplicate of the socket finds
+//! neither the end of the stream nor an error. Redis's close arrives before anything it
+//! could send after it, so a connection Redis closed before a checkout is never handed out.
+//!
+//! The kernel only knows of a close that reached it. A peer that vanished without one (a
+//! NAT or load balancer that dropped an idle flow, a crashed or partitioned host, a frozen
+//! Redis) looks open, so Redis is still asked with `PING` when the kernel cannot vouch:
+//! when the connection sat unused for longer than [`PING_IDLE_AFTER`] (a busy node does
+//! not pay for it, an idle one has round trips to spare), when its last command failed or
+//! got no reply in time ([`Conn::suspect`]), when bytes wait on it unread (a late reply,
+//! with perhaps a close behind it), and always over TLS or a Unix socket, which redis-rs
+//! opens. A peer lost while the connection is busy is found by the command itself: it
+//! fails, and a publish is answered `504 publish_outcome_unknown`, as it must when the
+//! script may have run.
 //!
 //! Each socket connection holds two file descriptors (the socket and its duplicate) and
 //! one driver task, which its [`Conn`] owns: dropping the connection aborts the task.
@@ -26,9 +34,12 @@
 use std::io;
 use std::net::TcpStream as StdTcpStream;
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use futures_util::FutureExt;
 use redis::aio::MultiplexedConnection;
+use redis::io::tcp::TcpSettings;
 use redis::{ConnectionAddr, RedisError};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -36,12 +47,25 @@ use tokio::task::JoinHandle;
 use super::primary::{Primary, unavailable};
 use crate::BrokerError;
 
+/// A pooled connection unused for longer than this is asked with `PING` when taken.
+pub(crate) const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// A pooled connection and the generation it was opened under.
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) conn: MultiplexedConnection,
     pub(crate) generation: u64,
     probe: Probe,
+    /// Its last command failed or got no reply in time: ask Redis before the next one.
+    suspect: bool,
+}
+
+impl Conn {
+    /// Marks the connection for a `PING` at its next checkout (its last command failed
+    /// or timed out: the peer may be gone without the kernel knowing).
+    pub(crate) fn suspect(&mut self) {
+        self.suspect = true;
+    }
 }
 
 /// How a checkout tells whether the connection is still open.
@@ -65,22 +89,57 @@ impl Drop for Conn {
 }
 
 /// What the kernel says about an idle connection's socket.
-fn socket_open(peek: &StdTcpStream) -> io::Result<bool> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Socket {
+    /// Nothing to read and no close: open, as far as the kernel knows.
+    Open,
+    /// The end of the stream: Redis closed it.
+    Closed,
+    /// Bytes the driver has yet to read (a late reply), perhaps with a close behind them.
+    Unread,
+}
+
+fn socket_state(peek: &StdTcpStream) -> io::Result<Socket> {
     match peek.peek(&mut [0u8]) {
-        // The end of the stream: Redis closed it.
-        Ok(0) => Ok(false),
-        // A reply the driver has yet to read: alive.
-        Ok(_) => Ok(true),
+        Ok(0) => Ok(Socket::Closed),
+        Ok(_) => Ok(Socket::Unread),
         Err(e)
             if matches!(
                 e.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
             ) =>
         {
-            Ok(true)
+            Ok(Socket::Open)
         }
         Err(e) => Err(e),
     }
+}
+
+/// Connects to the first of `host`'s addresses that answers, trying them all at once (as
+/// redis-rs does: a name with an unreachable address must not cost the whole timeout).
+async fn connect(host: &str, port: u16) -> io::Result<TcpStream> {
+    let tries: Vec<_> = tokio::net::lookup_host((host, port))
+        .await?
+        .map(|addr| TcpStream::connect(addr).boxed())
+        .collect();
+    if tries.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the Redis host has no address",
+        ));
+    }
+    Ok(futures_util::future::select_ok(tries).await?.0)
+}
+
+/// The socket options redis-rs would have set from the connection's settings.
+fn apply(stream: &TcpStream, settings: &TcpSettings) -> io::Result<()> {
+    stream.set_nodelay(settings.nodelay())?;
+    let socket = socket2::SockRef::from(stream);
+    if let Some(keepalive) = settings.keepalive() {
+        socket.set_tcp_keepalive(keepalive)?;
+    }
+    socket.set_tcp_user_timeout(settings.user_timeout())?;
+    Ok(())
 }
 
 /// The pool's manager: opens connections to the current primary, and refuses to hand
@@ -99,8 +158,8 @@ impl Manager {
     ) -> Result<(MultiplexedConnection, Probe), RedisError> {
         let info = client.get_connection_info();
         let open = async {
-            let stream = TcpStream::connect((host, port)).await?;
-            stream.set_nodelay(info.tcp_settings().nodelay())?;
+            let stream = connect(host, port).await?;
+            apply(&stream, info.tcp_settings())?;
             // A duplicate of the socket, only ever peeked at (it shares the original's
             // non-blocking mode, and peeking consumes nothing).
             let std = stream.into_std()?;
@@ -136,16 +195,21 @@ impl managed::Manager for Manager {
                 .map(|conn| (conn, Probe::Ping)),
         };
         match opened {
-            // A generation that ended while we connected (a failover announced): this
-            // connection may reach the demoted primary; nothing was sent on it yet.
-            Ok(_) if self.0.generation() != generation => {
-                Err(unavailable("the Redis primary changed while connecting"))
+            Ok((conn, probe)) => {
+                // Owned at once, so that dropping it below aborts its driver.
+                let conn = Conn {
+                    conn,
+                    generation,
+                    probe,
+                    suspect: false,
+                };
+                // A generation that ended while we connected (a failover announced):
+                // this connection may reach the demoted primary; nothing was sent on it.
+                if self.0.generation() != generation {
+                    return Err(unavailable("the Redis primary changed while connecting"));
+                }
+                Ok(conn)
             }
-            Ok((conn, probe)) => Ok(Conn {
-                conn,
-                generation,
-                probe,
-            }),
             Err(e) => {
                 self.0.unreachable(generation, &e);
                 Err(unavailable(e))
@@ -153,31 +217,39 @@ impl managed::Manager for Manager {
         }
     }
 
-    async fn recycle(&self, c: &mut Conn, _: &Metrics) -> RecycleResult<BrokerError> {
+    async fn recycle(&self, c: &mut Conn, metrics: &Metrics) -> RecycleResult<BrokerError> {
         if c.generation != self.0.generation() {
             return Err(RecycleError::message("the primary changed"));
         }
-        match &c.probe {
+        let ask = match &c.probe {
             Probe::Socket { driver, .. } if driver.is_finished() => {
-                Err(RecycleError::message("the Redis connection ended"))
+                return Err(RecycleError::message("the Redis connection ended"));
             }
-            Probe::Socket { peek, .. } => match socket_open(peek) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(RecycleError::message("Redis closed the connection")),
-                Err(e) => Err(RecycleError::Backend(unavailable(e))),
-            },
-            Probe::Ping => {
-                let ping = redis::cmd("PING");
-                let asked = ping.query_async::<()>(&mut c.conn);
-                match tokio::time::timeout(self.0.timeout, asked).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => {
-                        self.0.check(c.generation, &e);
-                        Err(RecycleError::Backend(unavailable(e)))
-                    }
-                    Err(_) => Err(RecycleError::message("PING timed out")),
+            Probe::Socket { peek, .. } => match socket_state(peek) {
+                Ok(Socket::Closed) => {
+                    return Err(RecycleError::message("Redis closed the connection"));
                 }
+                Err(e) => return Err(RecycleError::Backend(unavailable(e))),
+                Ok(Socket::Unread) => true,
+                Ok(Socket::Open) => c.suspect || metrics.last_used() > PING_IDLE_AFTER,
+            },
+            Probe::Ping => true,
+        };
+        if !ask {
+            return Ok(());
+        }
+        let ping = redis::cmd("PING");
+        let asked = ping.query_async::<()>(&mut c.conn);
+        match tokio::time::timeout(self.0.timeout, asked).await {
+            Ok(Ok(())) => {
+                c.suspect = false;
+                Ok(())
             }
+            Ok(Err(e)) => {
+                self.0.check(c.generation, &e);
+                Err(RecycleError::Backend(unavailable(e)))
+            }
+            Err(_) => Err(RecycleError::message("PING timed out")),
         }
     }
 }
@@ -201,13 +273,13 @@ mod tests {
         let std = client.into_std().unwrap();
         let peek = std.try_clone().unwrap();
         let mut client = TcpStream::from_std(std).unwrap();
-        assert!(socket_open(&peek).unwrap(), "idle: open");
+        assert_eq!(socket_state(&peek).unwrap(), Socket::Open, "idle");
 
         // A reply waiting to be read is not a close, however often it is peeked at.
         server.write_all(b"+PONG\r\n").await.unwrap();
         client.readable().await.unwrap();
-        assert!(socket_open(&peek).unwrap());
-        assert!(socket_open(&peek).unwrap());
+        assert_eq!(socket_state(&peek).unwrap(), Socket::Unread);
+        assert_eq!(socket_state(&peek).unwrap(), Socket::Unread);
         let mut read = [0u8; 7];
         client.read_exact(&mut read).await.unwrap();
         assert_eq!(&read, b"+PONG\r\n", "peeking consumed nothing");
@@ -222,9 +294,6 @@ mod tests {
                 other => panic!("only the close was left to read, got {other:?}"),
             }
         }
-        assert!(
-            !socket_open(&peek).unwrap(),
-            "a closed peer is seen as closed"
-        );
+        assert_eq!(socket_state(&peek).unwrap(), Socket::Closed);
     }
 }

@@ -239,8 +239,9 @@ async fn wait_replicas(
         wait.query_async::<i64>(ran.conn()),
     )
     .await;
-    if let Ok(Ok(_)) = acked {
-        b.inner.backend.give_back(ran);
+    match &acked {
+        Ok(Ok(_)) => b.inner.backend.give_back(ran),
+        _ => ran.suspect(),
     }
     let why = match acked {
         Ok(Ok(n)) if n >= i64::from(want) => return Ok(published),

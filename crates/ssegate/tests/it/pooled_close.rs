@@ -1,7 +1,11 @@
 //! The node's pooled command connections: one that Redis closed while it sat idle is
 //! replaced before a command would use it (a publish sent on it could only be answered
-//! "outcome unknown"), and that check costs Redis nothing: a publish is one round trip,
-//! not a `PING` and then the script.
+//! "outcome unknown"), and that check costs Redis nothing while the connection is busy: a
+//! publish is one round trip, not a `PING` and then the script. One that sat idle is still
+//! asked, so a Redis that went silent without closing anything refuses the publish
+//! (`503`) instead of leaving it unknown.
+
+use std::time::Duration;
 
 use http::StatusCode;
 use ssegate_client::HttpClient;
@@ -9,7 +13,7 @@ use tokio::task::JoinSet;
 
 use crate::churn::{calls, commandstats};
 use crate::cluster::{cluster, publish, stream};
-use crate::helpers::{events, json};
+use crate::helpers::{WAIT, events, json};
 use crate::redis_server::RedisServer;
 
 /// Publishes that run at once, so that the pool holds several connections.
@@ -84,5 +88,55 @@ async fn a_pooled_connection_redis_closed_is_replaced_and_no_publish_pings() {
         events(&mut sub, stored).await.len(),
         stored,
         "and reached the subscriber"
+    );
+}
+
+/// How long a pooled connection may sit unused before it is asked with `PING` (the
+/// broker's `PING_IDLE_AFTER`), with a margin.
+const PAST_IDLE: Duration = Duration::from_millis(1300);
+
+#[tokio::test]
+async fn an_idle_connection_to_a_silent_redis_is_asked_first_so_the_publish_is_refused() {
+    let redis = RedisServer::start(false).await;
+    let nodes = cluster(&redis, 1, &[("SSEGATE_REDIS_TIMEOUT", "400ms")]).await;
+    let http = HttpClient::new();
+    let (status, body) = publish(&http, &nodes[0], "silent", "before").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // What is waited for is time itself: the connection must have sat idle.
+    tokio::time::sleep(PAST_IDLE).await;
+    // Frozen: no close reaches the node, and nothing answers.
+    redis.signal("STOP");
+    let (status, body) = publish(&http, &nodes[0], "silent", "during").await;
+    redis.signal("CONT");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(json(body.as_bytes())["error"]["code"], "broker_unavailable");
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, _) = publish(&http, &nodes[0], "silent", "after").await;
+        if status == StatusCode::CREATED {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis never answered again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let history = http
+        .get(&nodes[0].url("/v1/channels/silent/history?after=0&limit=10"))
+        .await
+        .unwrap();
+    let data: Vec<_> = json(&history.body)["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        data,
+        ["before", "after"],
+        "the refused publish was not published"
     );
 }
