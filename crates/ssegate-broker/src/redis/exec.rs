@@ -16,8 +16,9 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 
 use super::cluster::{Call, Lua, Request, Resend, RouteError, Routed, Router, slots};
+use super::pooled;
+use super::primary::{self, unavailable};
 use super::pubsub::broker_error;
-use super::{pooled, primary};
 use crate::{BrokerError, BrokerOp};
 
 /// How commands reach Redis.
@@ -113,10 +114,6 @@ pub(crate) fn refused(e: &redis::RedisError) -> bool {
         return false;
     };
     REFUSED.contains(&code) || (code == "NOPERM" && !e.to_string().contains("@user_script"))
-}
-
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
 }
 
 impl Backend {
