@@ -42,7 +42,7 @@ pub use error::{BrokerError, BrokerOp, ErrorClass, KnownIds};
 pub use event::{StoredData, StoredEvent};
 pub use hub::{LiveRecv, LiveSubscription};
 pub use memory::{MemoryBroker, StoreLimits};
-pub use redis::{CLUSTER_PRIMARIES_BUDGETED, RedisBroker, RedisConfig};
+pub use redis::{CLUSTER_PRIMARIES_BUDGETED, PING_IDLE_AFTER, RedisBroker, RedisConfig};
 
 /// Where a history read starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

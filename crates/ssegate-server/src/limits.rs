@@ -229,10 +229,10 @@ pub const PRESIZED_DESCRIPTORS: usize = 1 << 16;
 /// Why: the table starts small and doubles as descriptors are opened, and in a process
 /// with more than one thread each growth waits for an RCU grace period (`expand_fdtable`),
 /// which blocks the thread that is accepting a connection for milliseconds. The first
-/// 1,000 streams a fresh node accepted went through three of those (256 to 2,048): their connect p99 was
-/// 9-19 ms, and 0.5-1.4 ms for the next 1,000 on the same node. With one thread the growth
-/// does not wait, and a table never shrinks, so one descriptor opened high now and closed
-/// again sizes it for the process's life.
+/// 1,000 streams a fresh node accepted went through three of those (256 to 2,048 slots):
+/// their connect p99 was 9-19 ms, and 0.5-1.4 ms for the next 1,000 on the same node. With
+/// one thread the growth does not wait, and a table never shrinks, so one descriptor opened
+/// high now and closed again sizes it for the process's life.
 pub fn presize_descriptor_table() {
     let want = open_files_limit().min(PRESIZED_DESCRIPTORS);
     let (Ok(highest), Ok(null)) = (

@@ -33,6 +33,7 @@ mod codec;
 mod exec;
 mod keys;
 mod pooled;
+pub use pooled::PING_IDLE_AFTER;
 mod primary;
 mod publish;
 mod pubsub;

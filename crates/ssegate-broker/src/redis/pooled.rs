@@ -48,7 +48,7 @@ use super::primary::{Primary, unavailable};
 use crate::BrokerError;
 
 /// A pooled connection unused for longer than this is asked with `PING` when taken.
-pub(crate) const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// A pooled connection and the generation it was opened under.
 #[derive(Debug)]

@@ -19,29 +19,12 @@ use crate::redis_server::RedisServer;
 const OPENS: usize = 400;
 const CHANNELS: usize = 64;
 
-/// `calls=` of one command in `INFO commandstats`.
-pub fn calls(info: &str, cmd: &str) -> u64 {
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-pub async fn commandstats(redis: &RedisServer) -> String {
-    match redis.cmd(&["INFO", "commandstats"]).await {
-        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-        redis::Value::VerbatimString { text, .. } => text,
-        other => panic!("INFO: {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn churning_streams_over_fresh_channels_leaves_live_delivery_working() {
     let redis = RedisServer::start(false).await;
     let nodes = cluster(&redis, 2, &[]).await;
     let base = nodes[0].url("");
-    let before = calls(&commandstats(&redis).await, "subscribe");
+    let before = redis.calls("subscribe").await;
 
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
@@ -75,7 +58,7 @@ async fn churning_streams_over_fresh_channels_leaves_live_delivery_working() {
     assert_eq!(events(&mut fresh, 1).await[0].data, "live");
 
     // One SUBSCRIBE per channel per stream would be OPENS * CHANNELS of them.
-    let sent = calls(&commandstats(&redis).await, "subscribe") - before;
+    let sent = redis.calls("subscribe").await - before;
     assert!(
         sent < (OPENS * CHANNELS / 8) as u64,
         "{sent} SUBSCRIBE commands for {OPENS} streams of {CHANNELS} channels"

@@ -136,6 +136,20 @@ impl RedisServer {
         query(self.port, args).await.unwrap()
     }
 
+    /// How often Redis has run `cmd` (`calls=` in `INFO commandstats`).
+    pub async fn calls(&self, cmd: &str) -> u64 {
+        let info = match self.cmd(&["INFO", "commandstats"]).await {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            redis::Value::VerbatimString { text, .. } => text,
+            other => panic!("INFO: {other:?}"),
+        };
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Stops Redis (SIGTERM: a clean shutdown) and waits for it to exit.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
