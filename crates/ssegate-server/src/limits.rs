@@ -234,15 +234,20 @@ pub const PRESIZED_DESCRIPTORS: usize = 1 << 16;
 /// one thread the growth does not wait, and a table never shrinks, so one descriptor opened
 /// high now and closed again sizes it for the process's life.
 pub fn presize_descriptor_table() {
-    let want = open_files_limit().min(PRESIZED_DESCRIPTORS);
     let (Ok(highest), Ok(null)) = (
-        i32::try_from(want.saturating_sub(1)),
+        i32::try_from(highest_presized(open_files_limit())),
         std::fs::File::open("/dev/null"),
     ) else {
         return;
     };
     // Dropped at once: only the table's size was wanted.
     let _ = rustix::io::fcntl_dupfd_cloexec(&null, highest);
+}
+
+/// The descriptor [`presize_descriptor_table`] opens for a process with `limit` open files:
+/// the last one the limit allows, within [`PRESIZED_DESCRIPTORS`].
+fn highest_presized(limit: usize) -> usize {
+    limit.min(PRESIZED_DESCRIPTORS).saturating_sub(1)
 }
 
 impl FileBudget {
@@ -578,5 +583,19 @@ mod tests {
         drop(a);
         assert_eq!(budget.available(), 100);
         assert!(budget.try_take(0).is_some_and(|b| b.is_empty()));
+    }
+
+    /// The table is sized for the open-files limit, and never past the kernel memory its
+    /// bound states (65,536 slots), however large the limit (containers often allow
+    /// 1,048,576).
+    #[test]
+    fn the_presized_table_follows_the_limit_up_to_its_bound() {
+        assert_eq!(highest_presized(4096), 4095);
+        assert_eq!(
+            highest_presized(PRESIZED_DESCRIPTORS),
+            PRESIZED_DESCRIPTORS - 1
+        );
+        assert_eq!(highest_presized(1 << 20), PRESIZED_DESCRIPTORS - 1);
+        assert_eq!(highest_presized(0), 0);
     }
 }
