@@ -15,7 +15,8 @@
 //! - [`error`]: [`BrokerError`], tagged client / broker / internal.
 //! - [`event`]: [`StoredEvent`], an event as stored and pre-encoded for the wire.
 //! - [`hub`]: node-local fan-out, one bounded ring per channel (the backpressure rule),
-//!   and the chain of recent live events that serves resumes without a history read.
+//!   the chain of recent live events that serves resumes without a history read, and
+//!   direct writes to waiting subscribers ([`Direct`]).
 //! - [`memory`]: the embedded in-memory broker (the default with no Redis).
 //! - [`redis`]: the Redis broker (cluster mode): Streams for history, pub/sub for live.
 //! - [`trace`]: hooks that link deliveries to the publish's trace.
@@ -40,7 +41,7 @@ use ssegate_core::{ChannelName, EntryId, Epoch, NewEvent};
 
 pub use error::{BrokerError, BrokerOp, ErrorClass, KnownIds};
 pub use event::{StoredData, StoredEvent};
-pub use hub::{LiveRecv, LiveSubscription};
+pub use hub::{Direct, LiveRecv, LiveSubscription, Offer};
 pub use memory::{MemoryBroker, StoreLimits};
 pub use redis::{CLUSTER_PRIMARIES_BUDGETED, PING_IDLE_AFTER, RedisBroker, RedisConfig};
 

@@ -231,6 +231,15 @@ impl Metrics {
         self.read.deliveries.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// One live event written to a stream, published at `published_at_ms`: counted and
+    /// its delivery latency recorded.
+    pub fn delivered_live(&self, published_at_ms: u64) {
+        self.delivered(1);
+        let now = ssegate_broker::clock::Clock::now_ms(&ssegate_broker::clock::SystemClock);
+        self.delivery_latency
+            .record(now.saturating_sub(published_at_ms) as f64 / 1000.0);
+    }
+
     /// A stream fell behind live and is caught up from history
     /// (`ssegate_slow_consumer_catchups_total`).
     pub fn caught_up(&self) {

@@ -30,12 +30,14 @@
 //! # Wake-ups
 //!
 //! A subscriber that finds nothing to read parks its waker in the ring (once: a later poll
-//! only replaces it when it would wake another task). A send takes the whole list of parked
-//! wakers under the lock, swapping in an emptied list kept from the previous send, and wakes
-//! them after releasing it, so fan-out to thousands of subscribers allocates nothing per
-//! event and never wakes a subscriber under the lock. A receive is one short critical
+//! only replaces it when it would wake another task), with its [`Direct`] when it has one.
+//! A send takes the whole list of parked subscribers under the lock, swapping in an
+//! emptied list kept from the previous send, and after releasing it offers the event to
+//! each one's `Direct` and wakes those that decline ([`direct`]), so fan-out to thousands
+//! of subscribers allocates nothing per event and never wakes or writes under the lock. A receive is one short critical
 //! section: check the position, clone one `Arc`. Nothing is held across an `.await`.
 
+mod direct;
 mod recent;
 
 use std::collections::{HashMap, VecDeque};
@@ -47,6 +49,7 @@ use ssegate_core::{ChannelName, EntryId, Epoch};
 use crate::event::StoredEvent;
 use crate::lock;
 
+pub use direct::{Direct, Offer};
 use recent::{Budget, Recent};
 pub use recent::{NODE_RECENT_BYTES, RECENT_BYTES, RECENT_EVENTS};
 
@@ -98,6 +101,23 @@ const NOT_PARKED: u32 = u32::MAX;
 struct Sub {
     /// Where this subscriber's waker is in `RingState::parked`.
     parked: u32,
+    /// Changes when the slot's subscriber leaves, so that a send that wrote to a
+    /// subscriber directly (outside the lock) does not credit the slot's next occupant.
+    generation: u32,
+    /// The sequence number of the next entry this subscriber reads.
+    next: u64,
+}
+
+/// A subscriber waiting for the next entry: its waker, and where the entry may be written
+/// directly instead of waking it (see `direct`).
+#[derive(Debug)]
+struct Parked {
+    id: u32,
+    generation: u32,
+    waker: Waker,
+    direct: Option<Arc<dyn Direct>>,
+    /// What the last send's direct offer did (set outside the lock, by that send only).
+    offer: Offer,
 }
 
 #[derive(Debug)]
@@ -111,10 +131,10 @@ struct RingState {
     /// One slot per subscriber id; ids of departed subscribers are in `free`.
     subs: Vec<Sub>,
     free: Vec<u32>,
-    /// Wakers of the subscribers waiting for the next entry, with their ids.
-    parked: Vec<(u32, Waker)>,
+    /// The subscribers waiting for the next entry.
+    parked: Vec<Parked>,
     /// The list the last send woke, emptied, kept so that the next send allocates nothing.
-    spare: Vec<(u32, Waker)>,
+    spare: Vec<Parked>,
     /// The newest event id this ring carried, so that a failover cannot hand it to
     /// another event (see `Hub::newest_ids`).
     newest: Option<ssegate_core::EntryId>,
@@ -169,15 +189,22 @@ impl RingState {
         }
     }
 
+    /// A new subscriber, reading from the next entry on.
     fn join(&mut self) -> u32 {
-        let free = Sub { parked: NOT_PARKED };
+        let next = self.tail();
         match self.free.pop() {
             Some(id) => {
-                self.subs[id as usize] = free;
+                let sub = &mut self.subs[id as usize];
+                sub.parked = NOT_PARKED;
+                sub.next = next;
                 id
             }
             None => {
-                self.subs.push(free);
+                self.subs.push(Sub {
+                    parked: NOT_PARKED,
+                    generation: 0,
+                    next,
+                });
                 u32::try_from(self.subs.len() - 1).unwrap_or(u32::MAX)
             }
         }
@@ -203,27 +230,44 @@ impl RingState {
         self.newest = Some(self.newest.map_or(id, |n| n.max(id)));
     }
 
-    fn leave(&mut self, id: u32, next: u64) {
-        self.skip_from(next);
+    fn leave(&mut self, id: u32) {
+        self.skip_from(self.subs[id as usize].next);
         self.unpark(id);
+        let sub = &mut self.subs[id as usize];
+        sub.generation = sub.generation.wrapping_add(1);
         self.free.push(id);
     }
 
-    fn park(&mut self, id: u32, waker: &Waker) {
+    fn park(&mut self, id: u32, waker: &Waker, direct: Option<&Arc<dyn Direct>>) {
         let at = self.subs[id as usize].parked;
         if at == NOT_PARKED {
             if self.parked.capacity() == 0 {
                 // Most channels have one subscriber: room for one, not the default four.
                 self.parked.reserve_exact(1);
             }
-            self.subs[id as usize].parked = u32::try_from(self.parked.len()).unwrap_or(u32::MAX);
-            self.parked.push((id, waker.clone()));
+            let generation = self.subs[id as usize].generation;
+            self.put_parked(Parked {
+                id,
+                generation,
+                waker: waker.clone(),
+                direct: direct.cloned(),
+                offer: Offer::Declined,
+            });
         } else {
-            let parked = &mut self.parked[at as usize].1;
-            if !parked.will_wake(waker) {
-                parked.clone_from(waker);
+            let parked = &mut self.parked[at as usize];
+            if !parked.waker.will_wake(waker) {
+                parked.waker.clone_from(waker);
+            }
+            if parked.direct.is_none() {
+                parked.direct = direct.cloned();
             }
         }
+    }
+
+    /// Adds `p` to the parked list (its subscriber is not in it).
+    fn put_parked(&mut self, p: Parked) {
+        self.subs[p.id as usize].parked = u32::try_from(self.parked.len()).unwrap_or(u32::MAX);
+        self.parked.push(p);
     }
 
     fn unpark(&mut self, id: u32) {
@@ -232,8 +276,8 @@ impl RingState {
             return;
         }
         self.parked.swap_remove(at as usize);
-        if let Some(&(moved, _)) = self.parked.get(at as usize) {
-            self.subs[moved as usize].parked = at;
+        if let Some(moved) = self.parked.get(at as usize) {
+            self.subs[moved.id as usize].parked = at;
         }
     }
 }
@@ -260,8 +304,13 @@ impl Ring {
         if unread == 0 {
             return;
         }
+        let direct = match &msg {
+            HubMsg::Event(ev) => Some(ev.clone()),
+            _ => None,
+        };
         st.bytes += msg.bytes();
         st.entries.push_back(Entry { msg, unread });
+        let seq = st.tail() - 1;
         while st.entries.len() > limits.events || (st.bytes > limits.bytes && st.entries.len() > 1)
         {
             // The oldest entry's readers are now too far behind: they will see `Lagged`.
@@ -272,14 +321,19 @@ impl Ring {
         }
         let spare = std::mem::take(&mut st.spare);
         let mut woken = std::mem::replace(&mut st.parked, spare);
-        for &(id, _) in &woken {
-            st.subs[id as usize].parked = NOT_PARKED;
+        for p in &woken {
+            st.subs[p.id as usize].parked = NOT_PARKED;
         }
         drop(st);
-        for (_, waker) in woken.drain(..) {
-            waker.wake();
-        }
-        let mut st = lock(&self.state);
+        let mut st = match direct {
+            Some(ev) => self.deliver_direct(&ev, seq, &mut woken),
+            None => {
+                for p in woken.drain(..) {
+                    p.waker.wake();
+                }
+                lock(&self.state)
+            }
+        };
         if st.spare.capacity() < woken.capacity() {
             st.spare = woken;
         }
@@ -362,10 +416,7 @@ impl Hub {
         // The map's count keeps the ring in the map, so it can be joined after the map
         // lock is released.
         drop(channels);
-        let (id, next) = {
-            let mut st = lock(&ring.state);
-            (st.join(), st.tail())
-        };
+        let id = lock(&ring.state).join();
         if first {
             if let Some(obs) = &self.shared.observer {
                 obs.first_subscriber(channel);
@@ -375,7 +426,6 @@ impl Hub {
             ring,
             hub: self.clone(),
             id,
-            next,
         }
     }
 
@@ -532,10 +582,8 @@ pub enum LiveRecv {
 pub struct LiveSubscription {
     ring: Arc<Ring>,
     hub: Hub,
-    /// This subscriber's slot in the ring.
+    /// This subscriber's slot in the ring (which keeps its position).
     id: u32,
-    /// The sequence number of the next entry to read.
-    next: u64,
 }
 
 impl std::fmt::Debug for LiveSubscription {
@@ -554,20 +602,32 @@ impl LiveSubscription {
 
     /// Polls for the next live event.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<LiveRecv> {
+        self.poll_recv_or_direct(cx, None)
+    }
+
+    /// Polls for the next live event; while it waits, the next event may instead be
+    /// offered to `direct` (see [`Direct`]): one it takes is never yielded here.
+    pub fn poll_recv_or_direct(
+        &mut self,
+        cx: &mut Context<'_>,
+        direct: Option<&Arc<dyn Direct>>,
+    ) -> Poll<LiveRecv> {
         let mut st = lock(&self.ring.state);
-        if self.next < st.head {
+        let id = self.id as usize;
+        let next = st.subs[id].next;
+        if next < st.head {
             // Entries this subscriber had not read were dropped: it is too far behind.
-            self.next = st.head;
+            st.subs[id].next = st.head;
             return Poll::Ready(LiveRecv::Lagged);
         }
-        let at = usize::try_from(self.next - st.head).unwrap_or(usize::MAX);
+        let at = usize::try_from(next - st.head).unwrap_or(usize::MAX);
         let Some(entry) = st.entries.get_mut(at) else {
-            st.park(self.id, cx.waker());
+            st.park(self.id, cx.waker(), direct);
             return Poll::Pending;
         };
         entry.unread -= 1;
         let msg = entry.msg.clone();
-        self.next += 1;
+        st.subs[id].next = next + 1;
         if at == 0 {
             // This may have been the oldest entry's last reader.
             st.release_read();
@@ -583,7 +643,10 @@ impl LiveSubscription {
     /// live copy of a lost event would follow the new cursor and be shown twice. History
     /// covers whatever else was queued (the next live event shows the hole by its `prev`).
     pub fn skip_queued(&mut self) {
-        self.next = lock(&self.ring.state).skip_from(self.next);
+        let mut st = lock(&self.ring.state);
+        let id = self.id as usize;
+        let next = st.subs[id].next;
+        st.subs[id].next = st.skip_from(next);
     }
 
     /// The events of this channel after `cursor` (of `epoch`) that this node received
@@ -601,7 +664,7 @@ impl LiveSubscription {
 
 impl Drop for LiveSubscription {
     fn drop(&mut self) {
-        lock(&self.ring.state).leave(self.id, self.next);
+        lock(&self.ring.state).leave(self.id);
         self.hub.release(&self.ring.channel);
     }
 }

@@ -2,7 +2,8 @@ use super::*;
 use ssegate_core::{Data, EntryId, Epoch};
 use std::time::Duration;
 
-fn ev(ch: &ChannelName, n: u64) -> Arc<StoredEvent> {
+/// Event `n` of `ch`, following `n - 1` (also used by `direct`'s tests).
+pub(super) fn ev(ch: &ChannelName, n: u64) -> Arc<StoredEvent> {
     ev_sized(ch, n, 0)
 }
 

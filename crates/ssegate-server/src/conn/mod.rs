@@ -18,12 +18,16 @@
 //! # Layout
 //!
 //! - `head`: reading and classifying the request head.
+//! - `lane`: how the hub writes live events straight into an idle stream's socket.
 //! - `write`: writing a response (head, whole body or chunked stream) with vectored writes.
 //! - `prefixed`: a socket with its first bytes already read, for the hand-off to hyper.
 
 mod head;
+mod lane;
 mod prefixed;
 mod write;
+
+pub(crate) use lane::{Lane, Live};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -71,10 +75,17 @@ pub(crate) async fn serve(
     if front.which == Listener::Admin {
         return Box::pin(serve_hyper(stream, peer, &front, None)).await;
     }
+    // Shared with a stream's lane while it runs (see `lane`), so that the hub can write
+    // to it; the lane lets go when the response ends.
+    let stream = Arc::new(stream);
     loop {
         let (res, close) = match Box::pin(next_request(&stream, peer, &front)).await {
             Next::Gone => return,
             Next::Hyper(buf, head_deadline) => {
+                let Ok(stream) = Arc::try_unwrap(stream) else {
+                    // Cannot happen (every lane detached when its response ended); close.
+                    return;
+                };
                 let io = Prefixed::new(buf, stream);
                 return Box::pin(serve_hyper(io, peer, &front, Some(head_deadline))).await;
             }

@@ -23,6 +23,7 @@
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
@@ -31,6 +32,7 @@ use futures_util::Stream;
 use http::Response;
 use tokio::net::TcpStream;
 
+use super::lane::Lane;
 use crate::body::Body;
 
 /// Frames gathered into one write at most: enough for an opening frame plus a replay
@@ -60,19 +62,24 @@ pub(super) enum Ended {
 /// without waiting for a stream's first frame; a frame that is ready already (a stream's
 /// opening frame, queued before the response existed) goes out with it, in one write: one
 /// segment per new stream instead of two.
-pub(super) fn respond(stream: &TcpStream, res: Response<Body>, close: bool) -> Respond<'_> {
-    let (parts, body) = res.into_parts();
+/// A stream whose response carries a [`Lane`] lends its socket to the hub while it waits
+/// (see `lane`).
+pub(super) fn respond(stream: &Arc<TcpStream>, res: Response<Body>, close: bool) -> Respond<'_> {
+    let (mut parts, body) = res.into_parts();
+    let lane = parts.extensions.remove::<Arc<Lane>>();
     let mut head = encode_head(&parts, &body, close);
-    let frames = match body {
+    let (frames, lane) = match body {
         // Whole bodies are small (errors, refusals): one buffer, one write.
         Body::Full(bytes) => {
             head.extend_from_slice(&bytes.unwrap_or_default());
-            None
+            (None, None)
         }
-        Body::Stream(frames) => Some(frames),
+        Body::Stream(frames) => (Some(frames), lane),
     };
     Respond {
         stream,
+        lane,
+        rest: Bytes::new(),
         head,
         frames,
         batch: Default::default(),
@@ -119,7 +126,11 @@ fn encode_head(parts: &http::response::Parts, body: &Body, close: bool) -> Vec<u
 /// goes away. A hand-written future rather than an `async fn` so that what an idle
 /// stream keeps is exactly these fields.
 pub(super) struct Respond<'a> {
-    stream: &'a TcpStream,
+    stream: &'a Arc<TcpStream>,
+    /// Where the hub may write live events while this waits (see `lane`).
+    lane: Option<Arc<Lane>>,
+    /// What the socket did not take of the hub's last direct write: written first.
+    rest: Bytes,
     /// The head still to write (with a whole body appended); emptied once written.
     head: Vec<u8>,
     /// A stream's frames; `None` for a whole body.
@@ -132,7 +143,7 @@ pub(super) struct Respond<'a> {
     /// already written.
     written: usize,
     /// The session has ended: the last chunk follows, and `frames` is not polled again.
-    /// A chunk is being written exactly when `n > 0 || last`.
+    /// Something is being written exactly when `n > 0 || last || !rest.is_empty()`.
     last: bool,
     /// The client sent bytes while its stream ran. They were read and dropped (a stream
     /// request has no body, and nothing can answer a pipelined request meanwhile), so the
@@ -195,11 +206,15 @@ impl Respond<'_> {
 
     /// Writes what is left of the head, or of the current batch.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut parts: [&[u8]; GATHER + 4] = [&[]; GATHER + 4];
+        let mut parts: [&[u8]; GATHER + 5] = [&[]; GATHER + 5];
         let mut count = 0;
         if !self.head.is_empty() {
             parts[0] = &self.head;
             count = 1;
+        }
+        if !self.rest.is_empty() {
+            parts[count] = &self.rest;
+            count += 1;
         }
         if self.n > 0 {
             parts[count] = self.size.as_bytes();
@@ -216,7 +231,7 @@ impl Respond<'_> {
             count += 1;
         }
         let mut skip = self.written;
-        let mut slices = [IoSlice::new(&[]); GATHER + 4];
+        let mut slices = [IoSlice::new(&[]); GATHER + 5];
         let mut used = 0;
         for part in &parts[..count] {
             if skip >= part.len() {
@@ -258,6 +273,7 @@ impl Respond<'_> {
         }
         self.n = 0;
         self.written = 0;
+        self.rest = Bytes::new();
         self.last.then_some(if self.discarded {
             Ended::Gone
         } else {
@@ -298,6 +314,12 @@ impl Future for Respond<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
         let this = self.get_mut();
+        if let Some(lane) = &this.lane {
+            let rest = lane.writer_runs();
+            if !rest.is_empty() {
+                this.rest = rest;
+            }
+        }
         if !this.head.is_empty() {
             if this.frames.is_some() && this.n == 0 && !this.last && this.written == 0 {
                 // What the stream has ready now joins the head (before any of the head is
@@ -311,16 +333,22 @@ impl Future for Respond<'_> {
             if this.frames.is_none() {
                 return Poll::Ready(Ended::Complete);
             }
+            if let Some(lane) = &this.lane {
+                lane.attach(this.stream.clone());
+            }
             if let Some(ended) = this.flushed() {
                 return Poll::Ready(ended);
             }
         }
         loop {
-            if this.n == 0 && !this.last {
+            if this.n == 0 && !this.last && this.rest.is_empty() {
                 if this.peer_gone(cx) {
                     return Poll::Ready(Ended::Gone);
                 }
                 if !this.fill(cx) {
+                    if let Some(lane) = &this.lane {
+                        lane.writer_waits();
+                    }
                     return Poll::Pending;
                 }
             }
@@ -334,6 +362,29 @@ impl Future for Respond<'_> {
             }
         }
     }
+}
+
+impl Drop for Respond<'_> {
+    fn drop(&mut self) {
+        if let Some(lane) = &self.lane {
+            lane.detach();
+        }
+    }
+}
+
+/// Writes `frame` as one chunk (size line, frame, CRLF) into `buf`; its length, or `None`
+/// when it does not fit.
+pub(super) fn chunk_into(buf: &mut [u8], frame: &[u8]) -> Option<usize> {
+    let size = ChunkSize::new(frame.len());
+    let size = size.as_bytes();
+    let len = size.len() + frame.len() + CRLF.len();
+    let out = buf.get_mut(..len)?;
+    let (a, b) = out.split_at_mut(size.len());
+    a.copy_from_slice(size);
+    let (b, c) = b.split_at_mut(frame.len());
+    b.copy_from_slice(frame);
+    c.copy_from_slice(CRLF);
+    Some(len)
 }
 
 /// A chunk-size line (`1a2b\r\n`) without an allocation.
@@ -408,7 +459,7 @@ mod tests {
                 .set_send_buffer_size(1024)
                 .unwrap();
             let res = crate::stream::sse_response(Body::stream(futures_util::stream::iter(frames)));
-            respond(&sock, res, true).await
+            respond(&std::sync::Arc::new(sock), res, true).await
         });
         // A small receive window: the server's writes end part-way, often.
         let socket = tokio::net::TcpSocket::new_v4().unwrap();

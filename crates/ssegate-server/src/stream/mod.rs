@@ -229,10 +229,15 @@ impl Subscribe {
         if let Some(exp) = expires_at {
             session.expire_at_unix(exp);
         }
+        let lane = session.lane();
         let stream = futures_util::stream::unfold(session, move |mut s| {
             let span = span.clone();
             async move { s.next_frame().await.map(|frame| (frame, s)) }.instrument(span)
         });
-        sse_response(Body::stream(stream))
+        let mut res = sse_response(Body::stream(stream));
+        if let Some(lane) = lane {
+            res.extensions_mut().insert(lane);
+        }
+        res
     }
 }

@@ -33,12 +33,13 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ssegate_broker::{LiveRecv, LiveSubscription, ReadFrom, StoredEvent};
+use ssegate_broker::{Direct, LiveRecv, LiveSubscription, ReadFrom, StoredEvent};
 use ssegate_core::cursor::write_composite;
 use ssegate_core::sse::{self, SyncReason};
 use ssegate_core::{ChannelName, EntryId, Epoch, Position, StartFrom};
 use tokio::time::{Instant, Sleep};
 
+use crate::conn::{Lane, Live};
 use crate::metrics::CloseReason;
 use crate::state::{AppState, StreamGuard};
 
@@ -110,6 +111,9 @@ pub(crate) struct Session {
     finished: bool,
     next_poll: usize,
     buf: BytesMut,
+    /// For a one-channel stream with its own ids: where the hub may write its live events
+    /// while it waits (see `conn::lane`), as the lane and as the hub sees it.
+    lane: Option<(Arc<Lane>, Arc<dyn Direct>)>,
     _guard: StreamGuard,
 }
 
@@ -167,7 +171,7 @@ impl Session {
         ids: IdForm,
         channels: Vec<ChannelName>,
     ) -> Self {
-        let chans = channels
+        let chans: Vec<Chan> = channels
             .into_iter()
             .map(|name| Chan {
                 live: state.broker.subscribe(&name),
@@ -185,7 +189,13 @@ impl Session {
         tracing::debug!("stream opened");
         let heartbeat = Box::pin(tokio::time::sleep(state.settings.heartbeat_interval));
         let draining = Box::pin(state.lifecycle.draining());
+        let lane = (matches!(ids, IdForm::Single) && chans.len() == 1).then(|| {
+            let lane = Lane::new(state.clone());
+            let direct: Arc<dyn Direct> = lane.clone();
+            (lane, direct)
+        });
         Self {
+            lane,
             ids,
             epoch: None,
             chans,
@@ -206,6 +216,27 @@ impl Session {
             _guard: guard,
             state,
         }
+    }
+
+    /// The stream's lane, for the connection that writes it (see `conn::lane`).
+    pub(crate) fn lane(&self) -> Option<Arc<Lane>> {
+        self.lane.as_ref().map(|(lane, _)| lane.clone())
+    }
+
+    /// Where the hub may write this stream's next live event as is, when it may: one
+    /// channel with its own ids, live, nothing queued or buffered, not ending.
+    fn lane_live(&self) -> Option<Live> {
+        let c = self.chans.first()?;
+        let plain = self.lane.is_some()
+            && !self.finished
+            && self.pending.is_empty()
+            && self.buf.is_empty()
+            && !c.catching_up;
+        plain.then_some(Live {
+            cursor: c.cursor,
+            epoch: self.epoch?,
+            floor: c.live_floor,
+        })
     }
 
     /// Ends the stream at `exp` (Unix seconds), after an `event: token-expired`.
@@ -504,6 +535,9 @@ impl Session {
     async fn wait_live(&mut self) {
         let n = self.chans.len();
         let start = self.next_poll;
+        let live = self.lane_live();
+        let lane = self.lane.as_ref();
+        let last_write = &mut self.last_write;
         let chans = &mut self.chans;
         let woke = tokio::select! {
             biased;
@@ -513,17 +547,25 @@ impl Session {
             () = fire(&mut self.close_at) => Woke::Close,
             () = fire(&mut self.backoff) => Woke::Backoff,
             (i, recv) = poll_fn(|cx| {
+                // What the hub wrote while this waited comes first: the cursor it left.
+                lane_ran(lane, chans, last_write);
                 // Round-robin from where the last live event came, so that no channel of a
                 // multi-channel stream is starved by a busy one.
+                let direct = lane.map(|(_, d)| d);
                 for k in 0..n {
                     let i = (start + k) % n;
-                    if let Poll::Ready(r) = chans[i].live.poll_recv(cx) {
+                    if let Poll::Ready(r) = chans[i].live.poll_recv_or_direct(cx, direct) {
                         return Poll::Ready((i, r));
                     }
+                }
+                if let (Some((lane, _)), Some(live)) = (lane, live) {
+                    // Nothing came: the hub may write the next event itself.
+                    lane.session_waits(Live { cursor: chans[0].cursor, ..live });
                 }
                 Poll::Pending
             }) => Woke::Live(i, recv),
         };
+        lane_ran(self.lane.as_ref(), &mut self.chans, &mut self.last_write);
         match woke {
             Woke::Live(i, recv) => {
                 self.next_poll = (i + 1) % n.max(1);
@@ -584,11 +626,7 @@ impl Session {
             self.chans[i].cursor = ev.id;
             self.chans[i].shown = true;
             self.write_event(i, ev, false);
-            let m = &self.state.metrics;
-            m.delivered(1);
-            let now = ssegate_broker::clock::Clock::now_ms(&ssegate_broker::clock::SystemClock);
-            m.delivery_latency
-                .record(now.saturating_sub(ev.published_at_ms) as f64 / 1000.0);
+            self.state.metrics.delivered_live(ev.published_at_ms);
         }
     }
 
@@ -606,6 +644,24 @@ impl Session {
         } else {
             self.heartbeat.as_mut().reset(due);
         }
+    }
+}
+
+/// Takes the session's word back from its lane, and with it what the hub wrote meanwhile:
+/// the channel's cursor moves to the last event the hub wrote (each followed the one
+/// before, by the live rule) and the heartbeat counts from that write.
+fn lane_ran(
+    lane: Option<&(Arc<Lane>, Arc<dyn Direct>)>,
+    chans: &mut [Chan],
+    last_write: &mut Instant,
+) {
+    let Some((lane, _)) = lane else { return };
+    if let (Some((cursor, at)), Some(c)) = (lane.session_runs(), chans.first_mut()) {
+        if cursor > c.cursor {
+            c.cursor = cursor;
+            c.shown = true;
+        }
+        *last_write = (*last_write).max(at);
     }
 }
 

@@ -10,11 +10,14 @@ use crate::redis_server::RedisServer;
 
 const EVENTS: usize = 10_000;
 const DATA_BYTES: usize = 2048;
+/// Small enough that the hub writes each live event straight into an idle stream's
+/// socket (`conn::lane`), so the socket fills on that path, part-way through an event.
+const SMALL_DATA_BYTES: usize = 1000;
 const BATCH: usize = 250;
 const STALLED: usize = 4;
 
-async fn publish_all(node: &TestProcess) -> Vec<String> {
-    let pad = "x".repeat(DATA_BYTES - 16);
+async fn publish_all(node: &TestProcess, data_bytes: usize) -> Vec<String> {
+    let pad = "x".repeat(data_bytes - 16);
     let mut ids = Vec::with_capacity(EVENTS);
     for start in (0..EVENTS).step_by(BATCH) {
         let events: Vec<serde_json::Value> = (start..start + BATCH)
@@ -36,7 +39,11 @@ async fn stats(node: &TestProcess) -> serde_json::Value {
 
 /// Runs the flood on a fresh node with `stalled` subscribers that read nothing until it
 /// is over; returns the node's RSS growth (KiB) and the subscribers.
-async fn flood(stalled: usize, env: &[(&str, &str)]) -> (u64, TestProcess, Vec<Connection>) {
+async fn flood(
+    stalled: usize,
+    env: &[(&str, &str)],
+    data_bytes: usize,
+) -> (u64, TestProcess, Vec<Connection>) {
     let mut all = vec![("SSEGATE_LIVE_BACKLOG", "64")];
     all.extend_from_slice(env);
     let node = spawn_process(&all).await;
@@ -52,21 +59,29 @@ async fn flood(stalled: usize, env: &[(&str, &str)]) -> (u64, TestProcess, Vec<C
         subs.push(conn);
     }
     let before = node.rss_kib();
-    publish_all(&node).await;
+    publish_all(&node, data_bytes).await;
     let after = node.rss_kib();
     (after.saturating_sub(before), node, subs)
 }
 
 #[tokio::test]
 async fn a_stalled_subscriber_keeps_memory_bounded_and_catches_up_in_order() {
-    stalled_readers(&[]).await;
+    stalled_readers(&[], DATA_BYTES).await;
+}
+
+/// The same with events the hub writes directly: the sockets fill on that path (in a
+/// run seen here, once part-way through an event, whose rest then went first), and every
+/// frame arrives whole.
+#[tokio::test]
+async fn a_subscriber_stalled_on_direct_writes_gets_every_event_whole_and_in_order() {
+    stalled_readers(&[], SMALL_DATA_BYTES).await;
 }
 
 #[tokio::test]
 async fn over_redis_a_stalled_subscriber_keeps_memory_bounded_and_catches_up_in_order() {
     let redis = RedisServer::start(false).await;
     let url = redis.url();
-    stalled_readers(&[("SSEGATE_REDIS_URL", &url)]).await;
+    stalled_readers(&[("SSEGATE_REDIS_URL", &url)], DATA_BYTES).await;
     let len = redis.cmd(&["XLEN", "ssegate:{flood}:s"]).await;
     assert_eq!(
         len,
@@ -75,17 +90,17 @@ async fn over_redis_a_stalled_subscriber_keeps_memory_bounded_and_catches_up_in_
     );
 }
 
-async fn stalled_readers(env: &[(&str, &str)]) {
+async fn stalled_readers(env: &[(&str, &str)], data_bytes: usize) {
     // The same flood with and without stalled readers: history costs the same in both,
     // so the difference is what stalled readers cost. Buffering the flood for each of
     // them would cost STALLED x 20 MiB; the bound is less than what one of them would
     // cost (measured here: 1-7 MiB for all four, mostly Redis client buffers and hyper's
     // bounded write buffers).
-    let (baseline, base_node, _) = flood(0, env).await;
+    let (baseline, base_node, _) = flood(0, env, data_bytes).await;
     drop(base_node);
-    let (with_stalled, node, mut subs) = flood(STALLED, env).await;
+    let (with_stalled, node, mut subs) = flood(STALLED, env, data_bytes).await;
     let extra_kib = with_stalled.saturating_sub(baseline);
-    let flood_kib = (EVENTS * DATA_BYTES / 1024) as u64;
+    let flood_kib = (EVENTS * data_bytes / 1024) as u64;
     eprintln!("stalled readers cost {extra_kib} KiB over a baseline growth of {baseline} KiB");
     assert!(
         extra_kib < flood_kib,

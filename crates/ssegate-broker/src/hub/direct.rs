@@ -1,0 +1,298 @@
+//! Direct delivery: a send writes an event to a waiting subscriber's connection itself,
+//! instead of waking the subscriber's task to do it.
+//!
+//! Fan-out of one event to thousands of idle streams was one task wake-up, one poll and
+//! one ring lock per stream on top of the write the kernel needs (issue 16 part 4: about
+//! twice the CPU of a loop that only writes). A subscriber that waits with nothing else
+//! to do can hand the hub a [`Direct`]: the send then offers it the event, outside the
+//! ring's lock, and a taken event counts as read by that subscriber, whose task stays
+//! asleep.
+//!
+//! # Rule
+//!
+//! **The hub never decides what a stream shows; it only asks.** [`Direct::offer`] must
+//! take an event only when its subscriber's own task would have written exactly that
+//! event next, and must not block (it runs on the sending task, once per waiting
+//! subscriber). Anything else is [`Offer::Declined`] and the subscriber is woken as
+//! before, so a declined offer costs what a send cost without this module.
+//!
+//! A taken event moves the subscriber's position past it (unless its task read it in
+//! the meantime: positions only move forward, and each entry's unread count drops once
+//! per subscriber). The subscriber goes back to waiting, or is woken when more entries
+//! arrived while the offers ran (they were not offered to it: it was not parked), when
+//! the offer asked for it, or when its slot changed hands.
+
+use std::sync::MutexGuard;
+
+use crate::event::StoredEvent;
+use crate::lock;
+
+use super::{NOT_PARKED, Parked, Ring, RingState};
+
+/// Where a waiting subscriber's next event may be written without waking it.
+pub trait Direct: Send + Sync + std::fmt::Debug + 'static {
+    /// Offered `event`, the next entry for this subscriber: take it (written, so the
+    /// subscriber's task must not write it again) or decline it. Must not block.
+    fn offer(&self, event: &StoredEvent) -> Offer;
+}
+
+/// What [`Direct::offer`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Not taken: the subscriber's task is woken and reads it from the ring.
+    Declined,
+    /// Taken; the subscriber keeps waiting.
+    Taken,
+    /// Taken, and the subscriber's task must run (it has something left to finish).
+    TakenWake,
+}
+
+impl Ring {
+    /// Offers entry `seq` (`event`) to each subscriber in `woken` (taken out of the
+    /// parked list, the lock released), wakes those that decline, and credits and parks
+    /// again those that took it. Returns the ring's state locked, `woken` emptied.
+    pub(super) fn deliver_direct(
+        &self,
+        event: &StoredEvent,
+        seq: u64,
+        woken: &mut Vec<Parked>,
+    ) -> MutexGuard<'_, RingState> {
+        let mut taken = 0usize;
+        for p in woken.iter_mut() {
+            p.offer = p
+                .direct
+                .as_ref()
+                .map_or(Offer::Declined, |d| d.offer(event));
+            if p.offer == Offer::Declined {
+                p.waker.wake_by_ref();
+            } else {
+                taken += 1;
+            }
+        }
+        let mut st = lock(&self.state);
+        if taken == 0 {
+            woken.clear();
+            return st;
+        }
+        // Woken after the lock is released; allocated only when some subscriber must run.
+        let mut wake = Vec::new();
+        let tail = st.tail();
+        for p in woken.drain(..) {
+            if p.offer == Offer::Declined {
+                continue;
+            }
+            let sub = st.subs[p.id as usize];
+            if sub.generation != p.generation {
+                // It left (its leaving counted what it had not read): nothing to credit.
+                continue;
+            }
+            if sub.next == seq {
+                st.subs[p.id as usize].next = seq + 1;
+                if let Some(at) = seq.checked_sub(st.head) {
+                    if let Some(entry) = st.entries.get_mut(at as usize) {
+                        entry.unread -= 1;
+                    }
+                }
+            }
+            if sub.parked != NOT_PARKED {
+                // Its task ran meanwhile and is waiting again, with its own waker.
+                continue;
+            }
+            if p.offer == Offer::TakenWake || st.subs[p.id as usize].next < tail {
+                wake.push(p.waker);
+            } else {
+                st.put_parked(p);
+            }
+        }
+        st.release_read();
+        if !wake.is_empty() {
+            drop(st);
+            for w in wake {
+                w.wake();
+            }
+            st = lock(&self.state);
+        }
+        st
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use ssegate_core::ChannelName;
+
+    use super::*;
+    use crate::hub::tests::ev;
+    use crate::hub::{Hub, LiveRecv, LiveSubscription};
+
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A `Direct` that answers `answer` and, while it answers, runs `during`.
+    type During = Box<dyn Fn(&StoredEvent) + Send + Sync>;
+    struct Sink {
+        answer: Offer,
+        taken: Mutex<Vec<u64>>,
+        during: Mutex<Option<During>>,
+    }
+    impl std::fmt::Debug for Sink {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Sink")
+        }
+    }
+    impl Direct for Sink {
+        fn offer(&self, event: &StoredEvent) -> Offer {
+            if let Some(during) = self.during.lock().unwrap().take() {
+                during(event);
+            }
+            if self.answer != Offer::Declined {
+                self.taken.lock().unwrap().push(event.id.ms);
+            }
+            self.answer
+        }
+    }
+    fn sink(answer: Offer) -> Arc<Sink> {
+        Arc::new(Sink {
+            answer,
+            taken: Mutex::default(),
+            during: Mutex::default(),
+        })
+    }
+
+    fn poll(sub: &mut LiveSubscription, wakes: &Arc<Wakes>, d: &Arc<Sink>) -> Option<u64> {
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let d: Arc<dyn Direct> = d.clone();
+        match sub.poll_recv_or_direct(&mut cx, Some(&d)) {
+            Poll::Ready(LiveRecv::Event(e)) => Some(e.id.ms),
+            Poll::Ready(other) => panic!("{other:?}"),
+            Poll::Pending => None,
+        }
+    }
+
+    fn held(hub: &Hub, ch: &ChannelName) -> usize {
+        hub.ring_size(ch).map_or(0, |(n, _)| n)
+    }
+
+    #[test]
+    fn a_taken_event_is_not_read_again_and_its_subscriber_sleeps_on() {
+        let hub = Hub::new(8, usize::MAX, None);
+        let ch = ChannelName::new("d").unwrap();
+        let mut sub = hub.subscribe(&ch);
+        let (wakes, d) = (Arc::new(Wakes::default()), sink(Offer::Taken));
+        assert_eq!(poll(&mut sub, &wakes, &d), None);
+        for n in 1..=3 {
+            hub.send(ev(&ch, n));
+        }
+        assert_eq!(
+            *d.taken.lock().unwrap(),
+            vec![1, 2, 3],
+            "each offered, in order"
+        );
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "never woken");
+        assert_eq!(held(&hub, &ch), 0, "every entry released");
+        assert_eq!(poll(&mut sub, &wakes, &d), None, "nothing to read twice");
+    }
+
+    #[test]
+    fn a_declined_event_wakes_its_subscriber_and_is_read() {
+        let hub = Hub::new(8, usize::MAX, None);
+        let ch = ChannelName::new("d").unwrap();
+        let mut sub = hub.subscribe(&ch);
+        let (wakes, d) = (Arc::new(Wakes::default()), sink(Offer::Declined));
+        assert_eq!(poll(&mut sub, &wakes, &d), None);
+        hub.send(ev(&ch, 1));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(poll(&mut sub, &wakes, &d), Some(1));
+        assert_eq!(held(&hub, &ch), 0);
+    }
+
+    #[test]
+    fn a_subscriber_that_must_finish_something_is_woken_without_the_event() {
+        let hub = Hub::new(8, usize::MAX, None);
+        let ch = ChannelName::new("d").unwrap();
+        let mut sub = hub.subscribe(&ch);
+        let (wakes, d) = (Arc::new(Wakes::default()), sink(Offer::TakenWake));
+        assert_eq!(poll(&mut sub, &wakes, &d), None);
+        hub.send(ev(&ch, 1));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(poll(&mut sub, &wakes, &d), None, "1 was taken");
+    }
+
+    /// An event sent while another is being offered is not offered (the subscriber was
+    /// not parked): it is woken for it, and reads exactly it.
+    #[test]
+    fn an_event_sent_during_an_offer_wakes_the_subscriber_for_it() {
+        let hub = Hub::new(8, usize::MAX, None);
+        let ch = ChannelName::new("d").unwrap();
+        let mut sub = hub.subscribe(&ch);
+        let (wakes, d) = (Arc::new(Wakes::default()), sink(Offer::Taken));
+        let (h, c) = (hub.clone(), ch.clone());
+        *d.during.lock().unwrap() = Some(Box::new(move |_| h.send(ev(&c, 2))));
+        assert_eq!(poll(&mut sub, &wakes, &d), None);
+        hub.send(ev(&ch, 1));
+        assert_eq!(*d.taken.lock().unwrap(), vec![1]);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(poll(&mut sub, &wakes, &d), Some(2));
+        assert_eq!(poll(&mut sub, &wakes, &d), None);
+        assert_eq!(held(&hub, &ch), 0);
+    }
+
+    /// A subscriber that reads the entry itself while it is offered (its task ran) is
+    /// not credited twice, and one that leaves meanwhile is not credited at all: the
+    /// other subscriber's reads still release every entry.
+    #[test]
+    fn reads_and_departures_during_an_offer_count_once() {
+        for leave in [false, true] {
+            let hub = Hub::new(8, usize::MAX, None);
+            let ch = ChannelName::new("d").unwrap();
+            let sub = Arc::new(Mutex::new(Some(hub.subscribe(&ch))));
+            let mut other = hub.subscribe(&ch);
+            let (wakes, d) = (Arc::new(Wakes::default()), sink(Offer::Taken));
+            let s = sub.clone();
+            let w = wakes.clone();
+            let d2 = d.clone();
+            *d.during.lock().unwrap() = Some(Box::new(move |_| {
+                let mut s = s.lock().unwrap();
+                if leave {
+                    *s = None;
+                } else {
+                    let got = poll(s.as_mut().unwrap(), &w, &d2);
+                    assert_eq!(got, Some(1));
+                }
+            }));
+            assert_eq!(
+                poll(sub.lock().unwrap().as_mut().unwrap(), &wakes, &d),
+                None
+            );
+            hub.send(ev(&ch, 1));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(matches!(
+                other.poll_recv(&mut cx),
+                Poll::Ready(LiveRecv::Event(_))
+            ));
+            assert_eq!(held(&hub, &ch), 0, "leave={leave}");
+            hub.send(ev(&ch, 2));
+            if !leave {
+                assert_eq!(
+                    poll(sub.lock().unwrap().as_mut().unwrap(), &wakes, &d),
+                    None
+                );
+                assert_eq!(*d.taken.lock().unwrap(), vec![1, 2]);
+            }
+            assert!(matches!(
+                other.poll_recv(&mut cx),
+                Poll::Ready(LiveRecv::Event(_))
+            ));
+            assert_eq!(held(&hub, &ch), 0, "leave={leave}");
+        }
+    }
+}
