@@ -16,18 +16,29 @@
 //! subscriber). Anything else is [`Offer::Declined`] and the subscriber is woken as
 //! before, so a declined offer costs what a send cost without this module.
 //!
+//! # Where the offers run
+//!
+//! A send to at most [`INLINE_OFFERS`] waiting subscribers makes its offers itself (a few
+//! non-blocking writes). A larger one hands them to a task of its own, which yields every
+//! [`OFFERS_PER_YIELD`] offers: a send may be made under a broker's lock (the embedded
+//! broker's channel log) or on the Redis pub/sub reader, and thousands of writes (about
+//! 4 µs each on loopback) must hold neither. Order is kept without more: a subscriber is
+//! in one send's list at a time, and is parked again only once it has read up to the
+//! ring's tail. That task ends when its offers are settled; it is the one task this
+//! crate spawns that belongs to no connection (CONTRIBUTING.md, "a task").
+//!
 //! A taken event moves the subscriber's position past it (unless its task read it in
 //! the meantime: positions only move forward, and each entry's unread count drops once
 //! per subscriber). The subscriber goes back to waiting, or is woken when more entries
 //! arrived while the offers ran (they were not offered to it: it was not parked), when
 //! the offer asked for it, or when its slot changed hands.
 
-use std::sync::MutexGuard;
+use std::sync::Arc;
 
 use crate::event::StoredEvent;
 use crate::lock;
 
-use super::{NOT_PARKED, Parked, Ring, RingState};
+use super::{NOT_PARKED, Parked, Ring};
 
 /// Where a waiting subscriber's next event may be written without waking it.
 pub trait Direct: Send + Sync + std::fmt::Debug + 'static {
@@ -47,33 +58,44 @@ pub enum Offer {
     TakenWake,
 }
 
+/// A send with at most this many waiting subscribers makes its offers itself; one with
+/// more hands them to a task of its own (see the module docs).
+pub(super) const INLINE_OFFERS: usize = 64;
+/// Offers that task makes between yields to the runtime.
+const OFFERS_PER_YIELD: usize = 256;
+
 impl Ring {
     /// Offers entry `seq` (`event`) to each subscriber in `woken` (taken out of the
     /// parked list, the lock released), wakes those that decline, and credits and parks
-    /// again those that took it. Returns the ring's state locked, `woken` emptied.
+    /// again those that took it; then recycles `woken` as the ring's spare list.
     pub(super) fn deliver_direct(
-        &self,
-        event: &StoredEvent,
+        self: &Arc<Self>,
+        event: Arc<StoredEvent>,
         seq: u64,
-        woken: &mut Vec<Parked>,
-    ) -> MutexGuard<'_, RingState> {
-        let mut taken = 0usize;
-        for p in woken.iter_mut() {
-            p.offer = p
-                .direct
-                .as_ref()
-                .map_or(Offer::Declined, |d| d.offer(event));
-            if p.offer == Offer::Declined {
-                p.waker.wake_by_ref();
-            } else {
-                taken += 1;
+        woken: Vec<Parked>,
+    ) {
+        let mut woken = woken;
+        if woken.len() > INLINE_OFFERS {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let ring = self.clone();
+                rt.spawn(async move {
+                    for part in woken.chunks_mut(OFFERS_PER_YIELD) {
+                        offer_all(&event, part);
+                        tokio::task::yield_now().await;
+                    }
+                    ring.settle(seq, woken);
+                });
+                return;
             }
         }
+        offer_all(&event, &mut woken);
+        self.settle(seq, woken);
+    }
+
+    /// Credits entry `seq` to the subscribers in `woken` that took it and parks them
+    /// again (or wakes them, when more arrived meanwhile or the offer asked for it).
+    fn settle(&self, seq: u64, mut woken: Vec<Parked>) {
         let mut st = lock(&self.state);
-        if taken == 0 {
-            woken.clear();
-            return st;
-        }
         // Woken after the lock is released; allocated only when some subscriber must run.
         let mut wake = Vec::new();
         let tail = st.tail();
@@ -105,14 +127,24 @@ impl Ring {
             }
         }
         st.release_read();
-        if !wake.is_empty() {
-            drop(st);
-            for w in wake {
-                w.wake();
-            }
-            st = lock(&self.state);
+        st.recycle(woken);
+        drop(st);
+        for w in wake {
+            w.wake();
         }
-        st
+    }
+}
+
+/// Offers `event` to each of `woken` and wakes those that decline.
+fn offer_all(event: &StoredEvent, woken: &mut [Parked]) {
+    for p in woken {
+        p.offer = p
+            .direct
+            .as_ref()
+            .map_or(Offer::Declined, |d| d.offer(event));
+        if p.offer == Offer::Declined {
+            p.waker.wake_by_ref();
+        }
     }
 }
 
@@ -294,5 +326,103 @@ mod tests {
             ));
             assert_eq!(held(&hub, &ch), 0, "leave={leave}");
         }
+    }
+
+    /// A subscriber whose task reads the offered entry and waits again during the offer
+    /// is in the parked list once, and the next event is offered to it once.
+    #[test]
+    fn a_subscriber_that_waits_again_during_an_offer_is_parked_once() {
+        let hub = Hub::new(8, usize::MAX, None);
+        let ch = ChannelName::new("d").unwrap();
+        let sub = Arc::new(Mutex::new(hub.subscribe(&ch)));
+        let (wakes, d) = (Arc::new(Wakes::default()), sink(Offer::Taken));
+        let (s, w, d2) = (sub.clone(), wakes.clone(), d.clone());
+        *d.during.lock().unwrap() = Some(Box::new(move |_| {
+            let mut s = s.lock().unwrap();
+            assert_eq!(poll(&mut s, &w, &d2), Some(1), "its task read it");
+            assert_eq!(poll(&mut s, &w, &d2), None, "and waits again");
+        }));
+        assert_eq!(poll(&mut sub.lock().unwrap(), &wakes, &d), None);
+        hub.send(ev(&ch, 1));
+        let ring = hub.ring(&ch).unwrap();
+        assert_eq!(lock(&ring.state).parked.len(), 1, "parked once");
+        hub.send(ev(&ch, 2));
+        assert_eq!(*d.taken.lock().unwrap(), vec![1, 2], "offered once each");
+    }
+
+    /// A subscriber leaves during the offer and a new one gets its slot: the new one is
+    /// not parked with the old one's `Direct` (which would take its events).
+    #[test]
+    fn a_slot_taken_over_during_an_offer_keeps_nothing_of_the_old_subscriber() {
+        let hub = Hub::new(8, usize::MAX, None);
+        let ch = ChannelName::new("d").unwrap();
+        let old = Arc::new(Mutex::new(Some(hub.subscribe(&ch))));
+        // Keeps the ring, and so the slot, alive across the departure.
+        let mut keep = hub.subscribe(&ch);
+        let newer: Arc<Mutex<Option<LiveSubscription>>> = Arc::default();
+        let (wakes, d) = (Arc::new(Wakes::default()), sink(Offer::Taken));
+        let (o, n, h, c) = (old.clone(), newer.clone(), hub.clone(), ch.clone());
+        *d.during.lock().unwrap() = Some(Box::new(move |_| {
+            *o.lock().unwrap() = None;
+            *n.lock().unwrap() = Some(h.subscribe(&c));
+        }));
+        assert_eq!(
+            poll(old.lock().unwrap().as_mut().unwrap(), &wakes, &d),
+            None
+        );
+        hub.send(ev(&ch, 1));
+        hub.send(ev(&ch, 2));
+        assert_eq!(
+            *d.taken.lock().unwrap(),
+            vec![1],
+            "2 is not the old Direct's"
+        );
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut newer = newer.lock().unwrap();
+        match newer.as_mut().unwrap().poll_recv(&mut cx) {
+            Poll::Ready(LiveRecv::Event(e)) => assert_eq!(e.id.ms, 2),
+            other => panic!("{other:?}"),
+        }
+        let _ = keep.poll_recv(&mut cx);
+    }
+
+    /// More than `INLINE_OFFERS` waiting subscribers: the send returns before any offer
+    /// (they run on a task of their own), and then every one is taken, none woken.
+    #[tokio::test]
+    async fn a_large_send_makes_its_offers_on_a_task_of_its_own() {
+        let hub = Hub::new(8, usize::MAX, None);
+        let ch = ChannelName::new("d").unwrap();
+        let n = INLINE_OFFERS * 5 + 1;
+        let wakes = Arc::new(Wakes::default());
+        let mut subs: Vec<_> = (0..n)
+            .map(|_| (hub.subscribe(&ch), sink(Offer::Taken)))
+            .collect();
+        for (sub, d) in &mut subs {
+            assert_eq!(poll(sub, &wakes, d), None);
+        }
+        hub.send(ev(&ch, 1));
+        let offered = |subs: &[(LiveSubscription, Arc<Sink>)]| {
+            subs.iter()
+                .filter(|(_, d)| !d.taken.lock().unwrap().is_empty())
+                .count()
+        };
+        assert_eq!(offered(&subs), 0, "not on the sender");
+        for _ in 0..1000 {
+            if held(&hub, &ch) == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(offered(&subs), n);
+        assert_eq!(held(&hub, &ch), 0, "every subscriber credited");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        hub.send(ev(&ch, 2));
+        for _ in 0..1000 {
+            if held(&hub, &ch) == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(subs.iter().all(|(_, d)| *d.taken.lock().unwrap() == [1, 2]));
     }
 }

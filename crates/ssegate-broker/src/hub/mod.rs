@@ -34,7 +34,8 @@
 //! A send takes the whole list of parked subscribers under the lock, swapping in an
 //! emptied list kept from the previous send, and after releasing it offers the event to
 //! each one's `Direct` and wakes those that decline ([`direct`]), so fan-out to thousands
-//! of subscribers allocates nothing per event and never wakes or writes under the lock. A receive is one short critical
+//! of subscribers allocates nothing per subscriber and never wakes or writes under the
+//! lock (a send to many hands its offers to one task of their own). A receive is one short critical
 //! section: check the position, clone one `Arc`. Nothing is held across an `.await`.
 
 mod direct;
@@ -264,6 +265,13 @@ impl RingState {
         }
     }
 
+    /// Keeps an emptied list a send took as the next send's, when it is the larger.
+    fn recycle(&mut self, list: Vec<Parked>) {
+        if self.spare.capacity() < list.capacity() {
+            self.spare = list;
+        }
+    }
+
     /// Adds `p` to the parked list (its subscriber is not in it).
     fn put_parked(&mut self, p: Parked) {
         self.subs[p.id as usize].parked = u32::try_from(self.parked.len()).unwrap_or(u32::MAX);
@@ -290,8 +298,9 @@ struct Ring {
 }
 
 impl Ring {
-    /// Appends an entry for every joined subscriber and wakes those that wait.
-    fn push(&self, msg: HubMsg, limits: Limits) {
+    /// Appends an entry for every joined subscriber and hands it to those that wait
+    /// (written directly, or woken).
+    fn push(self: &Arc<Self>, msg: HubMsg, limits: Limits) {
         let mut st = lock(&self.state);
         match &msg {
             HubMsg::Event(ev) => {
@@ -325,17 +334,14 @@ impl Ring {
             st.subs[p.id as usize].parked = NOT_PARKED;
         }
         drop(st);
-        let mut st = match direct {
-            Some(ev) => self.deliver_direct(&ev, seq, &mut woken),
+        match direct {
+            Some(ev) => self.deliver_direct(ev, seq, woken),
             None => {
                 for p in woken.drain(..) {
                     p.waker.wake();
                 }
-                lock(&self.state)
+                lock(&self.state).recycle(woken);
             }
-        };
-        if st.spare.capacity() < woken.capacity() {
-            st.spare = woken;
         }
     }
 }

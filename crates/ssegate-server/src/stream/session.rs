@@ -236,6 +236,7 @@ impl Session {
             cursor: c.cursor,
             epoch: self.epoch?,
             floor: c.live_floor,
+            until: self.expiry.as_ref().map(|t| t.deadline()),
         })
     }
 
@@ -551,14 +552,15 @@ impl Session {
                 lane_ran(lane, chans, last_write);
                 // Round-robin from where the last live event came, so that no channel of a
                 // multi-channel stream is starved by a busy one.
-                let direct = lane.map(|(_, d)| d);
+                let lent = lane.filter(|(l, _)| l.attached());
+                let direct = lent.map(|(_, d)| d);
                 for k in 0..n {
                     let i = (start + k) % n;
                     if let Poll::Ready(r) = chans[i].live.poll_recv_or_direct(cx, direct) {
                         return Poll::Ready((i, r));
                     }
                 }
-                if let (Some((lane, _)), Some(live)) = (lane, live) {
+                if let (Some((lane, _)), Some(live)) = (lent, live) {
                     // Nothing came: the hub may write the next event itself.
                     lane.session_waits(Live { cursor: chans[0].cursor, ..live });
                 }

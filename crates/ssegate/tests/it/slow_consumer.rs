@@ -28,6 +28,48 @@ async fn publish_all(node: &TestProcess, data_bytes: usize) -> Vec<String> {
     ids
 }
 
+/// `n` streams of the flood channel, open (each has its head).
+async fn subscribe(node: &TestProcess, n: usize) -> Vec<Connection> {
+    let mut subs = Vec::new();
+    for _ in 0..n {
+        let conn = Connection::open(
+            &node.url("/v1/channels/flood/events"),
+            &ConnectOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(conn.status(), StatusCode::OK);
+        subs.push(conn);
+    }
+    subs
+}
+
+/// Reads the whole flood from `conn`: every event, in order, exactly once. With
+/// `pause_every`, the reader stops for 20 ms every that many events (a client busy
+/// elsewhere), so that its socket fills and empties while events arrive.
+async fn read_all(conn: &mut Connection, pause_every: Option<usize>) {
+    let mut next = 0usize;
+    while next < EVENTS {
+        if pause_every.is_some_and(|k| next % k == 0) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let item = tokio::time::timeout(WAIT, conn.next_item())
+            .await
+            .unwrap()
+            .unwrap();
+        match item {
+            Some(Item::Event(e)) => {
+                assert_ne!(e.event, "sync-required", "history still holds everything");
+                let n: usize = e.data[..8].parse().unwrap();
+                assert_eq!(n, next, "in order, nothing skipped or repeated");
+                next += 1;
+            }
+            Some(_) => {}
+            None => panic!("stream ended at {next}"),
+        }
+    }
+}
+
 async fn stats(node: &TestProcess) -> serde_json::Value {
     let admin = node.admin.unwrap();
     let res = HttpClient::new()
@@ -47,17 +89,7 @@ async fn flood(
     let mut all = vec![("SSEGATE_LIVE_BACKLOG", "64")];
     all.extend_from_slice(env);
     let node = spawn_process(&all).await;
-    let mut subs = Vec::new();
-    for _ in 0..stalled {
-        let conn = Connection::open(
-            &node.url("/v1/channels/flood/events"),
-            &ConnectOptions::default(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(conn.status(), StatusCode::OK);
-        subs.push(conn);
-    }
+    let subs = subscribe(&node, stalled).await;
     let before = node.rss_kib();
     publish_all(&node, data_bytes).await;
     let after = node.rss_kib();
@@ -109,23 +141,7 @@ async fn stalled_readers(env: &[(&str, &str)], data_bytes: usize) {
 
     // Now they read: every event, in order, exactly once.
     for conn in &mut subs {
-        let mut next = 0usize;
-        while next < EVENTS {
-            let item = tokio::time::timeout(WAIT, conn.next_item())
-                .await
-                .unwrap()
-                .unwrap();
-            match item {
-                Some(Item::Event(e)) => {
-                    assert_ne!(e.event, "sync-required", "history still holds everything");
-                    let n: usize = e.data[..8].parse().unwrap();
-                    assert_eq!(n, next, "in order, nothing skipped or repeated");
-                    next += 1;
-                }
-                Some(_) => {}
-                None => panic!("stream ended at {next}"),
-            }
-        }
+        read_all(conn, None).await;
     }
     // A stalled reader's session is not polled while its socket is full, so it notices
     // that live delivery lapped it only when it writes again: count after the reading.
@@ -134,4 +150,25 @@ async fn stalled_readers(env: &[(&str, &str)], data_bytes: usize) {
         s["slow_consumer_catchups"].as_u64().unwrap() >= STALLED as u64,
         "the stalled readers fell behind live and were caught up from history: {s}"
     );
+}
+
+/// Readers that fall behind and catch up again and again while events keep coming: the
+/// hub's direct writes and each stream's own writes (catch-up pages, the rest of a
+/// partial write, live events the lane declined) take turns on the same sockets, and
+/// every frame still arrives whole, in order, once.
+#[tokio::test]
+async fn readers_that_lag_while_events_keep_coming_get_every_event_whole_and_in_order() {
+    let node = spawn_process(&[("SSEGATE_LIVE_BACKLOG", "64")]).await;
+    let subs = subscribe(&node, STALLED).await;
+    let readers: Vec<_> = subs
+        .into_iter()
+        .enumerate()
+        .map(|(r, mut conn)| {
+            tokio::spawn(async move { read_all(&mut conn, Some(400 + 150 * r)).await })
+        })
+        .collect();
+    publish_all(&node, SMALL_DATA_BYTES).await;
+    for reader in readers {
+        reader.await.unwrap();
+    }
 }
