@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use deadpool::managed::{Object, PoolError, TimeoutType};
 use redis::Value;
-use redis::aio::MultiplexedConnection;
 
 use super::cluster::{Call, Lua, Request, Resend, RouteError, Routed, Router, slots};
 use super::pooled;
@@ -57,10 +56,14 @@ pub(crate) enum Ran {
 }
 
 impl Ran {
-    pub(crate) fn conn(&mut self) -> &mut MultiplexedConnection {
+    /// Runs `cmd` on the connection the script ran on.
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
         match self {
-            Self::Pooled(o) => &mut o.conn,
-            Self::Routed(r) => r.conn(),
+            Self::Pooled(o) => cmd.query_async(&mut o.conn).await,
+            Self::Routed(r) => cmd.query_async(r.conn()).await,
         }
     }
 

@@ -25,13 +25,14 @@
 //! - [`cluster`]: slot routing, the slot map, sharded pub/sub.
 //! - [`primary`], [`pubsub`]: the primary and its pub/sub connection (standalone, Sentinel).
 //! - [`pooled`]: the pool of command connections to the primary, checked without a round
-//!   trip.
+//!   trip; [`plain`]: such a connection, driven by its user's task.
 //! - [`keys`], [`scripts`], [`codec`]: the key layout, the Lua scripts, reply decoding.
 
 mod cluster;
 mod codec;
 mod exec;
 mod keys;
+mod plain;
 mod pooled;
 pub use pooled::PING_IDLE_AFTER;
 mod primary;
@@ -94,16 +95,14 @@ pub struct RedisConfig {
 impl RedisConfig {
     /// The most descriptors for Redis connections this configuration holds at once, for
     /// the node's file budget. One primary (fixed or named by sentinels): the command
-    /// pool, two each (a socket and the duplicate its liveness is read from, see
-    /// `pooled`). A
-    /// cluster: a command and a pub/sub connection for each of up to
+    /// pool, one each (see `pooled`). A cluster: a command and a pub/sub connection for each of up to
     /// [`CLUSTER_PRIMARIES_BUDGETED`] primaries (a map with more is logged, see
     /// `cluster::Router`), and the publishes' own connections when they `WAIT`. What
     /// either adds briefly (a pub/sub or sentinel connection, a reconnect that overlaps
     /// the connection being closed) is the caller's margin.
     pub fn connections(&self) -> usize {
         if self.cluster.is_empty() {
-            return 2 * self.pool_size;
+            return self.pool_size;
         }
         let own = if self.min_replicas > 0 {
             self.pool_size

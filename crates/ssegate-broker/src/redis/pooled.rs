@@ -10,40 +10,40 @@
 //! the truth. Asking Redis with a `PING` at every checkout finds it, but doubles the round
 //! trips of every publish and every read.
 //!
-//! So a plain TCP connection is opened over a socket of ours, and a busy connection's
-//! checkout reads its state from the kernel instead: the connection's driver task is still
-//! running, and a non-blocking one-byte `MSG_PEEK` on a duplicate of the socket finds
-//! neither the end of the stream nor an error. Redis's close arrives before anything it
-//! could send after it, so a connection Redis closed before a checkout is never handed out.
+//! So a plain TCP connection is a socket of ours, driven by its user's task ([`Plain`]),
+//! and a busy connection's checkout reads its state from the kernel instead: no request's
+//! reply is outstanding on it, and a non-blocking one-byte `MSG_PEEK` finds neither the
+//! end of the stream nor an error. Redis's close arrives before anything it could send
+//! after it, so a connection Redis closed before a checkout is never handed out.
 //!
 //! The kernel only knows of a close that reached it. A peer that vanished without one (a
 //! NAT or load balancer that dropped an idle flow, a crashed or partitioned host, a frozen
 //! Redis) looks open, so Redis is still asked with `PING` when the kernel cannot vouch:
 //! when the connection sat unused for longer than [`PING_IDLE_AFTER`] (a busy node does
-//! not pay for it, an idle one has round trips to spare), when its last command failed or
-//! got no reply in time ([`Conn::suspect`]), when bytes wait on it unread (a late reply,
-//! with perhaps a close behind it), and always over TLS or a Unix socket, which redis-rs
-//! opens. A peer lost while the connection is busy is found by the command itself: it
+//! not pay for it, an idle one has round trips to spare), when its last command failed
+//! ([`Conn::suspect`]), and always over TLS or a Unix socket, which redis-rs opens. A
+//! connection is dropped instead, without a word to Redis, when a reply on it was not read
+//! (its command timed out: the late reply would be taken for the next one's) or bytes no
+//! request asked for wait on it. A peer lost while the connection is busy is found by the command itself: it
 //! fails, and a publish is answered `504 publish_outcome_unknown`, as it must when the
 //! script may have run.
 //!
-//! Each socket connection holds two file descriptors (the socket and its duplicate) and
-//! one driver task, which its [`Conn`] owns: dropping the connection aborts the task.
-//! There are at most `SSEGATE_REDIS_POOL_SIZE` of them.
+//! Each connection holds one file descriptor (a TLS or Unix one also a redis-rs driver
+//! task, which ends with it). There are at most `SSEGATE_REDIS_POOL_SIZE` of them.
 
 use std::io;
-use std::net::TcpStream as StdTcpStream;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use futures_util::FutureExt;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::io::tcp::TcpSettings;
-use redis::{ConnectionAddr, RedisError};
+use redis::{Cmd, ConnectionAddr, ProtocolVersion, RedisError, RedisFuture, Value};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 
+use super::plain::Plain;
 use super::primary::{Primary, unavailable};
 use crate::BrokerError;
 
@@ -53,11 +53,47 @@ pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// A pooled connection and the generation it was opened under.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    pub(crate) conn: MultiplexedConnection,
+    pub(crate) conn: Link,
     pub(crate) generation: u64,
-    probe: Probe,
     /// Its last command failed or got no reply in time: ask Redis before the next one.
     suspect: bool,
+}
+
+/// How a pooled connection talks to Redis.
+#[derive(Debug)]
+pub(crate) enum Link {
+    /// Our own socket, driven by its user (see `plain`); its liveness is the kernel's.
+    Plain(Plain),
+    /// Opened by redis-rs (TLS, a Unix socket, RESP3): asked with `PING`.
+    Mux(MultiplexedConnection),
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Plain(p) => p.req_packed_command(cmd),
+            Self::Mux(m) => m.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Plain(p) => p.req_packed_commands(pipeline, offset, count),
+            Self::Mux(m) => m.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Plain(p) => p.get_db(),
+            Self::Mux(m) => m.get_db(),
+        }
+    }
 }
 
 impl Conn {
@@ -65,26 +101,6 @@ impl Conn {
     /// or timed out: the peer may be gone without the kernel knowing).
     pub(crate) fn suspect(&mut self) {
         self.suspect = true;
-    }
-}
-
-/// How a checkout tells whether the connection is still open.
-#[derive(Debug)]
-enum Probe {
-    /// Our own socket: a duplicate to peek at, and the task that drives the connection.
-    Socket {
-        peek: StdTcpStream,
-        driver: JoinHandle<()>,
-    },
-    /// Opened by redis-rs (TLS, Unix socket): asked with `PING`.
-    Ping,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        if let Probe::Socket { driver, .. } = &self.probe {
-            driver.abort();
-        }
     }
 }
 
@@ -99,8 +115,9 @@ enum Socket {
     Unread,
 }
 
-fn socket_state(peek: &StdTcpStream) -> io::Result<Socket> {
-    match peek.peek(&mut [0u8]) {
+fn socket_state(socket: &TcpStream) -> io::Result<Socket> {
+    let mut byte = [MaybeUninit::<u8>::uninit()];
+    match socket2::SockRef::from(socket).peek(&mut byte) {
         Ok(0) => Ok(Socket::Closed),
         Ok(_) => Ok(Socket::Unread),
         Err(e)
@@ -149,30 +166,20 @@ fn apply(stream: &TcpStream, settings: &TcpSettings) -> io::Result<()> {
 pub(crate) struct Manager(pub(crate) Arc<Primary>);
 
 impl Manager {
-    /// A connection over a TCP socket of ours, with its probe.
+    /// A connection over a TCP socket of ours.
     async fn open_socket(
         &self,
         client: &redis::Client,
         host: &str,
         port: u16,
-    ) -> Result<(MultiplexedConnection, Probe), RedisError> {
+    ) -> Result<Link, RedisError> {
         let info = client.get_connection_info();
         let open = async {
             let stream = connect(host, port).await?;
             apply(&stream, info.tcp_settings())?;
-            // A duplicate of the socket, only ever peeked at (it shares the original's
-            // non-blocking mode, and peeking consumes nothing).
-            let std = stream.into_std()?;
-            let peek = std.try_clone()?;
-            let stream = TcpStream::from_std(std)?;
-            let (conn, driver) = MultiplexedConnection::new_with_config(
-                info.redis_settings(),
-                stream,
-                self.0.connection_config(),
-            )
-            .await?;
-            let driver = tokio::spawn(driver);
-            Ok::<_, RedisError>((conn, Probe::Socket { peek, driver }))
+            Ok::<_, RedisError>(Link::Plain(
+                Plain::open(stream, info.redis_settings()).await?,
+            ))
         };
         match tokio::time::timeout(self.0.timeout, open).await {
             Ok(opened) => opened,
@@ -187,20 +194,23 @@ impl managed::Manager for Manager {
 
     async fn create(&self) -> Result<Conn, BrokerError> {
         let (client, generation) = self.0.client().await?;
-        let opened = match client.get_connection_info().addr() {
-            ConnectionAddr::Tcp(host, port) => self.open_socket(&client, host, *port).await,
+        let info = client.get_connection_info();
+        let opened = match info.addr() {
+            ConnectionAddr::Tcp(host, port)
+                if info.redis_settings().protocol() == ProtocolVersion::RESP2 =>
+            {
+                self.open_socket(&client, host, *port).await
+            }
             _ => client
                 .get_multiplexed_async_connection_with_config(&self.0.connection_config())
                 .await
-                .map(|conn| (conn, Probe::Ping)),
+                .map(Link::Mux),
         };
         match opened {
-            Ok((conn, probe)) => {
-                // Owned at once, so that dropping it below aborts its driver.
+            Ok(conn) => {
                 let conn = Conn {
                     conn,
                     generation,
-                    probe,
                     suspect: false,
                 };
                 // A generation that ended while we connected (a failover announced):
@@ -221,19 +231,23 @@ impl managed::Manager for Manager {
         if c.generation != self.0.generation() {
             return Err(RecycleError::message("the primary changed"));
         }
-        let ask = match &c.probe {
-            Probe::Socket { driver, .. } if driver.is_finished() => {
-                return Err(RecycleError::message("the Redis connection ended"));
+        let ask = match &c.conn {
+            Link::Plain(p) if p.in_doubt() => {
+                return Err(RecycleError::message("a reply on it was not read"));
             }
-            Probe::Socket { peek, .. } => match socket_state(peek) {
+            Link::Plain(p) => match socket_state(p.socket()) {
                 Ok(Socket::Closed) => {
                     return Err(RecycleError::message("Redis closed the connection"));
                 }
                 Err(e) => return Err(RecycleError::Backend(unavailable(e))),
-                Ok(Socket::Unread) => true,
+                // Nothing was asked: whatever it is (an error before a close), a reply
+                // read after it would be out of step.
+                Ok(Socket::Unread) => {
+                    return Err(RecycleError::message("unasked bytes wait on it"));
+                }
                 Ok(Socket::Open) => c.suspect || metrics.last_used() > PING_IDLE_AFTER,
             },
-            Probe::Ping => true,
+            Link::Mux(_) => true,
         };
         if !ask {
             return Ok(());
@@ -270,16 +284,14 @@ mod tests {
             .await
             .unwrap();
         let (mut server, _) = listener.accept().await.unwrap();
-        let std = client.into_std().unwrap();
-        let peek = std.try_clone().unwrap();
-        let mut client = TcpStream::from_std(std).unwrap();
-        assert_eq!(socket_state(&peek).unwrap(), Socket::Open, "idle");
+        let mut client = client;
+        assert_eq!(socket_state(&client).unwrap(), Socket::Open, "idle");
 
         // A reply waiting to be read is not a close, however often it is peeked at.
         server.write_all(b"+PONG\r\n").await.unwrap();
         client.readable().await.unwrap();
-        assert_eq!(socket_state(&peek).unwrap(), Socket::Unread);
-        assert_eq!(socket_state(&peek).unwrap(), Socket::Unread);
+        assert_eq!(socket_state(&client).unwrap(), Socket::Unread);
+        assert_eq!(socket_state(&client).unwrap(), Socket::Unread);
         let mut read = [0u8; 7];
         client.read_exact(&mut read).await.unwrap();
         assert_eq!(&read, b"+PONG\r\n", "peeking consumed nothing");
@@ -294,6 +306,6 @@ mod tests {
                 other => panic!("only the close was left to read, got {other:?}"),
             }
         }
-        assert_eq!(socket_state(&peek).unwrap(), Socket::Closed);
+        assert_eq!(socket_state(&client).unwrap(), Socket::Closed);
     }
 }

@@ -236,7 +236,7 @@ async fn wait_replicas(
     let generation = ran.generation();
     let acked = tokio::time::timeout(
         config.replica_timeout + config.timeout,
-        wait.query_async::<i64>(ran.conn()),
+        ran.query::<i64>(&wait),
     )
     .await;
     match &acked {

@@ -144,8 +144,8 @@ fn redis_connections_are_kept_out_of_the_public_share() {
         .redis
         .expect("Redis")
         .pool_size;
-    // Each pooled connection: its socket and the duplicate its liveness is read from.
-    assert_eq!(embedded - one, 2 * pool + REDIS_EXTRA_FILES);
+    // Each pooled connection: its socket.
+    assert_eq!(embedded - one, pool + REDIS_EXTRA_FILES);
     assert_eq!(
         embedded - cluster,
         2 * ssegate_broker::CLUSTER_PRIMARIES_BUDGETED + REDIS_EXTRA_FILES

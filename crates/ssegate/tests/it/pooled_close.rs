@@ -139,3 +139,40 @@ async fn an_idle_connection_to_a_silent_redis_is_asked_first_so_the_publish_is_r
         "the refused publish was not published"
     );
 }
+
+/// A Redis that requires a password, with the node's data in a database of its own: the
+/// node's pooled connections (which open their own sockets and say `AUTH` and `SELECT`
+/// themselves) authenticate and select it; a node without the password publishes nothing.
+#[tokio::test]
+async fn pooled_connections_authenticate_and_select_the_url_s_database() {
+    let acl = [
+        "--user", "default", "on", "nopass", "-@all", "+ping", "+info", "--user", "gw", "on",
+        ">secret", "~*", "&*", "+@all",
+    ];
+    let redis = RedisServer::start_with(false, &acl).await;
+    let port = redis.port;
+    let url = format!("redis://gw:secret@127.0.0.1:{port}/3");
+    let nodes = crate::cluster::nodes_on(("SSEGATE_REDIS_URL", &url), 1, &[]).await;
+    let outsider = cluster(&redis, 1, &[("SSEGATE_NODE_ID", "outsider")]).await;
+    let http = HttpClient::new();
+    let mut sub = stream(&nodes[0], "/v1/channels/locked/events", None).await;
+    let (status, body) = publish(&http, &outsider[0], "locked", "no password").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    for i in 0..3 {
+        let (status, id) = publish(&http, &nodes[0], "locked", &format!("e{i}")).await;
+        assert_eq!(status, StatusCode::CREATED, "{id}");
+    }
+    let got = events(&mut sub, 3).await;
+    assert_eq!(
+        got.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+        ["e0", "e1", "e2"]
+    );
+    let gw = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = gw.get_multiplexed_async_connection().await.unwrap();
+    let len: i64 = redis::cmd("XLEN")
+        .arg("ssegate:{locked}:s")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 3, "the events are in database 3");
+}
