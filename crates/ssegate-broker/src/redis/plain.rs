@@ -2,12 +2,23 @@
 //! the request and reads the reply, with nothing in between.
 //!
 //! redis-rs's multiplexed connection puts a driver task and two channels between a
-//! caller and the socket: each command is a message to the driver, a wake-up of the
-//! driver to write it, another when the reply arrives, and one more to hand the reply
-//! back. A pooled connection has one user at a time (the pool hands it out whole), so
-//! none of that is needed. Measured, opening 15,000 streams on Redis (one read each):
-//! the node spent about 40 µs per stream on the read's round trip through the driver,
-//! most of it those hand-offs between tasks (issue 16 part 3).
+//! caller and the socket, so that many callers can share one connection. A pooled
+//! connection has one user at a time (the pool hands it out whole), so none of that is
+//! needed, and without it:
+//!
+//! - the pool's liveness probe peeks at the socket itself (the multiplexed connection owns
+//!   its socket, so the probe needed a duplicate descriptor): one descriptor per pooled
+//!   connection instead of two;
+//! - a command that timed out cannot delay the next one: its connection is dropped (see
+//!   the rule), where a multiplexed connection was reused behind the unanswered request
+//!   (a `WAIT` that outlived its timeout held the next command up to the replica
+//!   timeout);
+//! - there is no task per connection to abort.
+//!
+//! It was also meant to save CPU (two task hand-offs fewer per command); measured, it
+//! does not, within the noise: opening 15,000 streams, 2.21 / 1.99 → 2.18 / 1.96 node CPU
+//! s; 10,000 streams over 1,000 channels at 2,000 ev/s, 18.1 / 17.7 → 17.7 / 17.5 s per
+//! million deliveries (docs/benchmarks/notes.md).
 //!
 //! # Rule
 //!
