@@ -32,8 +32,10 @@
 //! # Bounds
 //!
 //! The read buffer holds one reply: replies are what this node asked for (a page of
-//! history, a script's result), and a buffer grown past [`KEEP_BUFFER`] by a large one
-//! is freed after it. Only RESP2 is spoken (the connection is opened that way); a
+//! history, a script's result), at most [`MAX_REPLY`] (Redis's own largest bulk string,
+//! `proto-max-bulk-len`): a peer that sends more without finishing a reply fails the
+//! command and the connection is dropped. A buffer grown past [`KEEP_BUFFER`] by a large
+//! reply is freed after it. Only RESP2 is spoken (the connection is opened that way); a
 //! connection configured for RESP3 uses the multiplexed one.
 
 use std::io;
@@ -45,6 +47,8 @@ use tokio::net::TcpStream;
 
 /// A read buffer larger than this is freed once its reply was parsed.
 const KEEP_BUFFER: usize = 64 * 1024;
+/// The largest reply read (see Bounds).
+const MAX_REPLY: usize = 512 * 1024 * 1024;
 /// What one read asks the socket for at least.
 const READ_AT_LEAST: usize = 16 * 1024;
 
@@ -138,6 +142,13 @@ impl Plain {
                 self.buf.drain(..len);
                 return Ok(value);
             }
+            if self.buf.len() > MAX_REPLY {
+                return Err((
+                    ErrorKind::Parse,
+                    "a reply larger than any this node asks for",
+                )
+                    .into());
+            }
             // Room for at least as much again as is held: a large reply is scanned a
             // few times, not once per read.
             self.buf.reserve(READ_AT_LEAST.max(self.buf.len()));
@@ -194,7 +205,12 @@ fn value_len(buf: &[u8]) -> RedisResult<Option<usize>> {
         match kind {
             b'+' | b'-' | b':' => {}
             b'$' => {
+                // `-1` is nil; a length past any reply read is refused before it is waited
+                // for (and cannot overflow `at`).
                 if let Ok(n) = usize::try_from(int(line)?) {
+                    if n > MAX_REPLY {
+                        return Err((ErrorKind::Parse, "a bulk string too large").into());
+                    }
                     if buf.len() < at + n + 2 {
                         return Ok(None);
                     }
@@ -245,6 +261,9 @@ mod tests {
             }
         }
         assert!(value_len(b"?huh\r\n").is_err());
+        assert!(value_len(b"$99999999999999999999\r\n").is_err());
+        let past = format!("${}\r\n", MAX_REPLY + 1);
+        assert!(value_len(past.as_bytes()).is_err(), "refused, not waited for");
         assert!(value_len(b"$x\r\n").is_err());
     }
 
