@@ -136,8 +136,9 @@ impl Plain {
     }
 
     async fn read_reply(&mut self) -> RedisResult<Value> {
+        let mut scan = Scan::NEW;
         loop {
-            if let Some(len) = value_len(&self.buf)? {
+            if let Some(len) = value_len(&self.buf, &mut scan)? {
                 let value = redis::parse_redis_value(&self.buf[..len])?;
                 self.buf.drain(..len);
                 return Ok(value);
@@ -149,9 +150,7 @@ impl Plain {
                 )
                     .into());
             }
-            // Room for at least as much again as is held: a large reply is scanned a
-            // few times, not once per read.
-            self.buf.reserve(READ_AT_LEAST.max(self.buf.len()));
+            self.buf.reserve(READ_AT_LEAST);
             if self.stream.read_buf(&mut self.buf).await? == 0 {
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
             }
@@ -172,12 +171,10 @@ impl ConnectionLike for Plain {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let packed = pipeline.get_packed_pipeline();
+            // As redis-rs's connections answer: the replies as they are, server errors
+            // among them (the pipeline decides what an error in it means).
             let values = self.request(&packed, offset + count).await?;
-            values
-                .into_iter()
-                .skip(offset)
-                .map(Value::extract_error)
-                .collect()
+            Ok(values.into_iter().skip(offset).collect())
         })
     }
 
@@ -186,46 +183,71 @@ impl ConnectionLike for Plain {
     }
 }
 
-/// The length of the first complete RESP2 value in `buf`, or `None` when more bytes are
-/// needed. Bulk strings are skipped by their length (their bytes may hold CRLF).
-fn value_len(buf: &[u8]) -> RedisResult<Option<usize>> {
-    let mut at = 0usize;
-    // Values still to be read: the first, then each array's elements.
-    let mut want = 1usize;
-    while want > 0 {
-        want -= 1;
-        let Some(kind) = buf.get(at).copied() else {
+/// The longest line (a simple string, an error, a length) a reply may hold: a peer that
+/// sends more without a line end fails the command, and each read rescans at most this.
+const MAX_LINE: usize = 64 * 1024;
+
+/// How far the framing of the reply being read has got: it resumes there when more bytes
+/// arrive, so that a large reply is scanned once, not once per read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Scan {
+    /// Where the next value to frame starts (everything before it is framed).
+    at: usize,
+    /// Values still to be framed: the first, then each array's elements.
+    want: usize,
+}
+
+impl Scan {
+    const NEW: Self = Self { at: 0, want: 1 };
+}
+
+/// Frames the first RESP2 value of `buf`, resuming from `scan`: its length once it is
+/// complete, `None` while more bytes are needed. Bulk strings are skipped by their length
+/// (their bytes may hold CRLF). Never panics, whatever `buf` holds.
+fn value_len(buf: &[u8], scan: &mut Scan) -> RedisResult<Option<usize>> {
+    while scan.want > 0 {
+        let at = scan.at;
+        let Some(&kind) = buf.get(at) else {
             return Ok(None);
         };
-        let Some(end) = buf[at..].windows(2).position(|w| w == b"\r\n") else {
+        if !matches!(kind, b'+' | b'-' | b':' | b'$' | b'*') {
+            return Err((ErrorKind::Parse, "not a RESP2 reply").into());
+        }
+        let rest = &buf[at + 1..];
+        let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
+            if rest.len() > MAX_LINE {
+                return Err((ErrorKind::Parse, "a reply line too long").into());
+            }
             return Ok(None);
         };
-        let line = &buf[at + 1..at + end];
-        at += end + 2;
+        let line = &rest[..end];
+        let mut next = at + 1 + end + 2;
+        let mut more = 0usize;
         match kind {
-            b'+' | b'-' | b':' => {}
             b'$' => {
                 // `-1` is nil; a length past any reply read is refused before it is waited
-                // for (and cannot overflow `at`).
+                // for (and cannot overflow the position).
                 if let Ok(n) = usize::try_from(int(line)?) {
                     if n > MAX_REPLY {
                         return Err((ErrorKind::Parse, "a bulk string too large").into());
                     }
-                    if buf.len() < at + n + 2 {
+                    if buf.len() < next + n + 2 {
                         return Ok(None);
                     }
-                    at += n + 2;
+                    next += n + 2;
                 }
             }
             b'*' => {
                 if let Ok(n) = usize::try_from(int(line)?) {
-                    want = want.saturating_add(n);
+                    more = n;
                 }
             }
-            _ => return Err((ErrorKind::Parse, "not a RESP2 reply").into()),
+            _ => {}
         }
+        scan.at = next;
+        scan.want = (scan.want - 1).saturating_add(more);
     }
-    Ok(Some(at))
+    Ok(Some(scan.at))
 }
 
 fn int(line: &[u8]) -> RedisResult<i64> {
@@ -238,6 +260,11 @@ fn int(line: &[u8]) -> RedisResult<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn len(buf: &[u8]) -> RedisResult<Option<usize>> {
+        let mut scan = Scan::NEW;
+        value_len(buf, &mut scan)
+    }
 
     #[test]
     fn a_value_is_complete_only_with_all_its_bytes() {
@@ -252,19 +279,71 @@ mod tests {
             b"*2\r\n$1\r\nx\r\n*2\r\n:1\r\n+y\r\n",
         ];
         for v in whole {
-            assert_eq!(value_len(v).unwrap(), Some(v.len()), "{v:?}");
+            assert_eq!(len(v).unwrap(), Some(v.len()), "{v:?}");
+            assert!(
+                redis::parse_redis_value(v).is_ok(),
+                "{v:?} is what Redis sends"
+            );
             let mut more = v.to_vec();
             more.extend_from_slice(b"+next\r\n");
-            assert_eq!(value_len(&more).unwrap(), Some(v.len()), "{v:?} then more");
+            assert_eq!(len(&more).unwrap(), Some(v.len()), "{v:?} then more");
+            // Cut anywhere, fresh or resumed byte by byte: incomplete until the end.
+            let mut scan = Scan::NEW;
             for cut in 0..v.len() {
-                assert_eq!(value_len(&v[..cut]).unwrap(), None, "{v:?} cut at {cut}");
+                assert_eq!(len(&v[..cut]).unwrap(), None, "{v:?} cut at {cut}");
+                assert_eq!(
+                    value_len(&v[..cut], &mut scan).unwrap(),
+                    None,
+                    "{v:?} at {cut}"
+                );
             }
+            assert_eq!(
+                value_len(v, &mut scan).unwrap(),
+                Some(v.len()),
+                "{v:?} resumed"
+            );
         }
-        assert!(value_len(b"?huh\r\n").is_err());
-        assert!(value_len(b"$99999999999999999999\r\n").is_err());
+        // Malformed: an error, never a panic.
+        for bad in [
+            &b"?huh\r\n"[..],
+            b"\r\n",
+            b"*1\r\n\r\n",
+            b"*2\r\n:1\r\n\r\n",
+            b"$x\r\n",
+            b"$99999999999999999999\r\n",
+        ] {
+            assert!(len(bad).is_err(), "{bad:?}");
+        }
         let past = format!("${}\r\n", MAX_REPLY + 1);
-        assert!(value_len(past.as_bytes()).is_err(), "refused, not waited for");
-        assert!(value_len(b"$x\r\n").is_err());
+        assert!(len(past.as_bytes()).is_err(), "refused, not waited for");
+        let endless = vec![b'+'; MAX_LINE + 2];
+        assert!(
+            len(&endless).is_err(),
+            "a line without an end is not waited for"
+        );
+    }
+
+    /// A large reply arriving in small reads is framed once: each read resumes where
+    /// the last complete element ended.
+    #[test]
+    fn a_large_reply_is_framed_once_across_reads() {
+        let mut reply = b"*1000\r\n".to_vec();
+        for i in 0..1000 {
+            let item = format!("{i:0>1000}");
+            reply.extend(format!("${}\r\n{item}\r\n", item.len()).into_bytes());
+        }
+        let mut scan = Scan::NEW;
+        let mut framed_at = Vec::new();
+        for cut in (1448..reply.len()).step_by(1448) {
+            assert_eq!(value_len(&reply[..cut], &mut scan).unwrap(), None);
+            framed_at.push(scan.at);
+        }
+        assert_eq!(value_len(&reply, &mut scan).unwrap(), Some(reply.len()));
+        assert!(
+            framed_at.windows(2).all(|w| w[0] <= w[1])
+                && framed_at.last() > Some(&(reply.len() / 2)),
+            "each read resumes past what was framed"
+        );
     }
 
     /// A request whose caller gave up leaves the connection in doubt; a server error

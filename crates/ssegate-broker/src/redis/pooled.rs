@@ -220,6 +220,13 @@ impl managed::Manager for Manager {
                 }
                 Ok(conn)
             }
+            // Redis answered with an error (a wrong password, a database out of range):
+            // it is reachable, and only an error that says it is no longer the primary
+            // ends the generation.
+            Err(e) if e.code().is_some() => {
+                self.0.check(generation, &e);
+                Err(unavailable(e))
+            }
             Err(e) => {
                 self.0.unreachable(generation, &e);
                 Err(unavailable(e))

@@ -153,10 +153,16 @@ async fn pooled_connections_authenticate_and_select_the_url_s_database() {
     let port = redis.port;
     let url = format!("redis://gw:secret@127.0.0.1:{port}/3");
     let nodes = crate::cluster::nodes_on(("SSEGATE_REDIS_URL", &url), 1, &[]).await;
-    let outsider = cluster(&redis, 1, &[("SSEGATE_NODE_ID", "outsider")]).await;
+    let wrong = format!("redis://gw:wrong@127.0.0.1:{port}/3");
+    let outsider = crate::cluster::nodes_on(
+        ("SSEGATE_REDIS_URL", &wrong),
+        1,
+        &[("SSEGATE_NODE_ID", "outsider")],
+    )
+    .await;
     let http = HttpClient::new();
     let mut sub = stream(&nodes[0], "/v1/channels/locked/events", None).await;
-    let (status, body) = publish(&http, &outsider[0], "locked", "no password").await;
+    let (status, body) = publish(&http, &outsider[0], "locked", "wrong password").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     for i in 0..3 {
         let (status, id) = publish(&http, &nodes[0], "locked", &format!("e{i}")).await;
@@ -174,5 +180,54 @@ async fn pooled_connections_authenticate_and_select_the_url_s_database() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(len, 3, "the events are in database 3");
+    assert_eq!(
+        len, 3,
+        "the events are in database 3, the outsider's is not"
+    );
+}
+
+/// A publish whose reply is late (Redis froze right after it was sent) is answered "outcome
+/// unknown"; its connection is not reused (it owes a reply, and once that arrives it holds
+/// bytes no request asked for: either drops it), so the late reply answers nothing else:
+/// the next publish, on a new connection, gets its own event's id. (With both checks
+/// removed, the next publish reads the late reply and fails.)
+#[tokio::test]
+async fn a_late_reply_answers_nothing_else() {
+    let redis = RedisServer::start(false).await;
+    let env = [
+        ("SSEGATE_REDIS_TIMEOUT", "300ms"),
+        ("SSEGATE_REDIS_POOL_SIZE", "1"),
+    ];
+    let nodes = cluster(&redis, 1, &env).await;
+    let http = HttpClient::new();
+    let (status, body) = publish(&http, &nodes[0], "late", "first").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // At once (the connection is busy, so it is not asked first): Redis freezes with the
+    // script on its socket, and runs it when it thaws.
+    redis.signal("STOP");
+    let (status, body) = publish(&http, &nodes[0], "late", "late").await;
+    redis.signal("CONT");
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(
+        json(body.as_bytes())["error"]["code"],
+        "publish_outcome_unknown"
+    );
+    let (status, id) = publish(&http, &nodes[0], "late", "next").await;
+    assert_eq!(status, StatusCode::CREATED, "{id}");
+    let history = http
+        .get(&nodes[0].url("/v1/channels/late/history?after=0&limit=10"))
+        .await
+        .unwrap();
+    let events = json(&history.body)["events"].as_array().unwrap().clone();
+    let data: Vec<&str> = events.iter().map(|e| e["data"].as_str().unwrap()).collect();
+    assert_eq!(
+        data,
+        ["first", "late", "next"],
+        "the late one ran when Redis thawed"
+    );
+    assert_eq!(
+        events[2]["id"].as_str(),
+        Some(id.as_str()),
+        "the next publish was answered with its own event's id"
+    );
 }
