@@ -346,6 +346,67 @@ mod tests {
         );
     }
 
+    /// A random RESP2 reply, as Redis encodes one.
+    fn reply() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            "[ -~]{0,20}".prop_map(|t| format!("+{t}\r\n").into_bytes()),
+            "[ -~]{0,20}".prop_map(|t| format!("-ERR {t}\r\n").into_bytes()),
+            any::<i64>().prop_map(|n| format!(":{n}\r\n").into_bytes()),
+            Just(b"$-1\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| {
+                let mut out = format!("${}\r\n", b.len()).into_bytes();
+                out.extend(b);
+                out.extend_from_slice(b"\r\n");
+                out
+            }),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            proptest::collection::vec(inner, 0..8).prop_map(|items| {
+                let mut out = format!("*{}\r\n", items.len()).into_bytes();
+                out.extend(items.into_iter().flatten());
+                out
+            })
+        })
+    }
+
+    proptest::proptest! {
+        /// Any reply is framed at exactly its end, read whole or in pieces of any size,
+        /// and agrees with redis-rs's parser.
+        #[test]
+        fn replies_are_framed_exactly_however_they_arrive(v in reply(), step in 1usize..40) {
+            proptest::prop_assert_eq!(len(&v).unwrap(), Some(v.len()));
+            proptest::prop_assert!(redis::parse_redis_value(&v).is_ok());
+            let mut scan = Scan::NEW;
+            let mut cut = step;
+            while cut < v.len() {
+                proptest::prop_assert_eq!(value_len(&v[..cut], &mut scan).unwrap(), None);
+                cut += step;
+            }
+            proptest::prop_assert_eq!(value_len(&v, &mut scan).unwrap(), Some(v.len()));
+        }
+
+        /// Whatever bytes a peer sends, framing answers (complete, incomplete or an
+        /// error) and never panics.
+        #[test]
+        fn framing_never_panics(bytes in proptest::collection::vec(any_byte(), 0..200)) {
+            let _ = len(&bytes);
+        }
+    }
+
+    fn any_byte() -> impl proptest::strategy::Strategy<Value = u8> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(b'\r'),
+            Just(b'\n'),
+            Just(b'*'),
+            Just(b'$'),
+            Just(b'-'),
+            Just(b'1'),
+            any::<u8>()
+        ]
+    }
+
     /// A request whose caller gave up leaves the connection in doubt; a server error
     /// does not.
     #[tokio::test(start_paused = true)]
