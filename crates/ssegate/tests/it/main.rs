@@ -13,6 +13,7 @@ mod churn;
 mod cluster;
 mod cluster_failures;
 mod config;
+mod descriptor_bounds;
 mod drain;
 mod errors;
 mod front;
