@@ -14,8 +14,8 @@
 //! busy lane declines, and the stream's task does the work as before).
 //!
 //! What the hub writes is what the session would have written: the event's shared frame
-//! as one chunk, only if its `prev` is the stream's cursor (the session's live rule),
-//! same epoch, above a gap's floor. When the socket takes part of the chunk, the rest
+//! as one chunk, only when the session's live rule (`stream::live_rule`) says to write
+//! it as is, and before the token's expiry. When the socket takes part of the chunk, the rest
 //! (at most [`DIRECT_MAX`] bytes, the one allocation of this path) waits here for the
 //! writer, which writes it before anything else, and the lane stays closed until then.
 //!
@@ -34,6 +34,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::state::AppState;
+use crate::stream::{Verdict, live_rule};
 
 /// The largest chunk (size line, frame, CRLF) the hub writes directly; built on the
 /// sending task's stack.
@@ -156,11 +157,8 @@ impl Direct for Lane {
             return Offer::Declined;
         };
         let now = Instant::now();
-        if ev.epoch != live.epoch
-            || ev.prev != live.cursor
-            || live.floor.is_some_and(|f| ev.id <= f)
-            || live.until.is_some_and(|t| now >= t)
-        {
+        let rule = live_rule(live.cursor, Some(live.epoch), live.floor, ev);
+        if rule != Verdict::Write || live.until.is_some_and(|t| now >= t) {
             return Offer::Declined;
         }
         let frame = ev.encoded.frame();

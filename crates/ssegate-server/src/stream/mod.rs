@@ -29,7 +29,7 @@ use crate::state::{AppState, RemoteAddr};
 use tracing::Instrument;
 
 pub(crate) use heads::Heads;
-pub(crate) use session::{IdForm, Session};
+pub(crate) use session::{IdForm, Session, Verdict, live_rule};
 
 /// The client's cursor: a non-empty `Last-Event-ID` header, else `?lastEventId=`.
 fn cursor_text(headers: &HeaderMap, query: &Query) -> Result<Option<String>, ApiError> {

@@ -606,29 +606,23 @@ impl Session {
         }
     }
 
-    /// **The live rule**: a live event is written only when it directly follows the
-    /// channel's cursor (its `prev` is the cursor). One at or before the cursor was
-    /// already written (replayed before this live copy arrived); one whose `prev` is
-    /// after the cursor shows that something between did not come live, and the channel
-    /// reads the hole from history instead (this event included).
+    /// What channel `i` does with a live event, by the live rule ([`live_rule`]).
     fn on_live_event(&mut self, i: usize, ev: &StoredEvent) {
-        let cursor = self.chans[i].cursor;
-        if self.chans[i].catching_up {
+        let c = &self.chans[i];
+        if c.catching_up {
             // Waiting to retry a history read, which will cover this event.
-        } else if ev.epoch != self.epoch.unwrap_or(ev.epoch) {
-            self.epoch_changed(ev.epoch);
-        } else if ev.id <= cursor {
-            // Already written.
-        } else if self.chans[i].live_floor.is_some_and(|f| ev.id <= f) {
-            // Maybe a late copy of a lost event: history says what the store has.
-            self.chans[i].catching_up = true;
-        } else if ev.prev != cursor {
-            self.chans[i].catching_up = true;
-        } else {
-            self.chans[i].cursor = ev.id;
-            self.chans[i].shown = true;
-            self.write_event(i, ev, false);
-            self.state.metrics.delivered_live(ev.published_at_ms);
+            return;
+        }
+        match live_rule(c.cursor, self.epoch, c.live_floor, ev) {
+            Verdict::NewEpoch => self.epoch_changed(ev.epoch),
+            Verdict::Written => {}
+            Verdict::Hole => self.chans[i].catching_up = true,
+            Verdict::Write => {
+                self.chans[i].cursor = ev.id;
+                self.chans[i].shown = true;
+                self.write_event(i, ev, false);
+                self.state.metrics.delivered_live(ev.published_at_ms);
+            }
         }
     }
 
@@ -646,6 +640,42 @@ impl Session {
         } else {
             self.heartbeat.as_mut().reset(due);
         }
+    }
+}
+
+/// What the live rule makes of a live event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// From another epoch than the stream's: the store started over.
+    NewEpoch,
+    /// At or before the cursor: already written (replayed before this live copy came).
+    Written,
+    /// Something between the cursor and it did not come live, or it may be a late copy
+    /// of a lost event (at or below a gap's floor): history is read instead, this event
+    /// included.
+    Hole,
+    /// It directly follows the cursor: written as it is.
+    Write,
+}
+
+/// **The live rule**: a live event is written only when it directly follows the channel's
+/// cursor (its `prev` is the cursor), in the stream's epoch (`None`: not known yet), above
+/// a gap's `floor`. The session applies it to every live event, and the hub's direct
+/// writes (`conn::lane`) take an event only when it says [`Verdict::Write`].
+pub(crate) fn live_rule(
+    cursor: EntryId,
+    epoch: Option<Epoch>,
+    floor: Option<EntryId>,
+    ev: &StoredEvent,
+) -> Verdict {
+    if ev.epoch != epoch.unwrap_or(ev.epoch) {
+        Verdict::NewEpoch
+    } else if ev.id <= cursor {
+        Verdict::Written
+    } else if floor.is_some_and(|f| ev.id <= f) || ev.prev != cursor {
+        Verdict::Hole
+    } else {
+        Verdict::Write
     }
 }
 
