@@ -248,13 +248,13 @@ impl Respond<'_> {
         let mut one = [IoSlice::new(&[])];
         let mut bufs = if used > 1 && before <= STAGE {
             stage = [0u8; STAGE];
-            let mut at = 0;
-            for part in &slices[..used] {
-                stage[at..at + part.len()].copy_from_slice(part);
-                at += part.len();
+            match gather(&mut stage, slices[..used].iter().map(|s| &**s)) {
+                Some(at) => {
+                    one[0] = IoSlice::new(&stage[..at]);
+                    &mut one[..]
+                }
+                None => &mut slices[..used],
             }
-            one[0] = IoSlice::new(&stage[..at]);
-            &mut one[..]
         } else {
             &mut slices[..used]
         };
@@ -376,15 +376,18 @@ impl Drop for Respond<'_> {
 /// when it does not fit.
 pub(super) fn chunk_into(buf: &mut [u8], frame: &[u8]) -> Option<usize> {
     let size = ChunkSize::new(frame.len());
-    let size = size.as_bytes();
-    let len = size.len() + frame.len() + CRLF.len();
-    let out = buf.get_mut(..len)?;
-    let (a, b) = out.split_at_mut(size.len());
-    a.copy_from_slice(size);
-    let (b, c) = b.split_at_mut(frame.len());
-    b.copy_from_slice(frame);
-    c.copy_from_slice(CRLF);
-    Some(len)
+    gather(buf, [size.as_bytes(), frame, CRLF])
+}
+
+/// Copies `parts` one after another into `buf`: their length, or `None` when they do not
+/// fit.
+fn gather<'p>(buf: &mut [u8], parts: impl IntoIterator<Item = &'p [u8]>) -> Option<usize> {
+    let mut at = 0;
+    for part in parts {
+        buf.get_mut(at..at + part.len())?.copy_from_slice(part);
+        at += part.len();
+    }
+    Some(at)
 }
 
 /// A chunk-size line (`1a2b\r\n`) without an allocation.
