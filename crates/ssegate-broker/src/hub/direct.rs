@@ -72,9 +72,8 @@ impl Ring {
         self: &Arc<Self>,
         event: Arc<StoredEvent>,
         seq: u64,
-        woken: Vec<Parked>,
+        mut woken: Vec<Parked>,
     ) {
-        let mut woken = woken;
         if woken.len() > INLINE_OFFERS {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let ring = self.clone();

@@ -313,10 +313,6 @@ impl Ring {
         if unread == 0 {
             return;
         }
-        let direct = match &msg {
-            HubMsg::Event(ev) => Some(ev.clone()),
-            _ => None,
-        };
         st.bytes += msg.bytes();
         st.entries.push_back(Entry { msg, unread });
         let seq = st.tail() - 1;
@@ -328,6 +324,11 @@ impl Ring {
         if st.parked.is_empty() {
             return;
         }
+        // The entry just pushed is the newest (the loop above keeps at least one).
+        let direct = match st.entries.back().map(|e| &e.msg) {
+            Some(HubMsg::Event(ev)) => Some(ev.clone()),
+            _ => None,
+        };
         let spare = std::mem::take(&mut st.spare);
         let mut woken = std::mem::replace(&mut st.parked, spare);
         for p in &woken {
