@@ -41,7 +41,7 @@ use ssegate_core::{ChannelName, EntryId, Epoch, NewEvent};
 
 pub use error::{BrokerError, BrokerOp, ErrorClass, KnownIds};
 pub use event::{StoredData, StoredEvent};
-pub use hub::{Direct, LiveRecv, LiveSubscription, Offer};
+pub use hub::{ChannelHead, Direct, Generation, LiveRecv, LiveSubscription, Offer};
 pub use memory::{MemoryBroker, StoreLimits};
 pub use redis::{CLUSTER_PRIMARIES_BUDGETED, PING_IDLE_AFTER, RedisBroker, RedisConfig};
 

@@ -52,7 +52,7 @@ use crate::lock;
 
 pub use direct::{Direct, Offer};
 use recent::{Budget, Recent};
-pub use recent::{NODE_RECENT_BYTES, RECENT_BYTES, RECENT_EVENTS};
+pub use recent::{ChannelHead, Generation, NODE_RECENT_BYTES, RECENT_BYTES, RECENT_EVENTS};
 
 /// Told when a channel gains its first or loses its last local subscriber, so that a
 /// cluster broker can SUBSCRIBE / UNSUBSCRIBE upstream.
@@ -661,6 +661,18 @@ impl LiveSubscription {
     /// history must be read. Ask only after subscribing (see the `recent` module).
     pub fn recent_after(&self, epoch: Epoch, cursor: EntryId) -> Option<Vec<Arc<StoredEvent>>> {
         lock(&self.ring.state).recent.after(epoch, cursor)
+    }
+
+    /// Where this node knows the channel to stand: a fresh stream's start without a read
+    /// (see the `recent` module). Ask only after subscribing.
+    pub fn head(&self) -> ChannelHead {
+        lock(&self.ring.state).recent.head()
+    }
+
+    /// Gives the channel's head a start read's answer; `generation` is the one
+    /// [`LiveSubscription::head`] reported when the read was issued.
+    pub fn seed_head(&self, generation: Generation, epoch: Epoch, last: EntryId) {
+        lock(&self.ring.state).recent.seed(generation, epoch, last);
     }
 
     /// Waits for the next live event.

@@ -13,9 +13,20 @@
 //! served only when the client's cursor is an event of the chain; anything else reads
 //! history as before.
 //!
-//! A fresh stream does not start from here: its start read also carries the node's
-//! evidence of a failover's loss to the store (see `ReadFrom::Oldest` in the Redis
-//! broker), which records it and moves the channel's ids past it.
+//! # Where a fresh stream starts
+//!
+//! The same reasoning gives a fresh stream its start without a read. A fresh stream is
+//! safe at any position at or before the channel's newest (its live subscription, taken
+//! first, brings what follows, or shows by a `prev` that history must be read; see the
+//! server's `stream::heads`). The channel's [`ChannelHead`] is such a position: the newest live
+//! event's id, or, before any came, the answer of a start read that began while no resync
+//! came between (a resync bumps the [`Generation`], and a read issued under an older one
+//! is not kept). Ids only grow in a store that loses nothing; a store that lost events (a
+//! failover) lost the pub/sub connection too, and the resync that follows forgets the
+//! head, so the first fresh stream after it reads the store again and that read carries
+//! the node's evidence of the loss (see `ReadFrom::Oldest` in the Redis broker). With a
+//! known head, streams that open on a busy or idle channel one after another need no
+//! round trip each (measured in docs/benchmarks/notes.md).
 //!
 //! # Bounds
 //!
@@ -32,7 +43,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use ssegate_core::{EntryId, Epoch};
 
@@ -50,6 +61,9 @@ pub const NODE_RECENT_BYTES: usize = 32 * 1024 * 1024;
 pub(crate) struct Budget {
     used: AtomicUsize,
     limit: usize,
+    /// The next [`Generation`], unique over every channel's chain (a ring dropped and
+    /// made again must not take a read issued for the one before it).
+    generations: AtomicU64,
 }
 
 impl Budget {
@@ -57,7 +71,12 @@ impl Budget {
         Self {
             used: AtomicUsize::new(0),
             limit,
+            generations: AtomicU64::new(0),
         }
+    }
+
+    fn next_generation(&self) -> Generation {
+        Generation(self.generations.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Takes `n` bytes if they fit.
@@ -79,12 +98,33 @@ impl Budget {
     }
 }
 
-/// One channel's chain of recent events, oldest first.
+/// A channel's chain since its last resync: a read issued under one may seed its head
+/// only while it is still current ([`Recent::seed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generation(u64);
+
+/// Where this node knows a channel to stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelHead {
+    /// A position at or before the channel's newest: a fresh stream may start there.
+    Known {
+        /// The store's epoch of `last`.
+        epoch: Epoch,
+        /// The newest live event's id, or a start read's answer.
+        last: EntryId,
+    },
+    /// Not known: read the store, and seed the head with the answer under this generation.
+    Unknown(Generation),
+}
+
+/// One channel's chain of recent events, oldest first, and its head.
 #[derive(Debug)]
 pub(crate) struct Recent {
     events: VecDeque<Arc<StoredEvent>>,
     bytes: usize,
     budget: Arc<Budget>,
+    head: Option<(Epoch, EntryId)>,
+    generation: Generation,
 }
 
 fn size(ev: &StoredEvent) -> usize {
@@ -96,7 +136,9 @@ impl Recent {
         Self {
             events: VecDeque::new(),
             bytes: 0,
+            generation: budget.next_generation(),
             budget,
+            head: None,
         }
     }
 
@@ -110,24 +152,32 @@ impl Recent {
         true
     }
 
-    /// Forgets every event (a resync: live delivery may have missed some).
+    /// Forgets every event and the head (a resync: live delivery may have missed some).
     pub(crate) fn clear(&mut self) {
+        self.drop_events();
+        self.head = None;
+        self.generation = self.budget.next_generation();
+    }
+
+    fn drop_events(&mut self) {
         while self.pop_front() {}
         self.events = VecDeque::new();
     }
 
     /// Appends a live event, starting a new chain when it does not follow the newest.
     pub(crate) fn push(&mut self, ev: &Arc<StoredEvent>) {
+        // Whether or not it is kept, the newest live event is where the channel stands.
+        self.head = Some((ev.epoch, ev.id));
         let follows = self
             .events
             .back()
             .is_none_or(|last| last.id == ev.prev && last.epoch == ev.epoch);
         if !follows {
-            self.clear();
+            self.drop_events();
         }
         let n = size(ev);
         if n > RECENT_BYTES {
-            return self.clear();
+            return self.drop_events();
         }
         while self.events.len() >= RECENT_EVENTS || self.bytes + n > RECENT_BYTES {
             self.pop_front();
@@ -136,11 +186,27 @@ impl Recent {
             if !self.pop_front() {
                 // The node's budget is spent by other channels: this one keeps nothing,
                 // so that what it keeps is still a chain ending at the newest.
-                return self.clear();
+                return self.drop_events();
             }
         }
         self.bytes += n;
         self.events.push_back(ev.clone());
+    }
+
+    /// Where the channel stands (see the module docs).
+    pub(crate) fn head(&self) -> ChannelHead {
+        match self.head {
+            Some((epoch, last)) => ChannelHead::Known { epoch, last },
+            None => ChannelHead::Unknown(self.generation),
+        }
+    }
+
+    /// Takes a start read's answer as the head, when the read was issued under the
+    /// current generation (no resync since) and no live event has set it meanwhile.
+    pub(crate) fn seed(&mut self, generation: Generation, epoch: Epoch, last: EntryId) {
+        if generation == self.generation && self.head.is_none() {
+            self.head = Some((epoch, last));
+        }
     }
 
     /// The events after `cursor`, when `cursor` is an event of the chain: empty when it
@@ -240,6 +306,57 @@ mod tests {
         assert!(r.after(e, EntryId::new(1, 0)).is_none());
         assert!(r.after(e, EntryId::new(2, 0)).is_none());
         assert_eq!(budget.used(), 0);
+    }
+
+    fn unknown(r: &Recent) -> Generation {
+        match r.head() {
+            ChannelHead::Unknown(g) => g,
+            known => panic!("expected an unknown head: {known:?}"),
+        }
+    }
+
+    #[test]
+    fn the_head_is_the_newest_live_event_or_a_read_of_the_current_generation() {
+        let e = Epoch::random();
+        let budget = Arc::new(Budget::new(usize::MAX));
+        let mut r = Recent::new(budget.clone());
+        let known = |epoch, n| ChannelHead::Known {
+            epoch,
+            last: EntryId::new(n, 0),
+        };
+
+        // A read issued now seeds the head; a later one does not move it.
+        let g = unknown(&r);
+        r.seed(g, e, EntryId::new(5, 0));
+        assert_eq!(r.head(), known(e, 5));
+        r.seed(g, e, EntryId::new(4, 0));
+        assert_eq!(r.head(), known(e, 5));
+
+        // Live events move it, kept or not, following or not.
+        r.push(&ev(e, 5, 6, 0));
+        assert_eq!(r.head(), known(e, 6));
+        r.push(&ev(e, 8, 9, 0));
+        assert_eq!(r.head(), known(e, 9), "after a hole");
+        r.push(&ev(e, 9, 10, RECENT_BYTES + 1));
+        assert!(r.events.is_empty());
+        assert_eq!(r.head(), known(e, 10), "too large to keep");
+
+        // A resync forgets it, and a read issued before the resync cannot bring it back.
+        r.clear();
+        let after = unknown(&r);
+        assert_ne!(after, g);
+        r.seed(g, e, EntryId::new(10, 0));
+        assert_eq!(r.head(), ChannelHead::Unknown(after));
+
+        // A live event that comes while a read is out wins over the read's answer.
+        r.push(&ev(e, 10, 11, 0));
+        r.seed(after, e, EntryId::new(10, 0));
+        assert_eq!(r.head(), known(e, 11));
+
+        // Another channel's chain (or this one's, made again) has its own generation.
+        let other = Recent::new(budget);
+        assert_ne!(unknown(&other), after);
+        assert_ne!(unknown(&other), g);
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //! the stream must read it from history; nothing is skipped. The client may get an event
 //! published a moment before it opened, never lose one published after.
 //!
+//! A read is needed only while the hub does not know where the channel stands (its
+//! `ChannelHead`, see the broker's `hub::recent`): the answer seeds that head, under the
+//! generation its first stream saw when it issued the read, so that the streams opening
+//! after it start without a read.
+//!
 //! # Bounds
 //!
 //! One entry per channel with a read in flight, so at most one per opening stream. The
@@ -24,7 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared, WeakShared};
-use ssegate_broker::{Broker, BrokerError, ReadFrom};
+use ssegate_broker::{Broker, BrokerError, Generation, ReadFrom};
 use ssegate_core::{ChannelName, EntryId, Epoch};
 
 /// Where a channel stands: the store's epoch and the channel's newest id.
@@ -32,6 +37,20 @@ use ssegate_core::{ChannelName, EntryId, Epoch};
 pub(crate) struct Head {
     pub(crate) epoch: Epoch,
     pub(crate) last: EntryId,
+    /// The channel's generation when the read was issued (see
+    /// `LiveSubscription::seed_head`); `None` for a head the hub knew (no read).
+    pub(crate) generation: Option<Generation>,
+}
+
+impl Head {
+    /// Where the hub knew the channel to stand.
+    pub(crate) fn known(epoch: Epoch, last: EntryId) -> Self {
+        Self {
+            epoch,
+            last,
+            generation: None,
+        }
+    }
 }
 
 type ReadResult = Result<Head, Arc<BrokerError>>;
@@ -69,8 +88,14 @@ impl Drop for Leave {
 }
 
 impl Heads {
-    /// The channel's head: the read in flight for it, or a new one.
-    pub(crate) fn newest(&self, broker: &Arc<dyn Broker>, channel: &ChannelName) -> Read {
+    /// The channel's head: the read in flight for it, or a new one issued under
+    /// `issued_under` (the channel's generation, as the hub reported it to this stream).
+    pub(crate) fn newest(
+        &self,
+        broker: &Arc<dyn Broker>,
+        channel: &ChannelName,
+        issued_under: Generation,
+    ) -> Read {
         let mut map = self
             .in_flight
             .lock()
@@ -92,6 +117,7 @@ impl Heads {
             page.map(|p| Head {
                 epoch: p.epoch,
                 last: p.last,
+                generation: Some(issued_under),
             })
             .map_err(Arc::new)
         }
@@ -175,12 +201,21 @@ mod tests {
         (g.clone(), g)
     }
 
+    /// A generation to issue reads under (these tests do not seed a head).
+    fn generation(broker: &Arc<dyn Broker>, ch: &ChannelName) -> Generation {
+        match broker.subscribe(ch).head() {
+            ssegate_broker::ChannelHead::Unknown(g) => g,
+            known => panic!("a new channel's head is unknown: {known:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn streams_opening_together_share_one_read_and_later_ones_read_again() {
         let (g, broker) = gated();
         let heads = Heads::default();
         let ch = ChannelName::new("c").unwrap();
-        let waiting: Vec<_> = (0..50).map(|_| heads.newest(&broker, &ch)).collect();
+        let g0 = generation(&broker, &ch);
+        let waiting: Vec<_> = (0..50).map(|_| heads.newest(&broker, &ch, g0)).collect();
         let all = tokio::spawn(futures_util::future::join_all(waiting));
         tokio::task::yield_now().await;
         assert_eq!(heads.in_flight(), 1);
@@ -194,7 +229,7 @@ mod tests {
             "one read for fifty streams"
         );
         assert_eq!(heads.in_flight(), 0, "a finished read leaves the map");
-        heads.newest(&broker, &ch).await.unwrap();
+        heads.newest(&broker, &ch, g0).await.unwrap();
         assert_eq!(
             g.reads.load(Ordering::SeqCst),
             2,
@@ -208,7 +243,7 @@ mod tests {
         let heads = Heads::default();
         for i in 0..100 {
             let ch = ChannelName::new(&format!("c{i}")).unwrap();
-            let mut read = heads.newest(&broker, &ch);
+            let mut read = heads.newest(&broker, &ch, generation(&broker, &ch));
             // Polled once (the read is sent), then its only stream goes away.
             assert!(futures_util::poll!(&mut read).is_pending());
             drop(read);

@@ -33,12 +33,14 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ssegate_broker::{Direct, LiveRecv, LiveSubscription, ReadFrom, StoredEvent};
+use futures_util::future::Either;
+use ssegate_broker::{ChannelHead, Direct, LiveRecv, LiveSubscription, ReadFrom, StoredEvent};
 use ssegate_core::cursor::write_composite;
 use ssegate_core::sse::{self, SyncReason};
 use ssegate_core::{ChannelName, EntryId, Epoch, Position, StartFrom};
 use tokio::time::{Instant, Sleep};
 
+use super::heads::Head;
 use crate::conn::{Lane, Live};
 use crate::metrics::CloseReason;
 use crate::state::{AppState, StreamGuard};
@@ -289,18 +291,27 @@ impl Session {
                 return self.finish_with_retry(CloseReason::BrokerUnavailable);
             }
         };
-        // A fresh subscriber starts at each channel's newest id in the store, by one read
-        // shared with the streams opening on the channel at the same moment (see
-        // `heads`). The reads run together, as they all stand between the request and its
-        // head.
+        // A fresh subscriber starts where the hub knows its channel to stand (the newest
+        // live event, or an earlier start read's answer: the broker's `hub::recent`),
+        // else at the channel's newest id in the store, by one read shared with the
+        // streams opening on the channel at the same moment (see `heads`). The reads run
+        // together, as they all stand between the request and its head.
         let fresh = starts
             .iter()
             .enumerate()
             .filter(|(_, s)| matches!(s, StartFrom::Now));
         let heads = &self.state.heads;
         let reads = fresh.map(|(i, _)| {
-            let read = heads.newest(&broker, &self.chans[i].name);
-            async move { (i, read.await) }
+            let chan = &self.chans[i];
+            let head = match chan.live.head() {
+                ChannelHead::Known { epoch, last } => {
+                    Either::Left(std::future::ready(Ok(Head::known(epoch, last))))
+                }
+                ChannelHead::Unknown(generation) => {
+                    Either::Right(heads.newest(&broker, &chan.name, generation))
+                }
+            };
+            async move { (i, head.await) }
         });
         let mut read_epoch = None;
         for (i, read) in futures_util::future::join_all(reads).await {
@@ -309,6 +320,11 @@ impl Session {
                 // one (a store that started over since).
                 Ok(head) if *read_epoch.get_or_insert(head.epoch) == head.epoch => {
                     self.chans[i].cursor = head.last;
+                    if let Some(generation) = head.generation {
+                        self.chans[i]
+                            .live
+                            .seed_head(generation, head.epoch, head.last);
+                    }
                 }
                 Ok(_) => {
                     // The store started over between two of these reads: the positions

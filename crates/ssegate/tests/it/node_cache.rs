@@ -2,8 +2,9 @@
 //! is answered without the store (see the hub's `recent`).
 //!
 //! Proven the way a client would notice: with Redis frozen (`SIGSTOP`), a stream that
-//! resumes from an event this node delivered live still gets what followed it; once Redis
-//! is back, it goes on live with nothing lost or repeated.
+//! resumes from an event this node delivered live still gets what followed it, and a
+//! fresh stream opens at the newest event the node received live (the channel's head);
+//! once Redis is back, they go on live with nothing lost or repeated.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use http::StatusCode;
 use ssegate_client::HttpClient;
 
 use crate::cluster::{cluster, publish, stream};
-use crate::helpers::{WAIT, events};
+use crate::helpers::{WAIT, events, opening_id};
 use crate::redis_server::{RedisServer, query};
 
 /// Waits until Redis counts a subscriber of `channel`'s live messages: from then on every
@@ -74,5 +75,39 @@ async fn resumes_and_fresh_streams_are_served_from_what_the_node_received_live()
     for conn in [&mut live, &mut resumed, &mut at_newest] {
         let next = events(conn, 1).await.remove(0);
         assert_eq!((next.id.as_str(), next.data.as_str()), (id.as_str(), "e4"));
+    }
+}
+
+#[tokio::test]
+async fn a_fresh_stream_starts_at_the_newest_event_the_node_received_live() {
+    let redis = RedisServer::start(false).await;
+    let nodes = cluster(&redis, 1, &[]).await;
+    let node = &nodes[0];
+    let http = HttpClient::new();
+    let path = "/v1/channels/known/events";
+    let mut live = stream(node, path, None).await;
+    subscribed(&redis, "known").await;
+    let (status, first) = publish(&http, node, "known", "e1").await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(events(&mut live, 1).await[0].id, first);
+
+    redis.signal("STOP");
+    let opened = tokio::time::timeout(WAIT, stream(node, path, None)).await;
+    redis.signal("CONT");
+    let mut fresh = opened.expect("a fresh stream opened with the store frozen");
+    assert_eq!(
+        opening_id(&mut fresh).await,
+        first,
+        "it starts at the newest"
+    );
+
+    let (status, second) = publish(&http, node, "known", "e2").await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    for conn in [&mut live, &mut fresh] {
+        let next = events(conn, 1).await.remove(0);
+        assert_eq!(
+            (next.id.as_str(), next.data.as_str()),
+            (second.as_str(), "e2")
+        );
     }
 }
