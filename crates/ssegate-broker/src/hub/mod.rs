@@ -25,7 +25,8 @@
 //! docs/security.md, "Memory bounds"). Beside the ring, a channel keeps the chain of its
 //! last few live events ([`recent`]: at most [`RECENT_EVENTS`] and [`RECENT_BYTES`] per
 //! channel, [`NODE_RECENT_BYTES`] per node), references to the same `Arc`s, so that a
-//! resume from one of them needs no history read.
+//! resume from one of them needs no history read, and its head ([`ChannelHead`]), where a
+//! fresh stream starts without a read.
 //!
 //! # Wake-ups
 //!
@@ -666,7 +667,8 @@ impl LiveSubscription {
     /// Where this node knows the channel to stand: a fresh stream's start without a read
     /// (see the `recent` module). Ask only after subscribing.
     pub fn head(&self) -> ChannelHead {
-        lock(&self.ring.state).recent.head()
+        let st = lock(&self.ring.state);
+        st.recent.head(st.newest)
     }
 
     /// Gives the channel's head a start read's answer; `generation` is the one

@@ -15,18 +15,24 @@
 //!
 //! # Where a fresh stream starts
 //!
-//! The same reasoning gives a fresh stream its start without a read. A fresh stream is
-//! safe at any position at or before the channel's newest (its live subscription, taken
-//! first, brings what follows, or shows by a `prev` that history must be read; see the
-//! server's `stream::heads`). The channel's [`ChannelHead`] is such a position: the newest live
-//! event's id, or, before any came, the answer of a start read that began while no resync
-//! came between (a resync bumps the [`Generation`], and a read issued under an older one
-//! is not kept). Ids only grow in a store that loses nothing; a store that lost events (a
-//! failover) lost the pub/sub connection too, and the resync that follows forgets the
-//! head, so the first fresh stream after it reads the store again and that read carries
-//! the node's evidence of the loss (see `ReadFrom::Oldest` in the Redis broker). With a
-//! known head, streams that open on a busy or idle channel one after another need no
-//! round trip each (measured in docs/benchmarks/notes.md).
+//! A fresh stream is safe at any position at or before its channel's newest (its live
+//! subscription, taken first, brings what follows, or shows by a `prev` that history
+//! must be read; see the server's `stream::heads`). Its start read, though, also carries
+//! the node's evidence of a failover's loss that no guard has reported (see
+//! `ReadFrom::Oldest` in the Redis broker): the store records it and moves the channel's
+//! ids past it, so that the new primary cannot hand a lost id to a new event. So the
+//! channel's [`ChannelHead`] is a start read's answer, kept only while it stands for
+//! everything this node knows:
+//!
+//! - it was issued under the current [`Generation`]: a resync (a subscription made or
+//!   made again, an undecodable live message) or a lost upstream subscription bumps it,
+//!   and a read issued before may have gone to a store that has failed over since;
+//! - no local stream has seen an id past it (live or from history): then the node holds
+//!   evidence the answer did not carry, and the next fresh stream reads again.
+//!
+//! A quiet channel that streams open on one after another pays one read for the first,
+//! not one per stream; a busy one pays at most one per event (measured in
+//! docs/benchmarks/notes.md).
 //!
 //! # Bounds
 //!
@@ -110,7 +116,7 @@ pub enum ChannelHead {
     Known {
         /// The store's epoch of `last`.
         epoch: Epoch,
-        /// The newest live event's id, or a start read's answer.
+        /// A start read's answer.
         last: EntryId,
     },
     /// Not known: read the store, and seed the head with the answer under this generation.
@@ -166,8 +172,6 @@ impl Recent {
 
     /// Appends a live event, starting a new chain when it does not follow the newest.
     pub(crate) fn push(&mut self, ev: &Arc<StoredEvent>) {
-        // Whether or not it is kept, the newest live event is where the channel stands.
-        self.head = Some((ev.epoch, ev.id));
         let follows = self
             .events
             .back()
@@ -193,18 +197,24 @@ impl Recent {
         self.events.push_back(ev.clone());
     }
 
-    /// Where the channel stands (see the module docs).
-    pub(crate) fn head(&self) -> ChannelHead {
+    /// Where the channel stands (see the module docs), given the newest id a local stream
+    /// has seen on it.
+    pub(crate) fn head(&self, seen: Option<EntryId>) -> ChannelHead {
         match self.head {
-            Some((epoch, last)) => ChannelHead::Known { epoch, last },
-            None => ChannelHead::Unknown(self.generation),
+            Some((epoch, last)) if seen.is_none_or(|n| n <= last) => {
+                ChannelHead::Known { epoch, last }
+            }
+            _ => ChannelHead::Unknown(self.generation),
         }
     }
 
     /// Takes a start read's answer as the head, when the read was issued under the
-    /// current generation (no resync since) and no live event has set it meanwhile.
+    /// current generation, unless it would move the head back within its epoch.
     pub(crate) fn seed(&mut self, generation: Generation, epoch: Epoch, last: EntryId) {
-        if generation == self.generation && self.head.is_none() {
+        if generation != self.generation {
+            return;
+        }
+        if self.head.is_none_or(|(e, l)| e != epoch || l < last) {
             self.head = Some((epoch, last));
         }
     }
@@ -308,55 +318,53 @@ mod tests {
         assert_eq!(budget.used(), 0);
     }
 
-    fn unknown(r: &Recent) -> Generation {
-        match r.head() {
+    fn unknown(r: &Recent, seen: Option<EntryId>) -> Generation {
+        match r.head(seen) {
             ChannelHead::Unknown(g) => g,
             known => panic!("expected an unknown head: {known:?}"),
         }
     }
 
     #[test]
-    fn the_head_is_the_newest_live_event_or_a_read_of_the_current_generation() {
+    fn the_head_is_a_read_of_the_current_generation_past_everything_seen() {
         let e = Epoch::random();
         let budget = Arc::new(Budget::new(usize::MAX));
         let mut r = Recent::new(budget.clone());
-        let known = |epoch, n| ChannelHead::Known {
-            epoch,
-            last: EntryId::new(n, 0),
-        };
+        let id = |n| EntryId::new(n, 0);
+        let known = |epoch, n| ChannelHead::Known { epoch, last: id(n) };
 
-        // A read issued now seeds the head; a later one does not move it.
-        let g = unknown(&r);
-        r.seed(g, e, EntryId::new(5, 0));
-        assert_eq!(r.head(), known(e, 5));
-        r.seed(g, e, EntryId::new(4, 0));
-        assert_eq!(r.head(), known(e, 5));
+        // A read issued now seeds the head; an older answer does not move it back.
+        let g = unknown(&r, None);
+        r.seed(g, e, id(5));
+        assert_eq!(r.head(None), known(e, 5));
+        assert_eq!(r.head(Some(id(5))), known(e, 5));
+        r.seed(g, e, id(4));
+        assert_eq!(r.head(None), known(e, 5));
 
-        // Live events move it, kept or not, following or not.
+        // Once a stream here saw a later id (live or from history), the node holds
+        // evidence the read did not carry: read again.
         r.push(&ev(e, 5, 6, 0));
-        assert_eq!(r.head(), known(e, 6));
-        r.push(&ev(e, 8, 9, 0));
-        assert_eq!(r.head(), known(e, 9), "after a hole");
-        r.push(&ev(e, 9, 10, RECENT_BYTES + 1));
-        assert!(r.events.is_empty());
-        assert_eq!(r.head(), known(e, 10), "too large to keep");
+        assert_eq!(
+            unknown(&r, Some(id(6))),
+            g,
+            "same generation: a new read may seed"
+        );
+        r.seed(g, e, id(6));
+        assert_eq!(r.head(Some(id(6))), known(e, 6));
 
         // A resync forgets it, and a read issued before the resync cannot bring it back.
         r.clear();
-        let after = unknown(&r);
+        let after = unknown(&r, Some(id(6)));
         assert_ne!(after, g);
-        r.seed(g, e, EntryId::new(10, 0));
-        assert_eq!(r.head(), ChannelHead::Unknown(after));
-
-        // A live event that comes while a read is out wins over the read's answer.
-        r.push(&ev(e, 10, 11, 0));
-        r.seed(after, e, EntryId::new(10, 0));
-        assert_eq!(r.head(), known(e, 11));
+        r.seed(g, e, id(7));
+        assert_eq!(r.head(Some(id(6))), ChannelHead::Unknown(after));
+        r.seed(after, e, id(7));
+        assert_eq!(r.head(Some(id(6))), known(e, 7));
 
         // Another channel's chain (or this one's, made again) has its own generation.
         let other = Recent::new(budget);
-        assert_ne!(unknown(&other), after);
-        assert_ne!(unknown(&other), g);
+        assert_ne!(unknown(&other, None), after);
+        assert_ne!(unknown(&other, None), g);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!
 //! **A stream starts at its response head.** [`Session::open`] takes the live
 //! subscriptions and fixes every channel's start position (the store's epoch, and for a
-//! fresh subscriber the channel's newest id) *before* the caller writes the `200` head.
+//! fresh subscriber the channel's newest id, or a position before it that the hub knows:
+//! see `heads`) *before* the caller writes the `200` head.
 //! So every event whose publish starts after a client has the head (`EventSource`'s
 //! `open`) is after the stream's cursor and is delivered, live or from history. Were the
 //! position read after the head (lazily, on the body's first poll), an event published
