@@ -53,7 +53,9 @@ use crate::lock;
 
 pub use direct::{Direct, Offer};
 use recent::{Budget, Recent};
-pub use recent::{ChannelHead, Generation, NODE_RECENT_BYTES, RECENT_BYTES, RECENT_EVENTS};
+pub use recent::{
+    ChannelHead, Generation, HEAD_MAX_AGE, NODE_RECENT_BYTES, RECENT_BYTES, RECENT_EVENTS,
+};
 
 /// Told when a channel gains its first or loses its last local subscriber, so that a
 /// cluster broker can SUBSCRIBE / UNSUBSCRIBE upstream.
@@ -664,17 +666,21 @@ impl LiveSubscription {
         lock(&self.ring.state).recent.after(epoch, cursor)
     }
 
-    /// Where this node knows the channel to stand: a fresh stream's start without a read
-    /// (see the `recent` module). Ask only after subscribing.
-    pub fn head(&self) -> ChannelHead {
+    /// Where this node knows the channel to stand in `epoch` (the store's, as the broker
+    /// knows it): a fresh stream's start without a read (see the `recent` module). Ask
+    /// only after subscribing.
+    pub fn head(&self, epoch: Epoch) -> ChannelHead {
         let st = lock(&self.ring.state);
-        st.recent.head(st.newest)
+        st.recent
+            .head(st.newest, epoch, tokio::time::Instant::now())
     }
 
     /// Gives the channel's head a start read's answer; `generation` is the one
     /// [`LiveSubscription::head`] reported when the read was issued.
     pub fn seed_head(&self, generation: Generation, epoch: Epoch, last: EntryId) {
-        lock(&self.ring.state).recent.seed(generation, epoch, last);
+        lock(&self.ring.state)
+            .recent
+            .seed(generation, epoch, last, tokio::time::Instant::now());
     }
 
     /// Waits for the next live event.

@@ -28,7 +28,15 @@
 //!   made again, an undecodable live message) or a lost upstream subscription bumps it,
 //!   and a read issued before may have gone to a store that has failed over since;
 //! - no local stream has seen an id past it (live or from history): then the node holds
-//!   evidence the answer did not carry, and the next fresh stream reads again.
+//!   evidence the answer did not carry, and the next fresh stream reads again;
+//! - it is of the store's epoch as the node knows it now (a `FLUSHALL` without a pub/sub
+//!   reconnect changes the epoch under a quiet channel);
+//! - it is at most [`HEAD_MAX_AGE`] old. A fresh stream served from a head read `δ` ago
+//!   is in the position of a stream that opened `δ` earlier, and the age bounds what that
+//!   costs when the store changes under a quiet channel without a resync: its keys expire
+//!   (the head then names an event the store no longer has, and the stream would be told
+//!   of a gap before its own head), or a failover the pub/sub connection has not noticed
+//!   yet (a fixed address behind a proxy) lost the head's event.
 //!
 //! A quiet channel that streams open on one after another pays one read for the first,
 //! not one per stream; a busy one pays at most one per event (measured in
@@ -52,6 +60,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use ssegate_core::{EntryId, Epoch};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use crate::event::StoredEvent;
 
@@ -61,6 +71,10 @@ pub const RECENT_EVENTS: usize = 64;
 pub const RECENT_BYTES: usize = 64 * 1024;
 /// Frame bytes kept over every channel of a node.
 pub const NODE_RECENT_BYTES: usize = 32 * 1024 * 1024;
+/// How long a start read's answer serves fresh streams (see "Where a fresh stream
+/// starts"): short beside what changes a quiet store without a resync (a key's expiry,
+/// an unnoticed failover), long beside the moments between clients of a page that opens.
+pub const HEAD_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// The node-wide count of cached bytes, shared by every channel's [`Recent`].
 #[derive(Debug, Default)]
@@ -129,7 +143,8 @@ pub(crate) struct Recent {
     events: VecDeque<Arc<StoredEvent>>,
     bytes: usize,
     budget: Arc<Budget>,
-    head: Option<(Epoch, EntryId)>,
+    /// A start read's answer, and when it came.
+    head: Option<(Epoch, EntryId, Instant)>,
     generation: Generation,
 }
 
@@ -197,11 +212,15 @@ impl Recent {
         self.events.push_back(ev.clone());
     }
 
-    /// Where the channel stands (see the module docs), given the newest id a local stream
-    /// has seen on it.
-    pub(crate) fn head(&self, seen: Option<EntryId>) -> ChannelHead {
+    /// Where the channel stands in `epoch` (see the module docs), given the newest id a
+    /// local stream has seen on it.
+    pub(crate) fn head(&self, seen: Option<EntryId>, epoch: Epoch, now: Instant) -> ChannelHead {
         match self.head {
-            Some((epoch, last)) if seen.is_none_or(|n| n <= last) => {
+            Some((e, last, at))
+                if e == epoch
+                    && seen.is_none_or(|n| n <= last)
+                    && now.saturating_duration_since(at) <= HEAD_MAX_AGE =>
+            {
                 ChannelHead::Known { epoch, last }
             }
             _ => ChannelHead::Unknown(self.generation),
@@ -209,13 +228,16 @@ impl Recent {
     }
 
     /// Takes a start read's answer as the head, when the read was issued under the
-    /// current generation, unless it would move the head back within its epoch.
-    pub(crate) fn seed(&mut self, generation: Generation, epoch: Epoch, last: EntryId) {
-        if generation != self.generation {
-            return;
-        }
-        if self.head.is_none_or(|(e, l)| e != epoch || l < last) {
-            self.head = Some((epoch, last));
+    /// current generation.
+    pub(crate) fn seed(
+        &mut self,
+        generation: Generation,
+        epoch: Epoch,
+        last: EntryId,
+        now: Instant,
+    ) {
+        if generation == self.generation {
+            self.head = Some((epoch, last, now));
         }
     }
 
@@ -318,28 +340,27 @@ mod tests {
         assert_eq!(budget.used(), 0);
     }
 
-    fn unknown(r: &Recent, seen: Option<EntryId>) -> Generation {
-        match r.head(seen) {
-            ChannelHead::Unknown(g) => g,
-            known => panic!("expected an unknown head: {known:?}"),
-        }
-    }
-
     #[test]
-    fn the_head_is_a_read_of_the_current_generation_past_everything_seen() {
+    fn the_head_is_a_recent_read_of_the_current_generation_and_epoch_past_everything_seen() {
         let e = Epoch::random();
         let budget = Arc::new(Budget::new(usize::MAX));
         let mut r = Recent::new(budget.clone());
+        let t = Instant::now();
         let id = |n| EntryId::new(n, 0);
-        let known = |epoch, n| ChannelHead::Known { epoch, last: id(n) };
+        let known = |n| ChannelHead::Known {
+            epoch: e,
+            last: id(n),
+        };
+        let unknown = |r: &Recent, seen| match r.head(seen, e, t) {
+            ChannelHead::Unknown(g) => g,
+            known => panic!("expected an unknown head: {known:?}"),
+        };
 
-        // A read issued now seeds the head; an older answer does not move it back.
+        // A read issued now seeds the head.
         let g = unknown(&r, None);
-        r.seed(g, e, id(5));
-        assert_eq!(r.head(None), known(e, 5));
-        assert_eq!(r.head(Some(id(5))), known(e, 5));
-        r.seed(g, e, id(4));
-        assert_eq!(r.head(None), known(e, 5));
+        r.seed(g, e, id(5), t);
+        assert_eq!(r.head(None, e, t), known(5));
+        assert_eq!(r.head(Some(id(5)), e, t), known(5));
 
         // Once a stream here saw a later id (live or from history), the node holds
         // evidence the read did not carry: read again.
@@ -349,17 +370,27 @@ mod tests {
             g,
             "same generation: a new read may seed"
         );
-        r.seed(g, e, id(6));
-        assert_eq!(r.head(Some(id(6))), known(e, 6));
+        r.seed(g, e, id(6), t);
+        assert_eq!(r.head(Some(id(6)), e, t), known(6));
+
+        // Of another epoch than the store's now: read again.
+        assert!(matches!(
+            r.head(None, Epoch::random(), t),
+            ChannelHead::Unknown(_)
+        ));
+        // Older than its age: read again.
+        assert_eq!(r.head(None, e, t + HEAD_MAX_AGE), known(6));
+        let late = t + HEAD_MAX_AGE + Duration::from_millis(1);
+        assert!(matches!(r.head(None, e, late), ChannelHead::Unknown(_)));
 
         // A resync forgets it, and a read issued before the resync cannot bring it back.
         r.clear();
         let after = unknown(&r, Some(id(6)));
         assert_ne!(after, g);
-        r.seed(g, e, id(7));
-        assert_eq!(r.head(Some(id(6))), ChannelHead::Unknown(after));
-        r.seed(after, e, id(7));
-        assert_eq!(r.head(Some(id(6))), known(e, 7));
+        r.seed(g, e, id(7), t);
+        assert_eq!(r.head(Some(id(6)), e, t), ChannelHead::Unknown(after));
+        r.seed(after, e, id(7), t);
+        assert_eq!(r.head(Some(id(6)), e, t), known(7));
 
         // Another channel's chain (or this one's, made again) has its own generation.
         let other = Recent::new(budget);

@@ -203,7 +203,7 @@ mod tests {
 
     /// A generation to issue reads under (these tests do not seed a head).
     fn generation(broker: &Arc<dyn Broker>, ch: &ChannelName) -> Generation {
-        match broker.subscribe(ch).head() {
+        match broker.subscribe(ch).head(Epoch::random()) {
             ssegate_broker::ChannelHead::Unknown(g) => g,
             known => panic!("a new channel's head is unknown: {known:?}"),
         }

@@ -304,7 +304,7 @@ impl Session {
         let heads = &self.state.heads;
         let reads = fresh.map(|(i, _)| {
             let chan = &self.chans[i];
-            let head = match chan.live.head() {
+            let head = match chan.live.head(epoch) {
                 ChannelHead::Known { epoch, last } => {
                     Either::Left(std::future::ready(Ok(Head::known(epoch, last))))
                 }

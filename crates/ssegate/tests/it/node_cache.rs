@@ -12,8 +12,9 @@ use http::StatusCode;
 use ssegate_client::HttpClient;
 
 use crate::cluster::{cluster, publish, stream};
-use crate::helpers::{WAIT, events, opening_id};
+use crate::helpers::{WAIT, events, opening_id, sync_reasons_then_event};
 use crate::redis_server::{RedisServer, query};
+use ssegate_client::Connection;
 
 /// Waits until Redis counts a subscriber of `channel`'s live messages: from then on every
 /// publish reaches the node live, after its subscription's resync.
@@ -116,4 +117,83 @@ async fn fresh_streams_after_the_first_start_without_the_store() {
     // e2 is past that read: the next fresh stream reads again, and starts at e2.
     let mut fourth = stream(node, path, None).await;
     assert_eq!(opening_id(&mut fourth).await, e2);
+}
+
+/// Opens a fresh stream on `channel` right after one stream there received `id` live and
+/// a second read it as the channel's head, so that the head is known.
+async fn warm(
+    node: &crate::helpers::TestProcess,
+    http: &HttpClient,
+    redis: &RedisServer,
+    channel: &str,
+) -> (Connection, String) {
+    let path = format!("/v1/channels/{channel}/events");
+    let mut first = stream(node, &path, None).await;
+    subscribed(redis, channel).await;
+    let (status, id) = publish(http, node, channel, "warm").await;
+    assert_eq!(status, StatusCode::CREATED, "{id}");
+    assert_eq!(events(&mut first, 1).await[0].id, id);
+    let mut second = stream(node, &path, None).await;
+    assert_eq!(opening_id(&mut second).await, id);
+    (first, id)
+}
+
+/// A `FLUSHALL` with the pub/sub connection up starts a new epoch under a quiet channel's
+/// head: a fresh stream starts in the store's new epoch, also beside a channel already in
+/// it (a head of the old epoch would make the channels' positions disagree).
+#[tokio::test]
+async fn a_head_of_an_epoch_the_store_has_left_is_not_used() {
+    let redis = RedisServer::start(false).await;
+    let nodes = cluster(&redis, 1, &[]).await;
+    let node = &nodes[0];
+    let http = HttpClient::new();
+    let (_qa, _) = warm(node, &http, &redis, "qa").await;
+    let mut qb = stream(node, "/v1/channels/qb/events", None).await;
+    subscribed(&redis, "qb").await;
+    redis.cmd(&["FLUSHALL"]).await;
+    let (status, b1) = publish(&http, node, "qb", "b1").await;
+    assert_eq!(status, StatusCode::CREATED, "{b1}");
+    let (_, event) = sync_reasons_then_event(&mut qb).await;
+    assert_eq!(event.id, b1);
+    let epoch = b1.split_once('-').unwrap().0;
+
+    let mut both = stream(node, "/v1/events?channels=qa,qb", None).await;
+    let id = opening_id(&mut both).await;
+    assert!(
+        id.starts_with(epoch),
+        "opened in the store's epoch {epoch}: {id}"
+    );
+    let mut qa = stream(node, "/v1/channels/qa/events", None).await;
+    let id = opening_id(&mut qa).await;
+    assert!(id.starts_with(&format!("{epoch}-")), "{id}");
+}
+
+/// A head serves fresh streams for a moment, not for ever: once the store's keys are gone
+/// under a quiet channel (expired), a fresh stream reads again and starts where the store
+/// stands, and is told of no gap before its own head.
+#[tokio::test]
+async fn a_head_older_than_its_age_is_read_again() {
+    let redis = RedisServer::start(false).await;
+    let nodes = cluster(&redis, 1, &[]).await;
+    let node = &nodes[0];
+    let http = HttpClient::new();
+    let (_first, _) = warm(node, &http, &redis, "aged").await;
+    redis
+        .cmd(&["DEL", "ssegate:{aged}:s", "ssegate:{aged}:m"])
+        .await;
+    // The head's age is the rule under test: nothing to await but the clock.
+    tokio::time::sleep(ssegate_broker::hub::HEAD_MAX_AGE + Duration::from_millis(100)).await;
+    let mut fresh = stream(node, "/v1/channels/aged/events", None).await;
+    let _ = opening_id(&mut fresh).await;
+    let (status, next) = publish(&http, node, "aged", "next").await;
+    assert_eq!(status, StatusCode::CREATED, "{next}");
+    let (reasons, event) = sync_reasons_then_event(&mut fresh).await;
+    assert!(
+        reasons.is_empty(),
+        "no gap before its own head: {reasons:?}"
+    );
+    assert_eq!(
+        (event.id.as_str(), event.data.as_str()),
+        (next.as_str(), "next")
+    );
 }
