@@ -147,7 +147,9 @@ async fn a_head_of_an_epoch_the_store_has_left_is_not_used() {
     let nodes = cluster(&redis, 1, &[]).await;
     let node = &nodes[0];
     let http = HttpClient::new();
-    let (_qa, _) = warm(node, &http, &redis, "qa").await;
+    let (_qa, warmed) = warm(node, &http, &redis, "qa").await;
+    // The store of the new epoch never had this entry: no stream may start there.
+    let old_entry = warmed.split_once('-').unwrap().1.to_owned();
     let mut qb = stream(node, "/v1/channels/qb/events", None).await;
     subscribed(&redis, "qb").await;
     redis.cmd(&["FLUSHALL"]).await;
@@ -166,6 +168,10 @@ async fn a_head_of_an_epoch_the_store_has_left_is_not_used() {
     let mut qa = stream(node, "/v1/channels/qa/events", None).await;
     let id = opening_id(&mut qa).await;
     assert!(id.starts_with(&format!("{epoch}-")), "{id}");
+    assert!(
+        !id.contains(&old_entry),
+        "not at the old epoch's head: {id}"
+    );
 }
 
 /// A head serves fresh streams for a moment, not for ever: once the store's keys are gone
