@@ -292,11 +292,12 @@ impl Session {
                 return self.finish_with_retry(CloseReason::BrokerUnavailable);
             }
         };
-        // A fresh subscriber starts where the hub knows its channel to stand (the newest
-        // live event, or an earlier start read's answer: the broker's `hub::recent`),
-        // else at the channel's newest id in the store, by one read shared with the
-        // streams opening on the channel at the same moment (see `heads`). The reads run
-        // together, as they all stand between the request and its head.
+        // A fresh subscriber starts where the hub knows its channel to stand (a recent
+        // start read's answer, while nothing since makes it stale: the broker's
+        // `hub::recent`), else at the channel's newest id in the store, by one read shared
+        // with the streams opening on the channel at the same moment (see `heads`), whose
+        // answer seeds the head. The reads run together, as they all stand between the
+        // request and its head.
         let fresh = starts
             .iter()
             .enumerate()

@@ -79,6 +79,27 @@ async fn resumes_and_fresh_streams_are_served_from_what_the_node_received_live()
     }
 }
 
+/// Makes `channel`'s head known: a first fresh stream receives an event (`id`) live, and
+/// a second, opening after it, reads it as where the channel stands.
+async fn warm(
+    node: &crate::helpers::TestProcess,
+    http: &HttpClient,
+    redis: &RedisServer,
+    channel: &str,
+) -> (Connection, Connection, String) {
+    let path = format!("/v1/channels/{channel}/events");
+    let mut first = stream(node, &path, None).await;
+    subscribed(redis, channel).await;
+    // Delivered live after the subscription's resync (one task does both, in order): a
+    // read from now on is issued under the channel's current generation.
+    let (status, id) = publish(http, node, channel, "warm").await;
+    assert_eq!(status, StatusCode::CREATED, "{id}");
+    assert_eq!(events(&mut first, 1).await[0].id, id);
+    let mut second = stream(node, &path, None).await;
+    assert_eq!(opening_id(&mut second).await, id, "read from the store");
+    (first, second, id)
+}
+
 /// Once one fresh stream has read where a channel stands, the next ones start there
 /// without the store, and miss nothing published after their heads.
 #[tokio::test]
@@ -88,15 +109,7 @@ async fn fresh_streams_after_the_first_start_without_the_store() {
     let node = &nodes[0];
     let http = HttpClient::new();
     let path = "/v1/channels/known/events";
-    let mut first = stream(node, path, None).await;
-    subscribed(&redis, "known").await;
-    // Delivered live after the subscription's resync (one task does both, in order): a
-    // read from now on is issued under the channel's current generation.
-    let (status, e1) = publish(&http, node, "known", "e1").await;
-    assert_eq!(status, StatusCode::CREATED, "{e1}");
-    assert_eq!(events(&mut first, 1).await[0].id, e1);
-    let mut second = stream(node, path, None).await;
-    assert_eq!(opening_id(&mut second).await, e1, "read from the store");
+    let (mut first, mut second, e1) = warm(node, &http, &redis, "known").await;
 
     redis.signal("STOP");
     let opened = tokio::time::timeout(WAIT, stream(node, path, None)).await;
@@ -119,25 +132,6 @@ async fn fresh_streams_after_the_first_start_without_the_store() {
     assert_eq!(opening_id(&mut fourth).await, e2);
 }
 
-/// Opens a fresh stream on `channel` right after one stream there received `id` live and
-/// a second read it as the channel's head, so that the head is known.
-async fn warm(
-    node: &crate::helpers::TestProcess,
-    http: &HttpClient,
-    redis: &RedisServer,
-    channel: &str,
-) -> (Connection, String) {
-    let path = format!("/v1/channels/{channel}/events");
-    let mut first = stream(node, &path, None).await;
-    subscribed(redis, channel).await;
-    let (status, id) = publish(http, node, channel, "warm").await;
-    assert_eq!(status, StatusCode::CREATED, "{id}");
-    assert_eq!(events(&mut first, 1).await[0].id, id);
-    let mut second = stream(node, &path, None).await;
-    assert_eq!(opening_id(&mut second).await, id);
-    (first, id)
-}
-
 /// A `FLUSHALL` with the pub/sub connection up starts a new epoch under a quiet channel's
 /// head: a fresh stream starts in the store's new epoch, also beside a channel already in
 /// it (a head of the old epoch would make the channels' positions disagree).
@@ -147,7 +141,7 @@ async fn a_head_of_an_epoch_the_store_has_left_is_not_used() {
     let nodes = cluster(&redis, 1, &[]).await;
     let node = &nodes[0];
     let http = HttpClient::new();
-    let (_qa, warmed) = warm(node, &http, &redis, "qa").await;
+    let (_qa, _qa_second, warmed) = warm(node, &http, &redis, "qa").await;
     // The store of the new epoch never had this entry: no stream may start there.
     let old_entry = warmed.split_once('-').unwrap().1.to_owned();
     let mut qb = stream(node, "/v1/channels/qb/events", None).await;
@@ -164,6 +158,10 @@ async fn a_head_of_an_epoch_the_store_has_left_is_not_used() {
     assert!(
         id.starts_with(epoch),
         "opened in the store's epoch {epoch}: {id}"
+    );
+    assert!(
+        !id.contains(&old_entry),
+        "not at the old epoch's head: {id}"
     );
     let mut qa = stream(node, "/v1/channels/qa/events", None).await;
     let id = opening_id(&mut qa).await;
@@ -183,7 +181,7 @@ async fn a_head_older_than_its_age_is_read_again() {
     let nodes = cluster(&redis, 1, &[]).await;
     let node = &nodes[0];
     let http = HttpClient::new();
-    let (_first, _) = warm(node, &http, &redis, "aged").await;
+    let (_first, _second, _) = warm(node, &http, &redis, "aged").await;
     redis
         .cmd(&["DEL", "ssegate:{aged}:s", "ssegate:{aged}:m"])
         .await;
