@@ -26,7 +26,8 @@
 //! - [`primary`], [`pubsub`]: the primary and its pub/sub connection (standalone, Sentinel).
 //! - [`pooled`]: the pool of command connections to the primary, checked without a round
 //!   trip; [`plain`]: such a connection, driven by its user's task.
-//! - [`keys`], [`scripts`], [`codec`]: the key layout, the Lua scripts, reply decoding.
+//! - [`keys`], [`scripts`], [`codec`]: the key layout, the Lua scripts, reply decoding;
+//!   [`resp`]: framing and decoding RESP2 replies.
 
 mod cluster;
 mod codec;
@@ -38,6 +39,7 @@ pub use pooled::PING_IDLE_AFTER;
 mod primary;
 mod publish;
 mod pubsub;
+mod resp;
 mod scripts;
 
 use std::sync::{Arc, Mutex};

@@ -32,7 +32,7 @@
 //! # Bounds
 //!
 //! The read buffer holds one reply: replies are what this node asked for (a page of
-//! history, a script's result), at most [`MAX_REPLY`] (Redis's own largest bulk string,
+//! history, a script's result), at most [`MAX_REPLY`](resp::MAX_REPLY) (Redis's own largest bulk string,
 //! `proto-max-bulk-len`): a peer that sends more without finishing a reply fails the
 //! command and the connection is dropped. A buffer grown past [`KEEP_BUFFER`] by a large
 //! reply is freed after it. Only RESP2 is spoken (the connection is opened that way); a
@@ -45,10 +45,10 @@ use redis::{Cmd, ErrorKind, RedisConnectionInfo, RedisError, RedisFuture, RedisR
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::resp::{self, MAX_REPLY, Scan};
+
 /// A read buffer larger than this is freed once its reply was parsed.
 const KEEP_BUFFER: usize = 64 * 1024;
-/// The largest reply read (see Bounds).
-const MAX_REPLY: usize = 512 * 1024 * 1024;
 /// What one read asks the socket for at least.
 const READ_AT_LEAST: usize = 16 * 1024;
 
@@ -138,8 +138,8 @@ impl Plain {
     async fn read_reply(&mut self) -> RedisResult<Value> {
         let mut scan = Scan::NEW;
         loop {
-            if let Some(len) = value_len(&self.buf, &mut scan)? {
-                let value = redis::parse_redis_value(&self.buf[..len])?;
+            if let Some(len) = resp::value_len(&self.buf, &mut scan)? {
+                let value = resp::parse(&self.buf[..len])?;
                 self.buf.drain(..len);
                 return Ok(value);
             }
@@ -183,229 +183,9 @@ impl ConnectionLike for Plain {
     }
 }
 
-/// The longest line (a simple string, an error, a length) a reply may hold: a peer that
-/// sends more without a line end fails the command, and each read rescans at most this.
-const MAX_LINE: usize = 64 * 1024;
-
-/// How far the framing of the reply being read has got: it resumes there when more bytes
-/// arrive, so that a large reply is scanned once, not once per read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Scan {
-    /// Where the next value to frame starts (everything before it is framed).
-    at: usize,
-    /// Values still to be framed: the first, then each array's elements.
-    want: usize,
-}
-
-impl Scan {
-    const NEW: Self = Self { at: 0, want: 1 };
-}
-
-/// Frames the first RESP2 value of `buf`, resuming from `scan`: its length once it is
-/// complete, `None` while more bytes are needed. Bulk strings are skipped by their length
-/// (their bytes may hold CRLF). Never panics, whatever `buf` holds.
-fn value_len(buf: &[u8], scan: &mut Scan) -> RedisResult<Option<usize>> {
-    while scan.want > 0 {
-        let at = scan.at;
-        let Some(&kind) = buf.get(at) else {
-            return Ok(None);
-        };
-        if !matches!(kind, b'+' | b'-' | b':' | b'$' | b'*') {
-            return Err((ErrorKind::Parse, "not a RESP2 reply").into());
-        }
-        let rest = &buf[at + 1..];
-        let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
-            if rest.len() > MAX_LINE {
-                return Err((ErrorKind::Parse, "a reply line too long").into());
-            }
-            return Ok(None);
-        };
-        let line = &rest[..end];
-        let mut next = at + 1 + end + 2;
-        let mut more = 0usize;
-        match kind {
-            b'$' => {
-                // `-1` is nil; a length past any reply read is refused before it is waited
-                // for (and cannot overflow the position).
-                if let Ok(n) = usize::try_from(int(line)?) {
-                    if n > MAX_REPLY {
-                        return Err((ErrorKind::Parse, "a bulk string too large").into());
-                    }
-                    if buf.len() < next + n + 2 {
-                        return Ok(None);
-                    }
-                    next += n + 2;
-                }
-            }
-            b'*' => {
-                if let Ok(n) = usize::try_from(int(line)?) {
-                    more = n;
-                }
-            }
-            _ => {}
-        }
-        scan.at = next;
-        scan.want = (scan.want - 1).saturating_add(more);
-    }
-    Ok(Some(scan.at))
-}
-
-fn int(line: &[u8]) -> RedisResult<i64> {
-    std::str::from_utf8(line)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| (ErrorKind::Parse, "a malformed length in a reply").into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn len(buf: &[u8]) -> RedisResult<Option<usize>> {
-        let mut scan = Scan::NEW;
-        value_len(buf, &mut scan)
-    }
-
-    #[test]
-    fn a_value_is_complete_only_with_all_its_bytes() {
-        let whole: &[&[u8]] = &[
-            b"+OK\r\n",
-            b"-ERR no\r\n",
-            b":42\r\n",
-            b"$-1\r\n",
-            b"*-1\r\n",
-            b"*0\r\n",
-            b"$4\r\na\r\nb\r\n",
-            b"*2\r\n$1\r\nx\r\n*2\r\n:1\r\n+y\r\n",
-        ];
-        for v in whole {
-            assert_eq!(len(v).unwrap(), Some(v.len()), "{v:?}");
-            assert!(
-                redis::parse_redis_value(v).is_ok(),
-                "{v:?} is what Redis sends"
-            );
-            let mut more = v.to_vec();
-            more.extend_from_slice(b"+next\r\n");
-            assert_eq!(len(&more).unwrap(), Some(v.len()), "{v:?} then more");
-            // Cut anywhere, fresh or resumed byte by byte: incomplete until the end.
-            let mut scan = Scan::NEW;
-            for cut in 0..v.len() {
-                assert_eq!(len(&v[..cut]).unwrap(), None, "{v:?} cut at {cut}");
-                assert_eq!(
-                    value_len(&v[..cut], &mut scan).unwrap(),
-                    None,
-                    "{v:?} at {cut}"
-                );
-            }
-            assert_eq!(
-                value_len(v, &mut scan).unwrap(),
-                Some(v.len()),
-                "{v:?} resumed"
-            );
-        }
-        // Malformed: an error, never a panic.
-        for bad in [
-            &b"?huh\r\n"[..],
-            b"\r\n",
-            b"*1\r\n\r\n",
-            b"*2\r\n:1\r\n\r\n",
-            b"$x\r\n",
-            b"$99999999999999999999\r\n",
-        ] {
-            assert!(len(bad).is_err(), "{bad:?}");
-        }
-        let past = format!("${}\r\n", MAX_REPLY + 1);
-        assert!(len(past.as_bytes()).is_err(), "refused, not waited for");
-        let endless = vec![b'+'; MAX_LINE + 2];
-        assert!(
-            len(&endless).is_err(),
-            "a line without an end is not waited for"
-        );
-    }
-
-    /// A large reply arriving in small reads is framed once: each read resumes where
-    /// the last complete element ended.
-    #[test]
-    fn a_large_reply_is_framed_once_across_reads() {
-        let mut reply = b"*1000\r\n".to_vec();
-        for i in 0..1000 {
-            let item = format!("{i:0>1000}");
-            reply.extend(format!("${}\r\n{item}\r\n", item.len()).into_bytes());
-        }
-        let mut scan = Scan::NEW;
-        let mut framed_at = Vec::new();
-        for cut in (1448..reply.len()).step_by(1448) {
-            assert_eq!(value_len(&reply[..cut], &mut scan).unwrap(), None);
-            framed_at.push(scan.at);
-        }
-        assert_eq!(value_len(&reply, &mut scan).unwrap(), Some(reply.len()));
-        assert!(
-            framed_at.windows(2).all(|w| w[0] <= w[1])
-                && framed_at.last() > Some(&(reply.len() / 2)),
-            "each read resumes past what was framed"
-        );
-    }
-
-    /// A random RESP2 reply, as Redis encodes one.
-    fn reply() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
-        use proptest::prelude::*;
-        let leaf = prop_oneof![
-            "[ -~]{0,20}".prop_map(|t| format!("+{t}\r\n").into_bytes()),
-            "[ -~]{0,20}".prop_map(|t| format!("-ERR {t}\r\n").into_bytes()),
-            any::<i64>().prop_map(|n| format!(":{n}\r\n").into_bytes()),
-            Just(b"$-1\r\n".to_vec()),
-            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| {
-                let mut out = format!("${}\r\n", b.len()).into_bytes();
-                out.extend(b);
-                out.extend_from_slice(b"\r\n");
-                out
-            }),
-        ];
-        leaf.prop_recursive(4, 64, 8, |inner| {
-            proptest::collection::vec(inner, 0..8).prop_map(|items| {
-                let mut out = format!("*{}\r\n", items.len()).into_bytes();
-                out.extend(items.into_iter().flatten());
-                out
-            })
-        })
-    }
-
-    proptest::proptest! {
-        /// Any reply is framed at exactly its end, read whole or in pieces of any size,
-        /// and agrees with redis-rs's parser.
-        #[test]
-        fn replies_are_framed_exactly_however_they_arrive(v in reply(), step in 1usize..40) {
-            proptest::prop_assert_eq!(len(&v).unwrap(), Some(v.len()));
-            proptest::prop_assert!(redis::parse_redis_value(&v).is_ok());
-            let mut scan = Scan::NEW;
-            let mut cut = step;
-            while cut < v.len() {
-                proptest::prop_assert_eq!(value_len(&v[..cut], &mut scan).unwrap(), None);
-                cut += step;
-            }
-            proptest::prop_assert_eq!(value_len(&v, &mut scan).unwrap(), Some(v.len()));
-        }
-
-        /// Whatever bytes a peer sends, framing answers (complete, incomplete or an
-        /// error) and never panics.
-        #[test]
-        fn framing_never_panics(bytes in proptest::collection::vec(any_byte(), 0..200)) {
-            let _ = len(&bytes);
-        }
-    }
-
-    fn any_byte() -> impl proptest::strategy::Strategy<Value = u8> {
-        use proptest::prelude::*;
-        prop_oneof![
-            Just(b'\r'),
-            Just(b'\n'),
-            Just(b'*'),
-            Just(b'$'),
-            Just(b'-'),
-            Just(b'1'),
-            any::<u8>()
-        ]
-    }
 
     /// A request whose caller gave up leaves the connection in doubt; a server error
     /// does not.
