@@ -144,16 +144,6 @@ impl App {
             life.spawn(work);
         }
         life.spawn(crate::cluster_view::announcer(state.clone()));
-        // Histograms need their upkeep (bucket draining) even when nobody scrapes.
-        if let Some(handle) = crate::metrics::prometheus() {
-            life.spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    tick.tick().await;
-                    handle.run_upkeep();
-                }
-            });
-        }
         let front = |which| {
             Arc::new(conn::Front {
                 state: state.clone(),

@@ -8,7 +8,7 @@
 //!   still running ends at its next poll. `drain` is a child of `stop`, so stopping
 //!   without a drain drains too.
 //! - **tasks** tracks every task the node spawns: background tasks (the accept loops, the
-//!   broker's background work, the announcer, metrics upkeep) by [`Lifecycle::spawn`],
+//!   broker's background work, the announcer) by [`Lifecycle::spawn`],
 //!   which ends them at `stop`, and connections by [`Lifecycle::spawn_connection`].
 //!   Nothing is aborted by hand; [`Lifecycle::stop`] returns once the tracker is empty
 //!   (or, for a connection still stuck writing to a client that does not read, after

@@ -2,32 +2,37 @@
 //! record (a handle is an atomic; looking a metric up by name on every event is not).
 //! Names are constants in `ssegate_core::metric_names`; every label's values are one
 //! enum implementing [`LabelValue`] (a handle per value, built from `ALL`).
+//!
+//! # Layout
+//!
+//! - this file: the recorder, the label enums, [`Metrics`] (the handles);
+//! - [`latency`]: the latency histograms, kept by the node itself (see there why).
+
+pub mod latency;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics::{Counter, Gauge, counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use ssegate_core::metric_names::{self as m, LabelValue};
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder once; `None` if another recorder was
-/// installed first (then `/metrics` says so).
+/// installed first (then `/metrics` says so). It holds counters and gauges only, so it
+/// needs no upkeep.
 pub fn prometheus() -> Option<&'static PrometheusHandle> {
     PROMETHEUS
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(m::LATENCY_BUCKETS)
-                .ok()?
-                .build_recorder();
+            let recorder = PrometheusBuilder::new().build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             for (name, help) in m::HELP {
                 if name.ends_with("_total") {
                     metrics::describe_counter!(*name, *help);
                 } else if name.ends_with("_seconds") {
-                    metrics::describe_histogram!(*name, metrics::Unit::Seconds, *help);
+                    // A histogram: kept and rendered by `latency`, not the recorder.
                 } else {
                     metrics::describe_gauge!(*name, *help);
                 }
@@ -160,10 +165,9 @@ pub struct Metrics {
     /// `ssegate_bytes_written_total`: bytes of stream frames handed to connections.
     pub bytes: Counter,
     /// `ssegate_publish_duration_seconds`: request received to broker acknowledged.
-    pub publish_duration: Histogram,
-    /// `ssegate_delivery_latency_seconds`: publish timestamp to frame handed to the
-    /// connection, for live deliveries.
-    pub delivery_latency: Histogram,
+    pub publish_duration: &'static latency::Latency,
+    /// `ssegate_delivery_latency_seconds` (see [`Metrics::delivered_live`]).
+    delivery_latency: &'static latency::Latency,
     /// The counters above that the node also reads back.
     read: std::sync::Arc<ReadBack>,
 }
@@ -197,8 +201,8 @@ impl Metrics {
             resyncs: counter!(m::LIVE_RESYNCS),
             heartbeats: counter!(m::HEARTBEATS),
             bytes: counter!(m::BYTES_WRITTEN),
-            publish_duration: histogram!(m::PUBLISH_DURATION),
-            delivery_latency: histogram!(m::DELIVERY_LATENCY),
+            publish_duration: &latency::PUBLISH_DURATION,
+            delivery_latency: &latency::DELIVERY_LATENCY,
             read: std::sync::Arc::default(),
         }
     }

@@ -56,10 +56,13 @@ pub(crate) fn stats(state: &AppState) -> Response<Body> {
 
 /// `GET /metrics` (admin listener): Prometheus text exposition.
 pub(crate) fn metrics() -> Response<Body> {
-    let text = match crate::metrics::prometheus() {
+    let mut text = match crate::metrics::prometheus() {
         Some(handle) => handle.render(),
         None => "# metrics recorder unavailable in this process\n".to_owned(),
     };
+    for histogram in crate::metrics::latency::ALL {
+        histogram.render(&mut text);
+    }
     let mut res = Response::new(Body::full(text));
     res.headers_mut().insert(
         http::header::CONTENT_TYPE,
