@@ -111,13 +111,19 @@ mod tests {
         let mut text = String::new();
         h.render(&mut text);
         let bucket = |le: &str| line(&text, &format!("{DELIVERY_LATENCY}_bucket{{le=\"{le}\"}}"));
-        assert_eq!(bucket(&first.to_string()), "4", "at the bound, below, negative, NaN");
+        assert_eq!(
+            bucket(&first.to_string()),
+            "4",
+            "at the bound, below, negative, NaN"
+        );
         assert_eq!(bucket(&LATENCY_BUCKETS[1].to_string()), "5");
         let last = LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1];
         assert_eq!(bucket(&last.to_string()), "5");
         assert_eq!(bucket("+Inf"), "6");
         assert_eq!(line(&text, &format!("{DELIVERY_LATENCY}_count")), "6");
-        let sum: f64 = line(&text, &format!("{DELIVERY_LATENCY}_sum")).parse().unwrap();
+        let sum: f64 = line(&text, &format!("{DELIVERY_LATENCY}_sum"))
+            .parse()
+            .unwrap();
         assert!((sum - (1e9 + first * 3.0)).abs() < 1e-3, "{sum}");
         assert!(text.starts_with(&format!("# HELP {DELIVERY_LATENCY} ")));
         assert!(text.contains(&format!("# TYPE {DELIVERY_LATENCY} histogram\n")));
