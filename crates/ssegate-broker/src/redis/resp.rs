@@ -58,7 +58,7 @@ pub(crate) fn value_len(buf: &[u8], scan: &mut Scan) -> RedisResult<Option<usize
             return Err((ErrorKind::Parse, "not a RESP2 reply").into());
         }
         let rest = &buf[at + 1..];
-        let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
+        let Some(end) = line_end(rest) else {
             if rest.len() > MAX_LINE {
                 return Err((ErrorKind::Parse, "a reply line too long").into());
             }
@@ -94,6 +94,12 @@ pub(crate) fn value_len(buf: &[u8], scan: &mut Scan) -> RedisResult<Option<usize
     Ok(Some(scan.at))
 }
 
+/// Where the line at the start of `bytes` ends (its CRLF), as framing and decoding both
+/// read a line.
+fn line_end(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(2).position(|w| w == b"\r\n")
+}
+
 fn int(line: &[u8]) -> RedisResult<i64> {
     std::str::from_utf8(line)
         .ok()
@@ -115,7 +121,7 @@ pub(crate) fn parse(reply: &[u8]) -> RedisResult<Value> {
 fn decode(buf: &[u8], at: &mut usize, depth: usize) -> Option<Value> {
     let kind = *buf.get(*at)?;
     let rest = buf.get(*at + 1..)?;
-    let end = rest.windows(2).position(|w| w == b"\r\n")?;
+    let end = line_end(rest)?;
     // As redis-rs reads a line: UTF-8, numbers trimmed.
     let line = std::str::from_utf8(&rest[..end]).ok()?;
     *at += 1 + end + 2;
