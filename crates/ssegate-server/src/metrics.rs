@@ -31,7 +31,7 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
             for (name, help) in m::HELP {
                 if name.ends_with("_total") {
                     metrics::describe_counter!(*name, *help);
-                } else if name.ends_with("_seconds") {
+                } else if latency::Latency::is_histogram(name) {
                     // A histogram: kept and rendered by `latency`, not the recorder.
                 } else {
                     metrics::describe_gauge!(*name, *help);

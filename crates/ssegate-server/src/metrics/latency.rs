@@ -51,6 +51,12 @@ impl Latency {
         }
     }
 
+    /// Whether `name` is one of the node's histograms (in [`ALL`]): the recorder
+    /// describes every other metric of `metric_names::HELP`.
+    pub fn is_histogram(name: &str) -> bool {
+        ALL.iter().any(|h| h.name == name)
+    }
+
     /// Counts one sample of `seconds` (a negative or NaN one as 0).
     pub fn record(&self, seconds: f64) {
         let seconds = if seconds > 0.0 { seconds } else { 0.0 };
@@ -127,5 +133,25 @@ mod tests {
         assert!((sum - (1e9 + first * 3.0)).abs() < 1e-3, "{sum}");
         assert!(text.starts_with(&format!("# HELP {DELIVERY_LATENCY} ")));
         assert!(text.contains(&format!("# TYPE {DELIVERY_LATENCY} histogram\n")));
+    }
+
+    /// A `_seconds` metric that is not in `ALL` would have neither a HELP line nor any
+    /// samples: the recorder leaves histograms to this module.
+    #[test]
+    fn every_seconds_metric_is_a_histogram_of_all_and_each_has_help() {
+        for (name, _) in HELP {
+            assert_eq!(
+                name.ends_with("_seconds"),
+                Latency::is_histogram(name),
+                "{name}: histograms are the `_seconds` metrics, and all of them are in ALL"
+            );
+        }
+        for h in ALL {
+            assert!(
+                HELP.iter().any(|(n, _)| *n == h.name),
+                "{} has no help",
+                h.name
+            );
+        }
     }
 }
