@@ -135,8 +135,9 @@ mod tests {
         assert!(text.contains(&format!("# TYPE {DELIVERY_LATENCY} histogram\n")));
     }
 
-    /// A `_seconds` metric that is not in `ALL` would have neither a HELP line nor any
-    /// samples: the recorder leaves histograms to this module.
+    /// The convention: every `_seconds` metric is a histogram, kept by this module. One
+    /// missing from `ALL` would be described to the recorder as a gauge and never
+    /// rendered as a histogram.
     #[test]
     fn every_seconds_metric_is_a_histogram_of_all_and_each_has_help() {
         for (name, _) in HELP {
