@@ -32,9 +32,9 @@
 //! # Bounds
 //!
 //! The read buffer holds one reply: replies are what this node asked for (a page of
-//! history, a script's result), at most [`MAX_REPLY`](resp::MAX_REPLY) (Redis's own
-//! largest bulk string, `proto-max-bulk-len`): a peer that sends more without finishing a
-//! reply fails the command and the connection is dropped. A buffer grown past [`KEEP_BUFFER`] by a large
+//! history, a script's result), at most [`MAX_REPLY`] (Redis's own largest bulk string,
+//! `proto-max-bulk-len`): a peer that sends more without finishing a reply fails the
+//! command and the connection is dropped. A buffer grown past [`KEEP_BUFFER`] by a large
 //! reply is freed after it. Only RESP2 is spoken (the connection is opened that way); a
 //! connection configured for RESP3 uses the multiplexed one.
 
